@@ -1,0 +1,52 @@
+"""gunicorn configuration of a gateway node: ``gunicorn -c deploy/gunicorn.conf.py wsgi:app``.
+
+gunicorn serves plain HTTP; every other port (HTTPS, monitoring, CNS) is opened by the listener controller inside
+each gevent worker after gevent has patched it (see pnp_integrated/listeners.py).
+"""
+
+import sys
+
+from pnp_integrated.config import ConfigError, load_settings
+
+try:
+    settings = load_settings()
+except ConfigError as exc:
+    sys.stderr.write(f"pnp-integrated: {exc}\n")
+    sys.exit(2)
+
+from pnp_integrated.listeners import ListenerBindError  # noqa: E402
+from pnp_integrated.runtime import http_bind_socket, probe_ports_free  # noqa: E402
+
+try:
+    probe_ports_free(settings)
+    # Bound here (IP_FREEBIND, so a VIP that is not yet local can be bound) and handed to gunicorn by descriptor.
+    _http_socket = http_bind_socket(settings)
+except ListenerBindError as exc:
+    sys.stderr.write(f"pnp-integrated: {exc}\n")
+    sys.exit(2)
+
+bind = [f"fd://{_http_socket.fileno()}"]
+worker_class = "gevent"
+workers = settings.workers
+worker_connections = 20000
+graceful_timeout = int(settings.drain_timeout) + 5
+timeout = 60
+proc_name = "pnp-integrated"
+control_socket_disable = True  # several nodes may share a host (HA lab); the control socket path would collide
+accesslog = None
+errorlog = "-"
+loglevel = "info"
+
+
+def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """Start this worker's raw listeners once gevent has patched the process; bind errors stop the node."""
+    from pnp_integrated.runtime import start_worker
+
+    start_worker(worker.wsgi)
+
+
+def worker_exit(server, worker):  # noqa: ANN001, ANN201
+    from pnp_integrated.runtime import stop_worker
+
+    if getattr(worker, "wsgi", None) is not None:
+        stop_worker(worker.wsgi)

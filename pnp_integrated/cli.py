@@ -1,0 +1,194 @@
+"""The ``pnpp`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from .config import ConfigError, Settings, load_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = PROJECT_ROOT / "deploy" / "gunicorn.conf.py"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"pnpp: {message}", err=True)
+    sys.exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def app_or_exit(check_schema: bool = True) -> Any:
+    from .extension import SchemaError, create_app
+
+    try:
+        return create_app(check_schema=check_schema)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except SchemaError as exc:
+        fail(str(exc), 1)
+
+
+@click.group()
+@click.version_option(package_name="pnp-integrated", prog_name="pnpp")
+def main() -> None:
+    """pnp-integrated: the Prime Infrastructure integrated Plug and Play gateway."""
+
+
+# ---- run ----------------------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--workers", type=int, default=None, help="gevent workers (default: PNP_WORKERS, 2)")
+def run(workers: int | None) -> None:
+    """Start the whole single node in the foreground (migrations applied first)."""
+    if workers is not None:
+        os.environ["PNP_WORKERS"] = str(workers)
+    settings = settings_or_exit()
+    _upgrade(settings, "head", quiet=True)
+    click.echo(
+        f"pnp-integrated on {settings.node_name}: status http://{settings.vip}:{settings.http_port}/status, "
+        f"https://{settings.vip}:{settings.https_port}/status, monitoring https://<node>:{settings.monitoring_port}"
+        f"/status; data in {settings.data_dir.resolve()}"
+    )
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--chdir", str(PROJECT_ROOT), "wsgi:app"]
+    child = subprocess.Popen(cmd)
+
+    def forward(signum: int, _frame: Any) -> None:
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    sys.exit(child.wait())
+
+
+# ---- status -------------------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the same data as JSON")
+@click.option("--url", default=None, help="status URL (default: this node's monitoring port)")
+def status(as_json: bool, url: str | None) -> None:
+    """Show the gateway services table; exit code 1 when something is DOWN."""
+    from .status import format_table, status_is_healthy
+    from .tls import client_context
+
+    settings = settings_or_exit()
+    url = url or f"https://127.0.0.1:{settings.monitoring_port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=client_context(settings)) as resp:
+            data = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        data = {
+            "node": settings.node_name,
+            "state": "DOWN",
+            "rows": [{"service": "System", "mode": "", "status": "DOWN",
+                      "info": f"gateway not reachable at {url}: {reason}"}],
+        }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(format_table(data))
+    sys.exit(0 if status_is_healthy(data) else 1)
+
+
+# ---- db -----------------------------------------------------------------------------------------------------------
+@main.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+def _upgrade(settings: Settings, revision: str, quiet: bool = False) -> None:
+    from flask_migrate import upgrade
+
+    from .extension import create_app, schema_revisions
+
+    app = create_app(check_schema=False)
+    with app.app_context():
+        before, head = schema_revisions()
+        upgrade(revision=revision)
+        after, _ = schema_revisions()
+    if not quiet or before != after:
+        click.echo(f"database {settings.sqlalchemy_url.split('@')[-1]}: {before or 'empty'} -> {after} (head {head})")
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: head). This is the upgrade step of a new release."""
+    settings = settings_or_exit()
+    try:
+        _upgrade(settings, revision)
+    except Exception as exc:  # Alembic raises many types; the operator needs the message, not a traceback
+        fail(f"migration failed: {exc}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION (``base`` removes every table)."""
+    from flask_migrate import downgrade
+
+    app = app_or_exit(check_schema=False)
+    with app.app_context():
+        try:
+            downgrade(revision=revision)
+        except Exception as exc:
+            fail(f"downgrade failed: {exc}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database revision and the revision this code needs."""
+    from .extension import schema_revisions
+
+    app = app_or_exit(check_schema=False)
+    with app.app_context():
+        current, head = schema_revisions()
+    click.echo(f"database: {current or 'empty'}\ncode needs: {head}")
+    sys.exit(0 if current == head else 1)
+
+
+# ---- certs / config -----------------------------------------------------------------------------------------------
+@main.group()
+def certs() -> None:
+    """TLS certificates."""
+
+
+@certs.command("show")
+def certs_show() -> None:
+    """Show the server certificate the TLS ports present (generating it on first use)."""
+    from .tls import describe, ensure_certificates
+
+    settings = settings_or_exit()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    for key, value in describe(ensure_certificates(settings)).items():
+        click.echo(f"{key:18} {', '.join(value) if isinstance(value, list) else value}")
+
+
+@main.group()
+def config() -> None:
+    """Configuration."""
+
+
+@config.command("show")
+def config_show() -> None:
+    """Validate the settings and print them."""
+    settings = settings_or_exit()
+    for key, value in settings.public_dict().items():
+        click.echo(f"{key} = {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Typed settings: one object, loaded once from a TOML file and ``PNP_*`` environment variables.
+
+Precedence (lowest to highest): built-in defaults, the TOML file named by ``PNP_CONFIG``, environment variables,
+explicit overrides passed to :func:`load_settings` (tests, ``create_app(config=...)``). Every problem found is
+collected and reported at once in a :class:`ConfigError` whose message names the setting to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HA_MODES = ("none", "vip", "different-ip")
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+LOG_FORMATS = ("text", "json")
+
+# Prime documents that the integrated gateway cannot follow an HA pair that uses two addresses.
+DIFFERENT_IP_REFUSAL = (
+    "Prime HA with different primary and secondary addresses is not supported by the integrated PnP gateway "
+    "(Prime documents this limitation): devices would lose the gateway address on failover. Either configure "
+    "Prime HA with a virtual IP (PNP_HA_MODE=vip, PNP_VIP=<the virtual IP>) or deploy a standalone PnP gateway."
+)
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message says which one and what to change."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the gateway. Field names are the TOML keys; ``PNP_<NAME>`` are the environment variables."""
+
+    data_dir: Path = Path("var")
+    vip: str = "127.0.0.1"
+    node_address: str = ""  # this node's own address; defaults to the VIP
+    node_name: str = field(default_factory=socket.gethostname)
+    http_port: int = 80
+    https_port: int = 443
+    cns_port_base: int = 11010
+    broker_port: int = 61617
+    bus_port: int = 61613
+    health_port: int = 8082
+    database_url: str = ""  # SQLite file in the data dir when empty
+    ha_mode: str = "none"
+    tls_min_version: str = "1.2"
+    tls_cert_file: str = ""  # operator-supplied server certificate (PEM); generated when empty
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    tls_handshake_timeout: float = 10.0
+    cns_hello_timeout: float = 10.0
+    cns_port_capacity: int = 500
+    cns_max_header_bytes: int = 8192
+    cns_max_body_bytes: int = 1024 * 1024
+    http_max_body_bytes: int = 1024 * 1024
+    workers: int = 2
+    log_format: str = "text"
+    drain_timeout: float = 10.0
+
+    # ---- derived values -------------------------------------------------------------------------------------
+    @property
+    def monitoring_port(self) -> int:
+        return self.cns_port_base
+
+    @property
+    def dispatcher_plain_port(self) -> int:
+        return self.cns_port_base + 1
+
+    @property
+    def dispatcher_tls_port(self) -> int:
+        return self.cns_port_base + 2
+
+    @property
+    def gateway_ports(self) -> list[int]:
+        """base+3 .. base+12: odd offsets plain, even offsets TLS (11013 plain, 11014 TLS, ...)."""
+        return list(range(self.cns_port_base + 3, self.cns_port_base + 13))
+
+    def gateway_port_is_tls(self, port: int) -> bool:
+        return (port - self.cns_port_base) % 2 == 0
+
+    @property
+    def gateway_plain_ports(self) -> list[int]:
+        return [p for p in self.gateway_ports if not self.gateway_port_is_tls(p)]
+
+    @property
+    def gateway_tls_ports(self) -> list[int]:
+        return [p for p in self.gateway_ports if self.gateway_port_is_tls(p)]
+
+    @property
+    def node_addr(self) -> str:
+        return self.node_address or self.vip
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'pnp.sqlite3').resolve()}"
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.data_dir / "certs"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def resources_dir(self) -> Path:
+        return self.data_dir / "resources"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to show (no secrets are held here, but database passwords are masked)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        if "@" in out["database_url"]:
+            scheme, rest = out["database_url"].split("://", 1)
+            out["database_url"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return out
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _env_name(name: str) -> str:
+    return "PNP_" + name.upper()
+
+
+def _coerce(name: str, raw: Any, origin: str, problems: list[str]) -> Any:
+    """Convert one raw value to the field's type, recording a readable problem instead of raising."""
+    default = _FIELDS[name].default
+    if default is dataclasses.MISSING:  # default_factory fields are strings
+        default = ""
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(str(raw).strip())
+        if isinstance(default, float):
+            return float(str(raw).strip())
+        if isinstance(default, Path):
+            return Path(str(raw))
+        return str(raw).strip()
+    except ValueError:
+        kind = type(default).__name__
+        problems.append(f"{origin} = {raw!r} is not a valid {'number' if kind in ('int', 'float') else kind}")
+        return default
+
+
+def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        problems.append(f"PNP_CONFIG={path}: file not found; fix the path or unset PNP_CONFIG")
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"PNP_CONFIG={path}: not valid TOML ({exc})")
+        return {}
+    # Tables are accepted for readability ([gateway], [tls] ...) and flattened; keys must be unique overall.
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, subval in value.items():
+                flat[sub if sub in _FIELDS else f"{key}_{sub}"] = subval
+        else:
+            flat[key] = value
+    return flat
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build and validate the settings. Raises :class:`ConfigError` listing every problem."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+
+    config_path = env.get("PNP_CONFIG") or (overrides or {}).get("config_file")
+    if config_path:
+        for key, raw in _read_toml(Path(config_path), problems).items():
+            if key not in _FIELDS:
+                problems.append(f"{config_path}: unknown setting {key!r}; known settings: {', '.join(_FIELDS)}")
+                continue
+            values[key] = _coerce(key, raw, f"{config_path}: {key}", problems)
+            origins[key] = f"{key} in {config_path}"
+
+    for name in _FIELDS:
+        var = _env_name(name)
+        if var in env and env[var] != "":
+            values[name] = _coerce(name, env[var], var, problems)
+            origins[name] = var
+
+    for key, raw in (overrides or {}).items():
+        if key == "config_file":
+            continue
+        if key not in _FIELDS:
+            problems.append(f"unknown setting {key!r}")
+            continue
+        values[key] = _coerce(key, raw, key, problems)
+        origins[key] = key
+
+    settings = Settings(**values)
+    problems.extend(validate(settings, lambda n: origins.get(n, _env_name(n))))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def validate(s: Settings, origin: Any = _env_name) -> list[str]:
+    """Every rule a setting must satisfy; returns readable problems (empty when all is well)."""
+    problems: list[str] = []
+
+    def bad(name: str, text: str) -> None:
+        problems.append(f"{origin(name)}: {text}")
+
+    for name in ("http_port", "https_port", "broker_port", "bus_port", "health_port"):
+        port = getattr(s, name)
+        if not 1 <= port <= 65535:
+            bad(name, f"{port} is not a TCP port (1-65535)")
+    if not 1 <= s.cns_port_base <= 65535 - 12:
+        bad("cns_port_base", f"{s.cns_port_base} leaves no room for the 13 CNS ports (base .. base+12); use 1-65523")
+    else:
+        cns = set(range(s.cns_port_base, s.cns_port_base + 13))
+        for name in ("http_port", "https_port", "broker_port", "bus_port", "health_port"):
+            if getattr(s, name) in cns:
+                bad(name, f"port {getattr(s, name)} collides with the CNS ports {s.cns_port_base}-{s.cns_port_base + 12}")
+    seen: dict[int, str] = {}
+    for name in ("http_port", "https_port", "broker_port", "bus_port", "health_port"):
+        port = getattr(s, name)
+        if port in seen:
+            bad(name, f"port {port} is already used by {_env_name(seen[port])}")
+        seen[port] = name
+
+    for name in ("vip", "node_address"):
+        value = getattr(s, name)
+        if name == "node_address" and not value:
+            continue
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            bad(name, f"{value!r} is not an IP address")
+
+    if s.ha_mode not in HA_MODES:
+        bad("ha_mode", f"{s.ha_mode!r} is not one of: {', '.join(HA_MODES)}")
+    elif s.ha_mode == "different-ip":
+        bad("ha_mode", DIFFERENT_IP_REFUSAL)
+
+    version = s.tls_min_version.lower().removeprefix("tlsv").removeprefix("tls")
+    if version.startswith(("ssl", "sslv")) or version in ("2", "3", "2.0", "3.0"):
+        bad(
+            "tls_min_version",
+            f"{s.tls_min_version!r}: SSLv2/SSLv3 are broken (POODLE) and can never be enabled; use 1.2 (default) or 1.3,"
+            " or 1.0/1.1 only for old device images",
+        )
+    elif version not in TLS_VERSIONS:
+        bad("tls_min_version", f"{s.tls_min_version!r} is not a TLS version; use 1.2 (default), 1.3, 1.1 or 1.0")
+
+    supplied = [n for n in ("tls_cert_file", "tls_key_file") if getattr(s, n)]
+    if len(supplied) == 1:
+        bad("tls_cert_file", "supply both PNP_TLS_CERT_FILE and PNP_TLS_KEY_FILE, or neither to generate them")
+    for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+        value = getattr(s, name)
+        if value and not Path(value).is_file():
+            bad(name, f"{value}: no such file")
+
+    for name in ("tls_handshake_timeout", "cns_hello_timeout", "drain_timeout"):
+        if getattr(s, name) <= 0:
+            bad(name, "must be a positive number of seconds")
+    for name in ("cns_port_capacity", "workers"):
+        if getattr(s, name) < 1:
+            bad(name, "must be at least 1")
+    if s.cns_max_header_bytes < 256:
+        bad("cns_max_header_bytes", "must be at least 256")
+    if s.cns_max_body_bytes < 1024 or s.http_max_body_bytes < 1024:
+        bad("cns_max_body_bytes" if s.cns_max_body_bytes < 1024 else "http_max_body_bytes", "must be at least 1024")
+    if s.log_format not in LOG_FORMATS:
+        bad("log_format", f"{s.log_format!r} is not one of: {', '.join(LOG_FORMATS)}")
+    if s.database_url and "://" not in s.database_url:
+        bad("database_url", f"{s.database_url!r} is not a database URL (sqlite:///path or postgresql+psycopg://...)")
+    if s.data_dir.exists() and not s.data_dir.is_dir():
+        bad("data_dir", f"{s.data_dir} exists and is not a directory")
+    return problems
+
+
+def tls_floor(version: str) -> str:
+    """Normalised minimum TLS version ('1.2' ...) of a validated setting."""
+    return version.lower().removeprefix("tlsv").removeprefix("tls")

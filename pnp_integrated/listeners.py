@@ -1,0 +1,176 @@
+"""Raw TCP/TLS listeners run inside each gunicorn worker (after gevent has patched the process).
+
+gunicorn serves plain HTTP on the HTTP port. It cannot mix plain and TLS binds, so HTTPS, the monitoring port and
+the CNS ports are served by this controller in every worker: each worker binds the same ports with SO_REUSEPORT
+(the kernel spreads connections across workers) and IP_FREEBIND (the VIP may be bound before it arrives).
+
+TLS handshakes happen inside the connection handler, under a time limit, with a one-line log on failure; gevent's
+own ``ssl_context`` server option would log a traceback per refused handshake.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.server import StreamServer
+
+log = logging.getLogger(__name__)
+
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+
+StreamHandler = Callable[[Any, tuple[str, int]], None]
+
+
+class ListenerBindError(OSError):
+    """A listener could not bind; the message names the port and the setting to change."""
+
+
+def bind_socket(host: str, port: int, backlog: int = 1024, *, reuse_port: bool = True) -> socket.socket:
+    """A listening socket with SO_REUSEPORT (shared by workers) and IP_FREEBIND (VIP may arrive later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        level = socket.IPPROTO_IPV6 if family == socket.AF_INET6 else socket.IPPROTO_IP
+        sock.setsockopt(level, IP_FREEBIND, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = ": another program holds this port; stop it or move the port (see PNP_*_PORT settings)"
+        elif exc.errno == errno.EACCES:
+            hint = ": ports below 1024 need root or CAP_NET_BIND_SERVICE; move it (e.g. PNP_HTTP_PORT=8080)"
+        raise ListenerBindError(exc.errno, f"cannot listen on {host}:{port} ({exc.strerror}){hint}") from exc
+    return sock
+
+
+def tls_handshake(raw: Any, address: tuple[str, int], context: ssl.SSLContext, timeout: float, port: int) -> Any:
+    """Wrap an accepted socket in TLS within ``timeout`` seconds; ``None`` (socket closed) on failure."""
+    try:
+        with gevent.Timeout(timeout):
+            tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            tls.do_handshake()
+        return tls
+    except gevent.Timeout:
+        reason = f"no handshake within {timeout:g}s"
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    log.info("TLS handshake refused on port %s from %s: %s", port, address[0], reason)
+    try:
+        raw.close()
+    except OSError:
+        pass
+    return None
+
+
+class _QuietWSGIHandler(WSGIHandler):
+    """pywsgi handler whose access log goes through logging at debug level (gunicorn keeps the HTTP access log)."""
+
+    def log_request(self) -> None:
+        log.debug("%s", self.format_request())
+
+
+class TLSWSGIServer(WSGIServer):
+    """WSGI over TLS where the handshake runs in the connection's greenlet, with a time limit."""
+
+    handler_class = _QuietWSGIHandler
+
+    def __init__(self, listener: Any, application: Any, *, context: ssl.SSLContext, handshake_timeout: float,
+                 **kwargs: Any) -> None:
+        self._tls_context = context
+        self._handshake_timeout = handshake_timeout
+        super().__init__(listener, application, environ={"wsgi.url_scheme": "https"}, log=None, **kwargs)
+
+    def handle(self, sock: Any, address: tuple[str, int]) -> None:
+        port = self.server_port
+        tls = tls_handshake(sock, address, self._tls_context, self._handshake_timeout, port)
+        if tls is not None:
+            super().handle(tls, address)
+
+
+@dataclass
+class ListenerSpec:
+    """One port: its name in the status table, whether it is TLS, and what serves it."""
+
+    name: str
+    host: str
+    port: int
+    tls: bool
+    wsgi_app: Any = None  # served as HTTP(S) when set
+    stream_handler: StreamHandler | None = None  # raw protocol otherwise
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def close_at_once(sock: Any, _address: tuple[str, int]) -> None:
+    """Placeholder handler for a port whose protocol is not served: accept and close."""
+    sock.close()
+
+
+class ListenerController:
+    """Starts every listener of a worker; ``start`` returns once all are bound and re-raises bind errors."""
+
+    def __init__(self, specs: list[ListenerSpec], *, context: ssl.SSLContext | None, handshake_timeout: float,
+                 max_connections: int = 20000) -> None:
+        self.specs = specs
+        self._context = context
+        self._handshake_timeout = handshake_timeout
+        self._pool = Pool(max_connections)
+        self.servers: list[StreamServer] = []
+
+    def _server_for(self, spec: ListenerSpec, sock: socket.socket) -> StreamServer:
+        if spec.wsgi_app is not None:
+            if spec.tls:
+                assert self._context is not None
+                return TLSWSGIServer(sock, spec.wsgi_app, context=self._context,
+                                     handshake_timeout=self._handshake_timeout, spawn=self._pool)
+            return WSGIServer(sock, spec.wsgi_app, log=None, spawn=self._pool, handler_class=_QuietWSGIHandler)
+        handler = spec.stream_handler or close_at_once
+        if spec.tls:
+            assert self._context is not None
+            context, timeout, port = self._context, self._handshake_timeout, spec.port
+
+            def handle_tls(raw: Any, address: tuple[str, int]) -> None:
+                tls = tls_handshake(raw, address, context, timeout, port)
+                if tls is not None:
+                    handler(tls, address)
+
+            return StreamServer(sock, handle_tls, spawn=self._pool)
+        return StreamServer(sock, handler, spawn=self._pool)
+
+    def start(self) -> None:
+        try:
+            for spec in self.specs:
+                sock = bind_socket(spec.host, spec.port)
+                server = self._server_for(spec, sock)
+                server.start()
+                self.servers.append(server)
+        except BaseException:
+            self.stop(0)
+            raise
+        log.info("listening on %s", ", ".join(f"{s.host}:{s.port}{' (TLS)' if s.tls else ''}" for s in self.specs))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, give open connections ``timeout`` seconds to finish, then close them."""
+        for server in self.servers:
+            server.close()
+        if timeout > 0:
+            self._pool.join(timeout=timeout)
+        self._pool.kill(block=True, timeout=1)
+        self.servers.clear()
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._pool)

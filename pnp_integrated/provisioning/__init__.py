@@ -1,0 +1,1 @@
+"""Provisioning: profiles, device matching, the persisted per-device job state machine, templates."""

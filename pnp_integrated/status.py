@@ -1,0 +1,107 @@
+"""Node status: the rows of Prime's ``pnpp status`` table, as data (``/status``) and as text (``pnpp status``).
+
+Every row reflects a measured state: a port row is UP only when a process of this node is listening on it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+import psutil
+from flask import Blueprint, jsonify
+from sqlalchemy import func, select
+
+from . import __version__
+from .config import Settings
+from .extension import gateway_state
+from .models import DeviceSession, db
+from .runtime import node_ports
+
+blueprint = Blueprint("status", __name__)
+
+COLUMNS = ("SERVICE", "MODE", "STATUS", "ADDITIONAL INFO")
+
+
+def listening_pids() -> dict[int, list[int]]:
+    """Port -> pids of processes listening on it (all addresses)."""
+    out: dict[int, set[int]] = defaultdict(set)
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.pid:
+            out[conn.laddr.port].add(conn.pid)
+    return {port: sorted(pids) for port, pids in out.items()}
+
+
+def live_sessions_by_port() -> dict[int, int]:
+    rows = db.session.execute(
+        select(DeviceSession.port, func.count()).where(DeviceSession.closed_at.is_(None)).group_by(DeviceSession.port)
+    ).all()
+    return {int(port): int(count) for port, count in rows}
+
+
+def _row(service: str, mode: str, up: bool, info: str) -> dict[str, str]:
+    return {"service": service, "mode": mode, "status": "UP" if up else "DOWN", "info": info}
+
+
+def build_status(settings: Settings) -> dict[str, Any]:
+    """The node's status, measured now."""
+    pids = listening_pids()
+    sessions = live_sessions_by_port()
+    rows = [
+        _row("System", "", True, f"pnp-integrated {__version__} on {settings.node_name}, pid {os.getppid()}"),
+    ]
+    for role in node_ports(settings):
+        serving = pids.get(role.port, [])
+        mode = "SSL" if role.tls else "PLAIN TEXT"
+        pid_text = "pids: " + ",".join(map(str, serving)) if serving else "not listening"
+        if role.service == "CNS Gateway":
+            name, info = f"CNS Gateway port: {role.port}", f"{pid_text}; devices: {sessions.get(role.port, 0)}"
+        elif role.service == "CNS Gateway Dispatcher":
+            name, info = f"CNS Gateway Dispatcher port: {role.port}", pid_text
+        elif role.service == "PnP Gateway Monitoring":
+            name, info = role.service, f"port: {role.port}; {pid_text}"
+        else:
+            name, info = role.service, f"port: {role.port}; {pid_text}"
+        rows.append(_row(name, mode, bool(serving), info))
+    rows.append(
+        {
+            "service": "PnP Gateway HA state",
+            "mode": settings.ha_mode,
+            "status": "ACTIVE",
+            "info": f"VIP {settings.vip}",
+        }
+    )
+    return {
+        "node": settings.node_name,
+        "version": __version__,
+        "vip": settings.vip,
+        "ha_mode": settings.ha_mode,
+        "state": "ACTIVE",
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": rows,
+    }
+
+
+def status_is_healthy(status: dict[str, Any]) -> bool:
+    return all(row["status"] != "DOWN" for row in status["rows"])
+
+
+def format_table(status: dict[str, Any]) -> str:
+    """Prime's layout: SERVICE, MODE, STATUS, ADDITIONAL INFO, left-aligned columns."""
+    table = [COLUMNS] + [(r["service"], r["mode"], r["status"], r["info"]) for r in status["rows"]]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    lines = []
+    for i, row in enumerate(table):
+        lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row[:3])) + "  " + row[3])
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * len(COLUMNS[3]))
+    return "\n".join(lines)
+
+
+@blueprint.get("/status")
+def status_view() -> Any:
+    status = build_status(gateway_state().settings)
+    db.session.remove()
+    return jsonify(status), 200

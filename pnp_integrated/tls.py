@@ -1,0 +1,172 @@
+"""TLS material and policy: the one place that builds server SSL contexts.
+
+On first start a local CA and an ECDSA P-256 server certificate (SANs: VIP, node address, hostname, localhost)
+are generated into ``<data_dir>/certs`` unless the operator supplies a certificate and key. Every TLS listener of
+the gateway uses :func:`server_context`; SSLv2/SSLv3 are impossible because the floor is never below TLS 1.0 and
+the OpenSSL options that disable them are always set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .config import Settings, tls_floor
+
+_VERSIONS = {
+    "1.0": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    cert: Path
+    key: Path
+    ca: Path
+    generated: bool
+
+
+def cert_paths(settings: Settings) -> CertPaths:
+    if settings.tls_cert_file:
+        cert = Path(settings.tls_cert_file)
+        return CertPaths(cert, Path(settings.tls_key_file), Path(settings.tls_ca_file or cert), False)
+    d = settings.certs_dir
+    return CertPaths(d / "server.pem", d / "server.key", d / "ca.pem", True)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def _san_entries(settings: Settings) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    seen: set[str] = set()
+    for value in (settings.vip, settings.node_addr, "127.0.0.1", "::1", socket.gethostname(), "localhost"):
+        if not value or value in seen:
+            continue
+        seen.add(value)
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(value)))
+        except ValueError:
+            names.append(x509.DNSName(value))
+    return names
+
+
+def ensure_certificates(settings: Settings) -> CertPaths:
+    """Return the certificate files, generating a CA and a server certificate on first start."""
+    paths = cert_paths(settings)
+    if not paths.generated or (paths.cert.exists() and paths.key.exists() and paths.ca.exists()):
+        return paths
+    settings.certs_dir.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pnp-integrated local CA ({settings.node_name})")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, settings.vip)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(_san_entries(settings)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    pem = serialization.Encoding.PEM
+    _write_private(
+        settings.certs_dir / "ca.key",
+        ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    _write_private(
+        paths.key, key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    paths.ca.write_bytes(ca_cert.public_bytes(pem))
+    # The chain file carries the CA so clients that only trust the CA can build the path.
+    paths.cert.write_bytes(cert.public_bytes(pem) + ca_cert.public_bytes(pem))
+    return paths
+
+
+def server_context(settings: Settings, paths: CertPaths | None = None) -> ssl.SSLContext:
+    """The SSL context of every TLS listener: floor from PNP_TLS_MIN_VERSION, SSLv2/3 impossible."""
+    paths = paths or ensure_certificates(settings)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    floor = _VERSIONS[tls_floor(settings.tls_min_version)]
+    if floor < ssl.TLSVersion.TLSv1_2:
+        # Old device images only: OpenSSL's default security level refuses the SHA-1 signatures TLS 1.0/1.1 need.
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ctx.minimum_version = floor
+    ctx.options |= ssl.OP_NO_SSLv2 | ssl.OP_NO_SSLv3 | ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.load_cert_chain(str(paths.cert), str(paths.key))
+    return ctx
+
+
+def client_context(settings: Settings) -> ssl.SSLContext:
+    """A client context that trusts the gateway's CA (used by ``pnpp status`` and the device simulators)."""
+    paths = cert_paths(settings)
+    ctx = ssl.create_default_context(cafile=str(paths.ca))
+    ctx.check_hostname = False  # devices reach us by VIP address; the CA pin is what matters
+    return ctx
+
+
+def describe(paths: CertPaths) -> dict[str, object]:
+    """Human-facing facts about the server certificate (``pnpp certs show``)."""
+    data = paths.cert.read_bytes()
+    cert = x509.load_pem_x509_certificates(data)[0]
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        san_list = [str(v) for v in sans.get_values_for_type(x509.IPAddress)] + sans.get_values_for_type(
+            x509.DNSName
+        )
+    except x509.ExtensionNotFound:
+        san_list = []
+    return {
+        "certificate": str(paths.cert),
+        "key": str(paths.key),
+        "ca": str(paths.ca),
+        "generated": paths.generated,
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "sha256": cert.fingerprint(hashes.SHA256()).hex(":"),
+        "key_type": type(cert.public_key()).__name__.lstrip("_"),
+        "subject_alt_names": san_list,
+    }
