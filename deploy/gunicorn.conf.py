@@ -14,8 +14,8 @@ except ConfigError as exc:
     sys.stderr.write(f"pnp-integrated: {exc}\n")
     sys.exit(2)
 
-from pnp_integrated.listeners import ListenerBindError  # noqa: E402
-from pnp_integrated.runtime import http_bind_socket, probe_ports_free  # noqa: E402
+from pnp_integrated.listeners import ListenerBindError
+from pnp_integrated.runtime import http_bind_socket, probe_ports_free
 
 try:
     probe_ports_free(settings)
@@ -38,14 +38,14 @@ errorlog = "-"
 loglevel = "info"
 
 
-def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+def post_worker_init(worker):
     """Start this worker's raw listeners once gevent has patched the process; bind errors stop the node."""
     from pnp_integrated.runtime import start_worker
 
     start_worker(worker.wsgi)
 
 
-def worker_exit(server, worker):  # noqa: ANN001, ANN201
+def worker_exit(server, worker):
     from pnp_integrated.runtime import stop_worker
 
     if getattr(worker, "wsgi", None) is not None:

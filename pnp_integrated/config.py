@@ -238,7 +238,8 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
         cns = set(range(s.cns_port_base, s.cns_port_base + 13))
         for name in ("http_port", "https_port", "broker_port", "bus_port", "health_port"):
             if getattr(s, name) in cns:
-                bad(name, f"port {getattr(s, name)} collides with the CNS ports {s.cns_port_base}-{s.cns_port_base + 12}")
+                last = s.cns_port_base + 12
+                bad(name, f"port {getattr(s, name)} collides with the CNS ports {s.cns_port_base}-{last}")
     seen: dict[int, str] = {}
     for name in ("http_port", "https_port", "broker_port", "bus_port", "health_port"):
         port = getattr(s, name)
@@ -264,8 +265,8 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
     if version.startswith(("ssl", "sslv")) or version in ("2", "3", "2.0", "3.0"):
         bad(
             "tls_min_version",
-            f"{s.tls_min_version!r}: SSLv2/SSLv3 are broken (POODLE) and can never be enabled; use 1.2 (default) or 1.3,"
-            " or 1.0/1.1 only for old device images",
+            f"{s.tls_min_version!r}: SSLv2/SSLv3 are broken (POODLE) and can never be enabled;"
+            " use 1.2 (default) or 1.3, or 1.0/1.1 only for old device images",
         )
     elif version not in TLS_VERSIONS:
         bad("tls_min_version", f"{s.tls_min_version!r} is not a TLS version; use 1.2 (default), 1.3, 1.1 or 1.0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
+
 from flask import Flask
 
 from .config import Settings
