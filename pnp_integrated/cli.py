@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .config import ConfigError, Settings, load_settings
+from .config import DIFFERENT_IP_REFUSAL, ConfigError, Settings, load_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = PROJECT_ROOT / "deploy" / "gunicorn.conf.py"
@@ -83,7 +83,20 @@ def status(as_json: bool, url: str | None) -> None:
     from .status import format_table, status_is_healthy
     from .tls import client_context
 
-    settings = settings_or_exit()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        refused = [p for p in exc.problems if DIFFERENT_IP_REFUSAL in p]
+        if not refused:
+            fail(str(exc), 2)
+        # The node refuses to start in this HA mode; the table says so instead of reporting it merely down.
+        data = {"state": "REFUSED", "rows": [
+            {"service": "System", "mode": "", "status": "DOWN", "info": "not started: HA mode refused"},
+            {"service": "PnP Gateway HA state", "mode": "different-ip", "status": "REFUSED",
+             "info": DIFFERENT_IP_REFUSAL},
+        ]}
+        click.echo(json.dumps(data, indent=2) if as_json else format_table(data))
+        sys.exit(1)
     url = url or f"https://127.0.0.1:{settings.monitoring_port}/status"
     try:
         with urllib.request.urlopen(url, timeout=10, context=client_context(settings)) as resp:
