@@ -4,6 +4,8 @@ gunicorn serves plain HTTP; every other port (HTTPS, monitoring, CNS) is opened 
 each gevent worker after gevent has patched it (see pnp_integrated/listeners.py).
 """
 
+import os
+import shutil
 import sys
 
 from pnp_integrated.config import ConfigError, load_settings
@@ -24,6 +26,12 @@ try:
 except ListenerBindError as exc:
     sys.stderr.write(f"pnp-integrated: {exc}\n")
     sys.exit(2)
+
+# Request histograms of all workers are summed through prometheus_client's multiprocess mode.
+_metrics_dir = settings.data_dir.resolve() / "run" / "prometheus"
+shutil.rmtree(_metrics_dir, ignore_errors=True)
+_metrics_dir.mkdir(parents=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 
 bind = [f"fd://{_http_socket.fileno()}"]
 worker_class = "gevent"
@@ -50,3 +58,9 @@ def worker_exit(server, worker):
 
     if getattr(worker, "wsgi", None) is not None:
         stop_worker(worker.wsgi)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

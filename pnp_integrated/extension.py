@@ -83,6 +83,12 @@ class PnPGateway:
 
         app.register_blueprint(status_blueprint)
 
+        from . import metrics
+        from .dashboard import blueprint as dashboard_blueprint
+
+        metrics.init_app(app)
+        app.register_blueprint(dashboard_blueprint)
+
 
 def _engine_options(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
