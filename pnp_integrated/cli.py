@@ -125,10 +125,10 @@ def db() -> None:
 def _upgrade(settings: Settings, revision: str, quiet: bool = False) -> None:
     from flask_migrate import upgrade
 
-    from .extension import create_app, schema_revisions
+    from .extension import create_app, migration_lock, schema_revisions
 
     app = create_app(check_schema=False)
-    with app.app_context():
+    with app.app_context(), migration_lock():
         before, head = schema_revisions()
         upgrade(revision=revision)
         after, _ = schema_revisions()

@@ -7,15 +7,17 @@ The extension follows the flask-sqlalchemy ``init_app`` contract: it works with 
 
 from __future__ import annotations
 
+import fcntl
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
 from flask_migrate import Migrate
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
@@ -114,6 +116,33 @@ def schema_revisions() -> tuple[str | None, str | None]:
     with db.engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     return current, script.get_current_head()
+
+
+# Any constant works; it only has to be the same for every node sharing the database.
+MIGRATION_LOCK_KEY = 0x504E50
+
+
+@contextmanager
+def migration_lock() -> Iterator[None]:
+    """Serialise ``pnpp db upgrade`` across the nodes of an HA pair sharing one database.
+
+    PostgreSQL: a session advisory lock. SQLite (single node): a file lock beside the database.
+    """
+    if db.engine.dialect.name == "postgresql":
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        return
+    lock_path = gateway_state().settings.data_dir / "migrate.lock"
+    with lock_path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def check_schema_current() -> None:
