@@ -203,5 +203,9 @@ def config_show() -> None:
         click.echo(f"{key} = {value}")
 
 
+from .prime.commands import prime as prime_commands  # noqa: E402
+
+main.add_command(prime_commands)
+
 if __name__ == "__main__":
     main()

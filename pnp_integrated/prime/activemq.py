@@ -1,0 +1,208 @@
+"""Run Debian's ActiveMQ 5.17 as the simulated Prime's broker (``--broker activemq``), without systemd.
+
+The configuration comes from ``deploy/activemq/activemq.xml.in``; key and trust stores are built from the node's PEM
+certificates with ``openssl pkcs12`` and ``keytool``. ActiveMQ runs as a child process in the foreground.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Settings, tls_floor
+from ..tls import ensure_certificates
+
+ACTIVEMQ_HOME = Path("/usr/share/activemq")
+ACTIVEMQ_JAR = ACTIVEMQ_HOME / "bin" / "activemq.jar"
+TEMPLATE = Path(__file__).resolve().parent.parent.parent / "deploy" / "activemq" / "activemq.xml.in"
+MAX_FRAME_BYTES = 10 * 1024 * 1024
+MISSING = "ActiveMQ is not installed (no {jar}): install Debian's package with `apt-get install -y activemq`"
+
+
+class ActiveMQError(RuntimeError):
+    """ActiveMQ could not be prepared or started; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ActiveMQLayout:
+    base: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.base / "conf"
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def config_file(self) -> Path:
+        return self.conf / "activemq.xml"
+
+    @property
+    def keystore(self) -> Path:
+        return self.conf / "broker.p12"
+
+    @property
+    def truststore(self) -> Path:
+        return self.conf / "trust.p12"
+
+    @property
+    def password_file(self) -> Path:
+        return self.conf / "store-password"
+
+    @property
+    def log_file(self) -> Path:
+        return self.base / "activemq.log"
+
+
+def layout(settings: Settings) -> ActiveMQLayout:
+    return ActiveMQLayout((settings.data_dir / "prime" / "activemq").resolve())
+
+
+def _run(cmd: list[str], env: dict[str, str], what: str) -> None:
+    try:
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError as exc:
+        raise ActiveMQError(f"{what}: {cmd[0]} not found (install openssl and a Java runtime)") from exc
+    if result.returncode != 0:
+        raise ActiveMQError(f"{what} failed: {(result.stderr or result.stdout).strip()[-400:]}")
+
+
+def _stores(settings: Settings, where: ActiveMQLayout) -> str:
+    """Build the key and trust stores (again when the certificates changed); returns the store password."""
+    certs = ensure_certificates(settings)
+    where.conf.mkdir(parents=True, exist_ok=True)
+    if where.password_file.exists():
+        password = where.password_file.read_text().strip()
+    else:
+        password = secrets.token_urlsafe(18)
+        fd = os.open(where.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password)
+    newest_cert = max(p.stat().st_mtime for p in (certs.cert, certs.key, certs.ca))
+    fresh = all(p.exists() and p.stat().st_mtime >= newest_cert for p in (where.keystore, where.truststore))
+    if fresh:
+        return password
+    env = {**os.environ, "PNP_STORE_PASSWORD": password}
+    exported = where.conf / "export.p12"
+    for path in (exported, where.keystore, where.truststore):
+        path.unlink(missing_ok=True)
+    _run(["openssl", "pkcs12", "-export", "-in", str(certs.cert), "-inkey", str(certs.key), "-name", "broker",
+          "-out", str(exported), "-passout", "env:PNP_STORE_PASSWORD"], env, "openssl pkcs12 (key store)")
+    _run(["keytool", "-importkeystore", "-noprompt", "-srckeystore", str(exported), "-srcstoretype", "PKCS12",
+          "-srcstorepass:env", "PNP_STORE_PASSWORD", "-destkeystore", str(where.keystore), "-deststoretype", "PKCS12",
+          "-deststorepass:env", "PNP_STORE_PASSWORD"], env, "keytool -importkeystore")
+    _run(["keytool", "-importcert", "-noprompt", "-alias", "pnp-ca", "-file", str(certs.ca), "-keystore",
+          str(where.truststore), "-storetype", "PKCS12", "-storepass:env", "PNP_STORE_PASSWORD"], env,
+         "keytool -importcert (trust store)")
+    exported.unlink(missing_ok=True)
+    for path in (where.keystore, where.truststore):
+        path.chmod(0o600)
+    return password
+
+
+def render_config(settings: Settings, where: ActiveMQLayout, password: str, template: Path = TEMPLATE) -> str:
+    """The xbean configuration for these settings (TLS floor from PNP_TLS_MIN_VERSION, never below 1.2)."""
+    protocols = "TLSv1.3" if tls_floor(settings.tls_min_version) == "1.3" else "TLSv1.2,TLSv1.3"
+    values = {
+        "BROKER_NAME": f"prime-{settings.node_name}".replace(" ", "-"),
+        "DATA_DIR": str(where.data),
+        "KEYSTORE": str(where.keystore),
+        "TRUSTSTORE": str(where.truststore),
+        "STORE_PASSWORD": password,
+        "TLS_HOST": "0.0.0.0",
+        "TLS_PORT": str(settings.broker_port),
+        "TLS_PROTOCOLS": protocols,
+        "PLAIN_HOST": "127.0.0.1",
+        "PLAIN_PORT": str(settings.bus_port),
+        "MAX_FRAME_BYTES": str(MAX_FRAME_BYTES),
+    }
+    text = template.read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    return text
+
+
+def prepare(settings: Settings) -> ActiveMQLayout:
+    """Write stores and configuration under ``<data_dir>/prime/activemq``."""
+    if not ACTIVEMQ_JAR.exists():
+        raise ActiveMQError(MISSING.format(jar=ACTIVEMQ_JAR))
+    if shutil.which("java") is None:
+        raise ActiveMQError("no `java` on PATH: ActiveMQ needs a Java runtime (apt-get install -y activemq pulls one)")
+    where = layout(settings)
+    password = _stores(settings, where)
+    where.data.mkdir(parents=True, exist_ok=True)
+    fd = os.open(where.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(render_config(settings, where, password))
+    return where
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class ActiveMQProcess:
+    """ActiveMQ as a child process; ``start`` returns once both STOMP ports accept connections."""
+
+    def __init__(self, settings: Settings, start_timeout: float = 90.0) -> None:
+        self.settings = settings
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        for port in (self.settings.broker_port, self.settings.bus_port):
+            if _listening("127.0.0.1", port):
+                raise ActiveMQError(f"port {port} is already in use: stop the other broker or move PNP_*_PORT")
+        where = prepare(self.settings)
+        cmd = [
+            "java", "-Xms64M", "-Xmx256M", "-Djava.awt.headless=true",
+            f"-Dactivemq.home={ACTIVEMQ_HOME}", f"-Dactivemq.base={where.base}", f"-Dactivemq.conf={where.conf}",
+            f"-Dactivemq.data={where.data}", "-jar", str(ACTIVEMQ_JAR), "start", f"xbean:file:{where.config_file}",
+        ]
+        log_fh = where.log_file.open("ab")
+        try:
+            self.process = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+        finally:
+            log_fh.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ActiveMQError(f"ActiveMQ exited with code {self.process.returncode}: {self._log_tail(where)}")
+            if _listening("127.0.0.1", self.settings.broker_port) and _listening("127.0.0.1", self.settings.bus_port):
+                return
+            time.sleep(0.3)
+        self.stop()
+        raise ActiveMQError(f"ActiveMQ did not open its ports within {self.start_timeout:g}s: {self._log_tail(where)}")
+
+    @staticmethod
+    def _log_tail(where: ActiveMQLayout) -> str:
+        try:
+            lines = where.log_file.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return " | ".join(lines[-5:]) + f" (log: {where.log_file})"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop ActiveMQ (SIGTERM: it closes KahaDB cleanly), killing it after ``timeout`` seconds."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)

@@ -1,0 +1,217 @@
+"""``pnpp prime``: run the simulated Prime node and talk to it as Prime would."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from ..config import ConfigError, Settings, load_settings
+from .server import BROKERS, events_path
+
+COMMAND_TYPES = ("profile.upsert", "profile.delete", "device.reprovision", "cns.config.push", "cns.exec", "job.cancel")
+TRUST_FILE = "prime-trust.pem"
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"pnpp prime: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+
+
+def trust_path(settings: Settings) -> Path:
+    """Where ``pnpp prime trust`` keeps the certificates Prime's endpoints presented."""
+    return settings.certs_dir / TRUST_FILE
+
+
+@click.group()
+def prime() -> None:
+    """The simulated Prime Infrastructure server: broker, health monitor, event sink."""
+
+
+@prime.command()
+@click.option("--broker", type=click.Choice(BROKERS), default="embedded", show_default=True,
+              help="embedded STOMP broker, or Debian's ActiveMQ 5.17")
+@click.option("--role", type=click.Choice(["primary", "secondary"]), default="primary", show_default=True)
+@click.option("--state", type=click.Choice(["active", "standby"]), default="active", show_default=True)
+@click.option("--peer", default="", help="the other Prime node's address (HA)")
+def serve(broker: str, role: str, state: str, peer: str) -> None:
+    """Run the simulated Prime node in the foreground until SIGTERM/SIGINT."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        # gevent must patch before anything imports ssl/threading: restart under the patched entry point.
+        args = [sys.executable, "-m", "pnp_integrated.prime", "serve", "--broker", broker, "--role", role,
+                "--state", state, "--peer", peer]
+        os.execv(sys.executable, args)
+    from ..listeners import ListenerBindError
+    from ..logs import configure
+    from .activemq import ActiveMQError
+    from .server import PrimeServer, serve_forever
+
+    settings = _settings()
+    configure(settings.log_format)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        serve_forever(PrimeServer(settings, broker=broker, role=role, state=state, peer=peer))
+    except (ListenerBindError, ActiveMQError) as exc:
+        _fail(str(exc), 2)
+
+
+@prime.command()
+@click.option("--type", "type_prefix", default="", help="only events whose type starts with this")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="only the last N events")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def events(type_prefix: str, limit: int | None, as_json: bool) -> None:
+    """List the gateway events Prime received (one line each, oldest first)."""
+    from .sink import EventStore
+
+    settings = _settings()
+    path = events_path(settings)
+    if not path.exists():
+        _fail(f"no events received yet ({path} does not exist): is the simulated Prime running?")
+    store = EventStore(path)
+    try:
+        for event in store.events(type_prefix, limit):
+            if as_json:
+                click.echo(json.dumps(event.body))
+            else:
+                repeats = f" (delivered {event.deliveries}x)" if event.deliveries > 1 else ""
+                click.echo(f"{event.at:24} {event.gateway:16} {event.type:22} {event.event_id}{repeats}")
+    finally:
+        store.close()
+
+
+@prime.command()
+@click.argument("command_type", metavar="TYPE")
+@click.argument("payload_file", metavar="FILE.json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--id", "command_id", default=None, help="command id (default: the file's 'id', else a new UUID)")
+@click.option("--broker", "broker_addr", default=None,
+              help="HOST:PORT of the broker's TLS port (default: the plain bus port on 127.0.0.1)")
+def send(command_type: str, payload_file: Path, command_id: str | None, broker_addr: str | None) -> None:
+    """Send a command of TYPE with the JSON object in FILE.json to /queue/pnp.gateway.commands."""
+    from .client import StompClient, StompClientError
+    from .sink import COMMANDS_QUEUE
+
+    settings = _settings()
+    if command_type not in COMMAND_TYPES:
+        click.echo(f"pnpp prime: note: {command_type!r} is not a contract command type "
+                   f"({', '.join(COMMAND_TYPES)}); the gateway will reject it", err=True)
+    try:
+        payload = json.loads(payload_file.read_text())
+    except OSError as exc:
+        _fail(f"cannot read {payload_file}: {exc.strerror or exc}")
+    except ValueError as exc:
+        _fail(f"{payload_file} is not JSON: {exc}")
+    if not isinstance(payload, dict):
+        _fail(f"{payload_file} must hold a JSON object (the command's fields), not {type(payload).__name__}")
+    body = {
+        **payload,
+        "id": command_id or payload.get("id") or str(uuid.uuid4()),
+        "type": command_type,
+        "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "gateway": payload.get("gateway") or settings.node_name,
+    }
+    host, port, context = "127.0.0.1", settings.bus_port, None
+    if broker_addr:
+        host, port = _host_port(broker_addr)
+        context = _trusting_context(settings)
+    client = StompClient(host, port, context=context)
+    try:
+        client.connect()
+        client.send(COMMANDS_QUEUE, json.dumps(body).encode(),
+                    {"content-type": "application/json", "persistent": "true"})
+        client.disconnect()
+    except StompClientError as exc:
+        _fail(str(exc))
+    click.echo(f"sent {command_type} {body['id']} to {COMMANDS_QUEUE} on {host}:{port}")
+
+
+def _host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    match = re.fullmatch(r"\[?([^\[\]]+?)\]?(?::(\d{1,5}))?", text.strip())
+    if not match or (match.group(2) is None and default_port is None):
+        _fail(f"{text!r} is not HOST:PORT")
+    port = int(match.group(2)) if match.group(2) else default_port
+    assert port is not None
+    if not 1 <= port <= 65535:
+        _fail(f"{text!r}: {port} is not a TCP port")
+    return match.group(1), port
+
+
+def _trusting_context(settings: Settings) -> ssl.SSLContext:
+    from ..tls import cert_paths
+
+    path = trust_path(settings)
+    ctx = ssl.create_default_context(cafile=str(path if path.exists() else cert_paths(settings).ca))
+    ctx.check_hostname = False  # the trust pin is the point; Prime is often reached by address
+    return ctx
+
+
+def fetch_chain(host: str, port: int, timeout: float = 10.0) -> list[str]:
+    """The PEM certificates (leaf first) that ``host:port`` presents in its TLS handshake."""
+    try:
+        result = subprocess.run(
+            ["openssl", "s_client", "-connect", f"{host}:{port}", "-servername", host, "-showcerts"],
+            input="", capture_output=True, text=True, timeout=timeout,
+        )
+    except FileNotFoundError:
+        raise click.ClickException("the openssl command is needed to fetch certificate chains") from None
+    except subprocess.TimeoutExpired:
+        raise click.ClickException(f"{host}:{port} did not complete a TLS handshake within {timeout:g}s") from None
+    chain = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", result.stdout, re.S)
+    if not chain:
+        reason = (result.stderr.strip().splitlines() or ["no certificate received"])[-1]
+        raise click.ClickException(f"no certificate from {host}:{port}: {reason}")
+    return chain
+
+
+def _describe(pem: str) -> dict[str, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    return {"subject": cert.subject.rfc4514_string(), "sha256": cert.fingerprint(hashes.SHA256()).hex(":")}
+
+
+@prime.command()
+@click.option("--from", "source", required=True, metavar="HOST[:PORT]",
+              help="Prime's broker endpoint (port default: PNP_BROKER_PORT); the health port is asked too")
+@click.option("--health-port", type=click.IntRange(1, 65535), default=None,
+              help="Prime's health monitor port (default: PNP_HEALTH_PORT)")
+def trust(source: str, health_port: int | None) -> None:
+    """Fetch and store the certificates of Prime's broker (61617) and health monitor (8082) endpoints.
+
+    The gateway's bridge then verifies Prime's broker against them.
+    """
+    settings = _settings()
+    host, port = _host_port(source, settings.broker_port)
+    health = health_port or settings.health_port
+    pems: list[str] = []
+    try:
+        for endpoint_port in (port, health):
+            for pem in fetch_chain(host, endpoint_port):
+                if pem not in pems:
+                    pems.append(pem)
+                facts = _describe(pem)
+                click.echo(f"{host}:{endpoint_port}  {facts['subject']}  sha256 {facts['sha256']}")
+    except click.ClickException as exc:
+        _fail(exc.message)
+    path = trust_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(pems) + "\n")
+    click.echo(f"stored {len(pems)} certificate(s) in {path}; the bridge verifies Prime's broker against them")

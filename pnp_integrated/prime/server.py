@@ -1,0 +1,142 @@
+"""The simulated Prime node process: broker, health monitor and the Prime-side event sink.
+
+``python -m pnp_integrated.prime`` (or ``pnpp prime serve``) runs it in the foreground under gevent. The broker is
+the embedded one (:mod:`.broker`) or Debian's ActiveMQ (:mod:`.activemq`); either way it listens with TLS on
+``broker_port`` and in plain text on ``127.0.0.1:bus_port``. The sink consumes gateway events over the plain port
+into ``<data_dir>/prime/events.sqlite3``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from .broker import Broker, BrokerController, BrokerPorts, MessageStore
+from .health import HealthMonitor, HealthState
+from .sink import EventSink, EventStore
+
+log = logging.getLogger(__name__)
+
+BROKERS = ("embedded", "activemq")
+
+
+def prime_dir(settings: Settings) -> Path:
+    return settings.data_dir / "prime"
+
+
+def events_path(settings: Settings) -> Path:
+    return prime_dir(settings) / "events.sqlite3"
+
+
+class PrimeServer:
+    """Everything one simulated Prime node runs; ``start`` returns once every port is bound."""
+
+    def __init__(self, settings: Settings, *, broker: str = "embedded", role: str = "primary",
+                 state: str = "active", peer: str = "") -> None:
+        if broker not in BROKERS:
+            raise ValueError(f"broker {broker!r} must be one of {', '.join(BROKERS)}")
+        self.settings = settings
+        self.broker_kind = broker
+        self.health_state = HealthState(settings.node_name, role, state, settings.ha_mode, settings.vip, peer)
+        self.broker: BrokerController | None = None
+        self.activemq: Any = None
+        self.health: HealthMonitor | None = None
+        self.sink: EventSink | None = None
+        self._sink_greenlet: Any = None
+        self._store: MessageStore | None = None
+
+    def start(self) -> None:
+        """Start the broker, then the health monitor, then the sink; undo everything on failure."""
+        import gevent
+
+        from ..tls import server_context
+
+        prime_dir(self.settings).mkdir(parents=True, exist_ok=True)
+        try:
+            if self.broker_kind == "embedded":
+                self._store = MessageStore(prime_dir(self.settings) / "broker.sqlite3")
+                core = Broker(self._store, node=self.settings.node_name)
+                ports = BrokerPorts("0.0.0.0", self.settings.broker_port, "127.0.0.1", self.settings.bus_port)
+                self.broker = BrokerController(core, ports, context=server_context(self.settings),
+                                               handshake_timeout=self.settings.tls_handshake_timeout)
+                self.broker.start()
+            else:
+                from .activemq import ActiveMQProcess
+
+                self.activemq = ActiveMQProcess(self.settings)
+                self.activemq.start()
+            self.health = HealthMonitor(self.settings, self.health_state)
+            self.health.start()
+            self.sink = EventSink(EventStore(events_path(self.settings)), "127.0.0.1", self.settings.bus_port)
+            self._sink_greenlet = gevent.spawn(self.sink.run)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("simulated Prime %s (%s, %s) up: broker %s TLS :%s, bus 127.0.0.1:%s, health :%s",
+                 self.settings.node_name, self.health_state.role, self.health_state.state, self.broker_kind,
+                 self.settings.broker_port, self.settings.bus_port, self.settings.health_port)
+
+    def stop(self) -> None:
+        """Stop the sink, the health monitor and the broker (draining connections)."""
+        if self.sink is not None:
+            self.sink.stop()
+            if self._sink_greenlet is not None:
+                self._sink_greenlet.join(timeout=3)
+                self._sink_greenlet.kill(block=False)
+            self.sink.store.close()
+            self.sink = None
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
+        if self.broker is not None:
+            self.broker.stop(self.settings.drain_timeout)
+            self.broker = None
+        if self.activemq is not None:
+            self.activemq.stop()
+            self.activemq = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def serve_forever(server: PrimeServer) -> None:
+    """Run until SIGTERM or SIGINT (gevent-patched process)."""
+    import gevent
+    from gevent.event import Event
+
+    done = Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, done.set)
+    server.start()
+    try:
+        done.wait()
+    finally:
+        log.info("simulated Prime stopping")
+        server.stop()
+
+
+def wait_for_ports(ports: list[tuple[str, int]], timeout: float, alive: Any = None) -> None:
+    """Return once every (host, port) accepts connections; raise ``TimeoutError`` naming what is missing.
+
+    ``alive`` (optional) is called between attempts; when it returns False waiting stops with ``RuntimeError``.
+    """
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending:
+        host, port = pending[0]
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                pending.pop(0)
+                continue
+        except OSError:
+            pass
+        if alive is not None and not alive():
+            raise RuntimeError(f"the process exited before {host}:{port} was listening")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listening on {', '.join(f'{h}:{p}' for h, p in pending)} after {timeout:g}s")
+        time.sleep(0.1)
