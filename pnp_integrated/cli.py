@@ -52,7 +52,9 @@ def main() -> None:
 # ---- run ----------------------------------------------------------------------------------------------------------
 @main.command()
 @click.option("--workers", type=int, default=None, help="gevent workers (default: PNP_WORKERS, 2)")
-def run(workers: int | None) -> None:
+@click.option("--broker", type=click.Choice(["embedded", "activemq"]), default="embedded",
+              help="the simulated Prime's broker: embedded (default) or Debian's ActiveMQ 5.17")
+def run(workers: int | None, broker: str) -> None:
     """Start the whole single node in the foreground (migrations applied first)."""
     if workers is not None:
         os.environ["PNP_WORKERS"] = str(workers)
@@ -63,6 +65,9 @@ def run(workers: int | None) -> None:
         f"https://{settings.vip}:{settings.https_port}/status, monitoring https://<node>:{settings.monitoring_port}"
         f"/status; data in {settings.data_dir.resolve()}"
     )
+    from .prime.commands import start_prime_child, stop_prime_child
+
+    prime_child = start_prime_child(settings, broker)  # Prime (broker, health) first, as on a Prime node
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--chdir", str(PROJECT_ROOT), "wsgi:app"]
     child = subprocess.Popen(cmd)
 
@@ -71,7 +76,11 @@ def run(workers: int | None) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    sys.exit(child.wait())
+    try:
+        code = child.wait()
+    finally:
+        stop_prime_child(prime_child)
+    sys.exit(code)
 
 
 # ---- status -------------------------------------------------------------------------------------------------------
