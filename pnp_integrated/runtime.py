@@ -80,10 +80,16 @@ def start_worker(app: Flask) -> ListenerController:
     )
     controller.start()
     state.listeners = controller
+    from .bus import start_leader_loop  # every worker competes for the lease; the leader runs the Prime bridge
+
+    start_leader_loop(app)
     return controller
 
 
 def stop_worker(app: Flask) -> None:
+    from .bus import stop_leader_loop
+
+    stop_leader_loop(app)
     state = gateway_state(app)
     controller = state.listeners
     if controller is not None:

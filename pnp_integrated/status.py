@@ -65,6 +65,9 @@ def build_status(settings: Settings) -> dict[str, Any]:
         else:
             name, info = role.service, f"port: {role.port}; {pid_text}"
         rows.append(_row(name, mode, bool(serving), info))
+    from .bus.state import status_rows as broker_rows
+
+    rows.extend(broker_rows(settings, pids))
     rows.append(
         {
             "service": "PnP Gateway HA state",

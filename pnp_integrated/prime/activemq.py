@@ -173,8 +173,7 @@ class ActiveMQProcess:
         ]
         log_fh = where.log_file.open("ab")
         try:
-            self.process = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         finally:
             log_fh.close()
         deadline = time.monotonic() + self.start_timeout

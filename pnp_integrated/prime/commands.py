@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from ..config import ConfigError, Settings, load_settings
-from .server import BROKERS, events_path
+from .server import BROKERS, PrimeProcess, events_path
 
 COMMAND_TYPES = ("profile.upsert", "profile.delete", "device.reprovision", "cns.config.push", "cns.exec", "job.cancel")
 TRUST_FILE = "prime-trust.pem"
@@ -217,32 +217,20 @@ def trust(source: str, health_port: int | None) -> None:
     click.echo(f"stored {len(pems)} certificate(s) in {path}; the bridge verifies Prime's broker against them")
 
 
-def start_prime_child(settings: Settings, broker: str = "embedded") -> subprocess.Popen[bytes]:
+def start_prime_child(settings: Settings, broker: str = "embedded") -> PrimeProcess:
     """Start the simulated Prime as a child process and return once its broker and health ports accept connections.
 
     Used by ``pnpp run``, which starts Prime before the gateway as on a real Prime node. Exits with a message when
     the child dies or its ports stay closed.
     """
-    from .server import wait_for_ports
-
-    cmd = [sys.executable, "-m", "pnp_integrated.prime", "serve", "--broker", broker]
-    child = subprocess.Popen(cmd)
-    ports = [("127.0.0.1", settings.bus_port), ("127.0.0.1", settings.broker_port),
-             ("127.0.0.1", settings.health_port)]
+    child = PrimeProcess(settings, broker=broker)
     try:
-        wait_for_ports(ports, timeout=120 if broker == "activemq" else 30, alive=lambda: child.poll() is None)
-    except (TimeoutError, RuntimeError) as exc:
-        stop_prime_child(child)
-        _fail(f"the simulated Prime ({broker} broker) did not start: {exc}", 2)
+        child.start()
+    except RuntimeError as exc:
+        _fail(str(exc), 2)
     return child
 
 
-def stop_prime_child(child: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """SIGTERM the simulated Prime and wait for it (it drains its broker); kill it after ``timeout``."""
-    if child.poll() is None:
-        child.terminate()
-    try:
-        child.wait(timeout)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait(5)
+def stop_prime_child(child: PrimeProcess) -> None:
+    """SIGTERM the simulated Prime and wait for it (it drains its broker); kill it if it hangs."""
+    child.stop()

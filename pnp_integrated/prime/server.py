@@ -140,3 +140,59 @@ def wait_for_ports(ports: list[tuple[str, int]], timeout: float, alive: Any = No
         if time.monotonic() > deadline:
             raise TimeoutError(f"nothing listening on {', '.join(f'{h}:{p}' for h, p in pending)} after {timeout:g}s")
         time.sleep(0.1)
+
+
+class PrimeProcess:
+    """The simulated Prime as a child process (``pnpp run``, tests): ``start`` returns once its ports accept."""
+
+    def __init__(self, settings: Settings, *, broker: str = "embedded", env: dict[str, str] | None = None,
+                 start_timeout: float | None = None, stderr: Any = None) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.env = env
+        self.start_timeout = start_timeout or (120.0 if broker == "activemq" else 30.0)
+        self.stderr = stderr
+        self.process: Any = None
+
+    def start(self) -> None:
+        """Start it and wait for the bus, broker and health ports; raise ``RuntimeError`` when it does not come up."""
+        import subprocess
+        import sys
+
+        cmd = [sys.executable, "-m", "pnp_integrated.prime", "serve", "--broker", self.broker]
+        # Own process group: kill() takes an ActiveMQ grandchild down with it.
+        self.process = subprocess.Popen(cmd, env=self.env, stderr=self.stderr, start_new_session=True)
+        ports = [("127.0.0.1", self.settings.bus_port), ("127.0.0.1", self.settings.broker_port),
+                 ("127.0.0.1", self.settings.health_port)]
+        try:
+            wait_for_ports(ports, self.start_timeout, alive=lambda: self.process.poll() is None)
+        except (TimeoutError, RuntimeError) as exc:
+            self.stop()
+            raise RuntimeError(f"the simulated Prime ({self.broker} broker) did not start: {exc}") from exc
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (the broker drains), SIGKILL after ``timeout``."""
+        import subprocess
+
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed (its process group too, so an ActiveMQ child dies with it)."""
+        import os
+
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(10)

@@ -1,0 +1,300 @@
+"""The bridge to Prime's broker (stomp.py 8.2.0 over TLS), run by the leader only.
+
+One connection at a time, and a reconnect loop of our own that never gives up (stomp.py's stops after three
+attempts), with capped exponential back-off. While connected it
+
+* sends unsent outbox rows in id order as persistent JSON messages to ``/queue/pnp.gateway.events``, each with a
+  receipt, and marks a row sent only once its RECEIPT arrived (delivery is at least once; Prime de-duplicates by id);
+* consumes ``/queue/pnp.gateway.commands`` with ``ack:client-individual``, applies each command in a transaction
+  and only then ACKs it (a crash before the ACK means a redelivery, which the command id turns into a no-op).
+
+Database work happens on the bridge's own thread (a greenlet under gunicorn's gevent workers), one app context per
+unit of work. stomp.py's receiver thread only queues frames for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import stomp
+from flask import Flask
+
+from ..extension import gateway_state
+from . import outbox
+from .commands import apply_command
+from .state import BridgeState, write_state
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION_ID = "gateway-commands"
+
+
+class BridgeDown(Exception):
+    """The connection failed or was lost; the message says how."""
+
+
+@dataclass(frozen=True)
+class BridgeTarget:
+    """Where Prime's broker is and what to trust."""
+
+    host: str
+    port: int
+    ca_file: Path
+
+    @property
+    def peer(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def default_target(app: Flask) -> BridgeTarget:
+    """Prime's broker on the VIP; trust what ``pnpp prime trust`` stored, else the node's own CA."""
+    from ..prime.commands import trust_path
+
+    state = gateway_state(app)
+    trusted = trust_path(state.settings)
+    return BridgeTarget(state.settings.vip, state.settings.broker_port, trusted if trusted.exists() else state.certs.ca)
+
+
+class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
+    """Runs on stomp.py's receiver thread: records what arrived and wakes the bridge."""
+
+    def __init__(self, bridge: PrimeBridge) -> None:
+        self.bridge = bridge
+
+    def on_connected(self, frame: Any) -> None:
+        self.bridge._connected.set()
+        self.bridge._wake.set()
+
+    def on_receipt(self, frame: Any) -> None:
+        with self.bridge._receipt_arrived:
+            self.bridge._receipts.add(frame.headers.get("receipt-id", ""))
+            self.bridge._receipt_arrived.notify_all()
+
+    def on_message(self, frame: Any) -> None:
+        self.bridge._commands.put((frame.headers.get("ack", ""), frame.body))
+        self.bridge._wake.set()
+
+    def on_error(self, frame: Any) -> None:
+        self.bridge._error = str(frame.headers.get("message", "ERROR frame"))
+        self.bridge._wake.set()
+
+    def on_disconnected(self) -> None:
+        self.bridge._lost.set()
+        self.bridge._wake.set()
+        with self.bridge._receipt_arrived:
+            self.bridge._receipt_arrived.notify_all()
+
+
+class PrimeBridge:
+    """Keeps one STOMP connection to Prime and moves events out and commands in; :meth:`run` until :meth:`stop`."""
+
+    def __init__(self, app: Flask, target: BridgeTarget | None = None, *, holder: str = "",
+                 is_leader: Callable[[], bool] = lambda: True, batch_size: int = 100,
+                 receipt_timeout: float = 10.0, connect_timeout: float = 10.0, poll_interval: float = 0.5,
+                 max_backoff: float = 30.0, heartbeats: tuple[int, int] = (10000, 10000)) -> None:
+        self.app = app
+        self.target = target or default_target(app)
+        self.holder = holder
+        self.is_leader = is_leader
+        self.batch_size = batch_size
+        self.receipt_timeout = receipt_timeout
+        self.connect_timeout = connect_timeout
+        self.poll_interval = poll_interval
+        self.max_backoff = max_backoff
+        self.heartbeats = heartbeats
+        self.connections = 0  # successful connections since start
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._connected = threading.Event()
+        self._lost = threading.Event()
+        self._receipt_arrived = threading.Condition()
+        self._receipts: set[str] = set()
+        self._commands: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._error = ""
+        self._receipt_ids = itertools.count(1)
+        self._conn: Any = None
+        self._was_up = False
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Connect, work, reconnect after failures with capped back-off, until :meth:`stop`."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                self._session()
+            except BridgeDown as exc:
+                if not self._stopping.is_set():
+                    log.warning("Prime broker %s: %s; reconnecting in %.1fs", self.target.peer, exc, delay)
+                    self._publish(False, str(exc))
+            except Exception as exc:  # a bug must not end the bridge for good: log it, then retry
+                log.exception("Prime bridge failed unexpectedly")
+                self._publish(False, f"internal error: {exc}")
+            finally:
+                self._disconnect()
+            if self._was_up:
+                delay = 0.5  # the broker was reachable: start the back-off again
+            if self._stopping.wait(delay):
+                break
+            delay = min(delay * 2, self.max_backoff)
+        self._publish(False, "bridge stopped")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        with self._receipt_arrived:
+            self._receipt_arrived.notify_all()
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._connected.is_set() and not self._lost.is_set()
+
+    # ---- one connection -----------------------------------------------------------------------------------------
+    def _session(self) -> None:
+        self._was_up = False
+        self._connect()
+        self._was_up = True
+        self._publish(True, "")
+        log.info("connected to Prime broker %s (TLS)", self.target.peer)
+        while not self._stopping.is_set():
+            if self._lost.is_set():
+                raise BridgeDown(self._error or "connection lost")
+            if not self.is_leader():
+                raise BridgeDown("this worker no longer holds the leader lease")
+            worked = self._apply_commands()
+            worked = self._send_events() or worked
+            if not worked:
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+
+    def _connect(self) -> None:
+        host_port = (self.target.host, self.target.port)
+        conn = stomp.Connection12(
+            [host_port],
+            # Off: with hostname checks on, connecting to another name than the configured one would fail them.
+            prefer_localhost=False,
+            try_loopback_connect=False,
+            reconnect_attempts_max=1,  # the retry loop is ours (run)
+            heartbeats=self.heartbeats,
+            heart_beat_receive_scale=2.5,
+            timeout=self.connect_timeout,
+        )
+        conn.set_ssl(for_hosts=[host_port], ca_certs=str(self.target.ca_file))
+        conn.set_listener("bridge", _Listener(self))
+        self._connected.clear()
+        self._lost.clear()
+        self._error = ""
+        self._conn = conn
+        try:
+            conn.connect(wait=False, headers={"client-id": self.holder} if self.holder else None)
+        except stomp.exception.ConnectFailedException as exc:
+            raise BridgeDown(f"cannot connect to {self.target.peer}: {exc or 'refused, unreachable or TLS failed'}") \
+                from exc
+        except OSError as exc:
+            raise BridgeDown(f"cannot connect to {self.target.peer}: {exc}") from exc
+        if not self._connected.wait(self.connect_timeout) or self._lost.is_set():
+            raise BridgeDown(self._error or f"no CONNECTED from {self.target.peer} within {self.connect_timeout:g}s")
+        sock = getattr(conn.transport, "socket", None)
+        if sock is not None:
+            sock.settimeout(None)  # the connect timeout must not end an idle but healthy connection
+        self.connections += 1
+        conn.subscribe(outbox.COMMANDS_QUEUE, id=SUBSCRIPTION_ID, ack="client-individual",
+                       headers={"activemq.prefetchSize": "10"})
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if conn.is_connected():
+                conn.disconnect()
+            conn.transport.stop()
+        except Exception:  # already broken: nothing more to close cleanly
+            pass
+        try:
+            conn.transport.disconnect_socket()
+        except Exception:
+            pass
+        # Commands received but not acknowledged will be redelivered by the broker.
+        while not self._commands.empty():
+            self._commands.get_nowait()
+
+    # ---- work ---------------------------------------------------------------------------------------------------
+    def _apply_commands(self) -> bool:
+        worked = False
+        while not self._lost.is_set():
+            try:
+                ack_id, body = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            with self.app.app_context():
+                outcome = apply_command(body)
+            log.debug("command %s: %s", outcome.command_id, outcome.status)
+            self._conn.ack(ack_id)  # only after the commit: a crash before this means a redelivery
+            worked = True
+        return worked
+
+    def _send_events(self) -> bool:
+        with self.app.app_context():
+            batch = outbox.unsent(self.batch_size)
+            if not batch:
+                return False
+            node = gateway_state(self.app).settings.node_name
+            messages = [(e.id, outbox.event_message(e, node)) for e in batch]
+            outbox.note_attempt([i for i, _ in messages])
+        sent: list[tuple[int, str]] = []
+        try:
+            for row_id, body in messages:
+                receipt = f"ev-{next(self._receipt_ids)}"
+                self._conn.send(outbox.EVENTS_QUEUE, body, content_type="application/json",
+                                headers={"persistent": "true"}, receipt=receipt)
+                sent.append((row_id, receipt))
+        except Exception as exc:  # stomp.py raises several kinds when the socket breaks
+            self._lost.set()
+            self._error = f"send failed: {exc}"
+        confirmed = self._await_receipts(sent)
+        if confirmed:
+            with self.app.app_context():
+                outbox.mark_sent(confirmed)
+        if len(confirmed) < len(messages):
+            raise BridgeDown(self._error or f"{len(messages) - len(confirmed)} events not confirmed by a RECEIPT")
+        return True
+
+    def _await_receipts(self, sent: list[tuple[int, str]]) -> list[int]:
+        """Ids of the rows whose RECEIPT arrived, in order, stopping at the first missing one."""
+        deadline = time.monotonic() + self.receipt_timeout
+        with self._receipt_arrived:
+            while True:
+                missing = [r for _, r in sent if r not in self._receipts]
+                if not missing or self._lost.is_set() or self._stopping.is_set():
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._error = f"no RECEIPT within {self.receipt_timeout:g}s"
+                    break
+                self._receipt_arrived.wait(remaining)
+            confirmed = []
+            for row_id, receipt in sent:
+                if receipt not in self._receipts:
+                    break
+                confirmed.append(row_id)
+            self._receipts.difference_update(r for _, r in sent)
+        return confirmed
+
+    # ---- status -------------------------------------------------------------------------------------------------
+    def _publish(self, connected: bool, detail: str) -> None:
+        import os
+
+        settings = gateway_state(self.app).settings
+        try:
+            write_state(settings, BridgeState(connected, self.target.peer, self.holder, os.getpid(),
+                                              1 if connected else 0, detail, time.time()))
+        except OSError as exc:
+            log.warning("cannot record the bridge state: %s", exc)

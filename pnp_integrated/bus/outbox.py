@@ -1,0 +1,68 @@
+"""The transactional outbox: events for Prime are rows written in the same transaction as the change they report.
+
+The leader's bridge reads unsent rows in id order and marks them sent only after the broker's RECEIPT.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from sqlalchemy import select, update
+
+from ..models import OutboxEvent, db, utcnow
+
+EVENTS_QUEUE = "/queue/pnp.gateway.events"
+COMMANDS_QUEUE = "/queue/pnp.gateway.commands"
+# Fields every message carries; a payload cannot overwrite them.
+ENVELOPE = ("id", "type", "at", "gateway")
+
+
+def record_event(type_: str, payload: dict[str, Any]) -> OutboxEvent:
+    """Add an event to the current session; it is sent to Prime once the caller's transaction commits."""
+    event = OutboxEvent(type=type_, payload=payload)
+    db.session.add(event)
+    return event
+
+
+def rfc3339(when: dt.datetime) -> str:
+    """A naive-UTC database timestamp as RFC 3339 UTC (``2025-01-31T12:00:00.123Z``)."""
+    return when.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def event_message(event: OutboxEvent, gateway: str) -> bytes:
+    """The JSON body of an event per the broker contract: id, type, at, gateway, then the payload's fields."""
+    body = {k: v for k, v in (event.payload or {}).items() if k not in ENVELOPE}
+    body.update(id=event.event_id, type=event.type, at=rfc3339(event.created_at), gateway=gateway)
+    return json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
+def unsent(limit: int = 100) -> list[OutboxEvent]:
+    """The oldest unsent events, in the order they were written."""
+    return list(
+        db.session.scalars(select(OutboxEvent).where(OutboxEvent.sent_at.is_(None)).order_by(OutboxEvent.id)
+                           .limit(limit))
+    )
+
+
+def note_attempt(ids: list[int]) -> None:
+    if ids:
+        db.session.execute(
+            update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(attempts=OutboxEvent.attempts + 1)
+        )
+        db.session.commit()
+
+
+def mark_sent(ids: list[int]) -> None:
+    """Mark events sent (the broker confirmed each with a RECEIPT)."""
+    if ids:
+        db.session.execute(update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(sent_at=utcnow()))
+        db.session.commit()
+
+
+def pending_count() -> int:
+    from sqlalchemy import func
+
+    return int(db.session.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.sent_at.is_(None)))
+               or 0)

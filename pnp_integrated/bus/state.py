@@ -1,0 +1,91 @@
+"""The bridge's connection state, shared with ``/status`` through a small file under ``<data_dir>/run``.
+
+Only the leader worker writes it; any worker (or ``pnpp status``) reads it. A file whose writer is gone reads as
+DOWN, so a crashed leader never shows a stale UP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..config import Settings
+
+
+@dataclass(frozen=True)
+class BridgeState:
+    """``connected`` is True only between CONNECTED and the connection's end."""
+
+    connected: bool
+    peer: str  # address:port of Prime's broker
+    holder: str = ""
+    pid: int = 0
+    connections: int = 0
+    detail: str = ""
+    since: float = 0.0
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.data_dir / "run" / "bridge.json"
+
+
+def write_state(settings: Settings, state: BridgeState) -> None:
+    """Replace the state file atomically (readers never see half a file)."""
+    path = state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(asdict(state)))
+    os.replace(tmp, path)
+
+
+def read_state(settings: Settings) -> BridgeState | None:
+    """The last state written by a live leader, or ``None`` (no leader, or its process is gone)."""
+    try:
+        data = json.loads(state_path(settings).read_text())
+        state = BridgeState(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    if not _alive(state.pid):
+        return None
+    return state
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def now() -> float:
+    return time.time()
+
+
+def status_rows(settings: Settings, listening: dict[int, list[int]]) -> list[dict[str, str]]:
+    """The two broker rows of the status table, as Prime shows them.
+
+    ``listening`` maps ports to the pids listening on them (the status module measures it once for every row).
+    """
+    state = read_state(settings)
+    peer = f"{settings.vip}:{settings.broker_port}"
+    if state is not None and state.connected:
+        prime = {"status": "UP", "info": f"Connection: {state.connections}; Connection Detail: {state.peer}"}
+    else:
+        why = state.detail if state is not None and state.detail else "no bridge running on this node"
+        prime = {"status": "DOWN", "info": f"Connection: 0; Connection Detail: {peer} not connected ({why})"}
+    bus_pids = listening.get(settings.bus_port, [])
+    bus_info = f"port: {settings.bus_port}; " + ("pids: " + ",".join(map(str, bus_pids)) if bus_pids
+                                                 else "not listening")
+    return [
+        {"service": "Prime Infrastructure Broker", "mode": "SSL", **prime},
+        {"service": "Event Messaging Bus", "mode": "PLAIN TEXT", "status": "UP" if bus_pids else "DOWN",
+         "info": bus_info},
+    ]
