@@ -1,0 +1,216 @@
+"""The gateway's bridge to the simulated Prime: events reach Prime exactly once, commands apply exactly once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from pnp_integrated.bus import record_event
+from pnp_integrated.bus.bridge import PrimeBridge
+from pnp_integrated.bus.outbox import COMMANDS_QUEUE
+from pnp_integrated.config import load_settings
+from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Profile, db
+from pnp_integrated.prime.client import StompClient
+from pnp_integrated.prime.server import PrimeProcess, events_path
+from tests.conftest import node_environment
+
+Node = tuple[Flask, PrimeProcess]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def sink_events(app: Flask) -> list[tuple[str, str, int, dict[str, Any]]]:
+    """(id, type, deliveries, body) of every event Prime stored."""
+    path = events_path(app.extensions["pnp_gateway"].settings)
+    if not path.exists():
+        return []
+    with sqlite3.connect(path, timeout=10) as conn:
+        try:
+            rows = conn.execute("SELECT event_id, type, deliveries, body FROM events ORDER BY seq").fetchall()
+        except sqlite3.OperationalError:
+            return []
+    return [(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+
+@pytest.fixture
+def node(app_factory: Callable[..., Flask], tmp_path: Path) -> Iterator[Node]:
+    """A gateway app and the simulated Prime sharing one data dir (and so one CA), as ``pnpp run`` does."""
+    app = app_factory(data_dir=tmp_path / "node")
+    settings = app.extensions["pnp_gateway"].settings
+    env = node_environment({k: v for k, v in settings.public_dict().items() if k in (
+        "data_dir", "broker_port", "bus_port", "health_port", "node_name", "vip")})
+    prime = PrimeProcess(settings, env=env)
+    prime.start()
+    yield app, prime
+    prime.stop()
+
+
+@pytest.fixture
+def bridge(node: Node) -> Iterator[PrimeBridge]:
+    app, _ = node
+    bridge = PrimeBridge(app, holder="test:1", receipt_timeout=3, connect_timeout=3, poll_interval=0.1,
+                         max_backoff=0.5, heartbeats=(1000, 1000))
+    thread = threading.Thread(target=bridge.run, daemon=True)
+    thread.start()
+    wait_until(lambda: bridge.connected, 10, "the bridge to connect")
+    yield bridge
+    bridge.stop()
+    thread.join(10)
+    assert not thread.is_alive(), "the bridge did not stop"
+
+
+def send_command(app: Flask, body: bytes | dict[str, Any]) -> None:
+    settings = app.extensions["pnp_gateway"].settings
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with StompClient("127.0.0.1", settings.bus_port) as client:
+        client.send(COMMANDS_QUEUE, data, {"persistent": "true", "content-type": "application/json"})
+
+
+def test_events_survive_a_broker_crash_and_reach_prime_exactly_once(node: Node, bridge: PrimeBridge) -> None:
+    app, prime = node
+    total = 500
+    produced = threading.Event()
+
+    def produce() -> None:
+        with app.app_context():
+            for start in range(0, total, 10):
+                for i in range(start, start + 10):
+                    record_event("job.step", {"job": {"id": i, "step": "config", "state": "ended"}})
+                db.session.commit()
+                time.sleep(0.01)
+        produced.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    wait_until(lambda: len(sink_events(app)) >= 100, 20, "the first events at Prime")
+    prime.kill()  # mid-stream: receipts lost, messages in flight, sink acks lost
+    time.sleep(1.0)
+    prime.start()
+    producer.join(30)
+    assert produced.is_set()
+
+    events = wait_until(lambda: (e := sink_events(app)) and len(e) >= total and e, 60, "all events at Prime")
+    with app.app_context():
+        written = db.session.scalars(select(OutboxEvent.event_id).order_by(OutboxEvent.id)).all()
+    received_ids = [e[0] for e in events]
+    assert len(received_ids) == len(set(received_ids)) == total  # each event stored once
+    assert set(received_ids) == set(written)
+    job_ids = [e[3]["job"]["id"] for e in events]
+    assert sorted(job_ids) == list(range(total))
+    assert all(e[3]["gateway"] == app.extensions["pnp_gateway"].settings.node_name for e in events)
+    wait_until(lambda: _unsent(app) == 0, 10, "every outbox row marked sent")
+
+
+def _unsent(app: Flask) -> int:
+    with app.app_context():
+        return int(db.session.scalar(select(func.count()).where(OutboxEvent.sent_at.is_(None))) or 0)
+
+
+def test_duplicate_command_is_applied_once(node: Node, bridge: PrimeBridge) -> None:
+    app, _ = node
+    command_id = str(uuid.uuid4())
+    first = {"id": command_id, "type": "profile.upsert", "profile": {"name": "branch", "match_pid": "ISR4331"}}
+    again = {"id": command_id, "type": "profile.upsert", "profile": {"name": "branch", "match_pid": "C9300"}}
+    marker = {"id": str(uuid.uuid4()), "type": "profile.upsert", "profile": {"name": "marker"}}
+    for body in (first, again, marker):
+        send_command(app, body)
+
+    def applied() -> bool:
+        with app.app_context():
+            return db.session.scalar(select(Profile).where(Profile.name == "marker")) is not None
+
+    wait_until(applied, 10, "the commands to be applied")
+    with app.app_context():
+        profile = db.session.scalar(select(Profile).where(Profile.name == "branch"))
+        assert profile is not None and profile.match_pid == "ISR4331"  # the repeat changed nothing
+        assert db.session.scalar(select(func.count()).select_from(ProcessedCommand)
+                                 .where(ProcessedCommand.command_id == command_id)) == 1
+        assert db.session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.action ==
+                                                                                    "profile.upsert")) == 2
+        assert db.session.scalar(select(func.count()).select_from(OutboxEvent)
+                                 .where(OutboxEvent.type == "command.rejected")) == 0
+
+
+def test_malformed_and_unknown_commands_are_rejected_to_prime(node: Node, bridge: PrimeBridge) -> None:
+    app, _ = node
+    send_command(app, b"{not json")
+    send_command(app, {"id": "cmd-unknown", "type": "device.teleport"})
+    send_command(app, {"id": "cmd-bad-profile", "type": "profile.upsert", "profile": {"name": 7}})
+
+    def rejections() -> list[dict[str, Any]]:
+        return [e[3] for e in sink_events(app) if e[1] == "command.rejected"]
+
+    found = wait_until(lambda: len(r := rejections()) >= 3 and r, 15, "three command.rejected events at Prime")
+    reasons = {e["command_id"]: e["reason"] for e in found}
+    assert "malformed command: not JSON" in reasons[""]
+    assert "device.teleport" in reasons["cmd-unknown"] and "not supported" in reasons["cmd-unknown"]
+    assert "wrong type" in reasons["cmd-bad-profile"]
+    # Each was acknowledged: nothing is left for a redelivery.
+    time.sleep(0.5)
+    assert len(rejections()) == 3
+
+
+def test_status_shows_the_prime_broker_connection(node: Node, bridge: PrimeBridge) -> None:
+    app, prime = node
+    settings = app.extensions["pnp_gateway"].settings
+    client = app.test_client()
+
+    def rows() -> dict[str, dict[str, str]]:
+        return {r["service"]: r for r in client.get("/status").get_json()["rows"]}
+
+    up = rows()
+    assert up["Prime Infrastructure Broker"]["status"] == "UP"
+    assert up["Prime Infrastructure Broker"]["mode"] == "SSL"
+    assert up["Prime Infrastructure Broker"]["info"] == (
+        f"Connection: 1; Connection Detail: {settings.vip}:{settings.broker_port}")
+    assert up["Event Messaging Bus"]["status"] == "UP" and up["Event Messaging Bus"]["mode"] == "PLAIN TEXT"
+
+    prime.kill()
+    down = wait_until(lambda: (r := rows())["Prime Infrastructure Broker"]["status"] == "DOWN" and r, 10,
+                      "the broker row to go DOWN")
+    assert down["Prime Infrastructure Broker"]["info"].startswith("Connection: 0")
+    assert down["Event Messaging Bus"]["status"] == "DOWN"
+    prime.start()
+    wait_until(lambda: rows()["Prime Infrastructure Broker"]["status"] == "UP", 15, "the bridge to reconnect")
+
+
+def test_bridge_refuses_a_broker_whose_certificate_it_does_not_trust(node: Node, tmp_path: Path) -> None:
+    app, _ = node
+    other = load_settings({"data_dir": str(tmp_path / "other")})
+    from pnp_integrated.bus.bridge import BridgeTarget
+    from pnp_integrated.tls import ensure_certificates
+
+    other.data_dir.mkdir(parents=True)
+    foreign_ca = ensure_certificates(other).ca
+    settings = app.extensions["pnp_gateway"].settings
+    bridge = PrimeBridge(app, BridgeTarget(settings.vip, settings.broker_port, foreign_ca), connect_timeout=3,
+                         max_backoff=0.5)
+    thread = threading.Thread(target=bridge.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(2)
+        assert not bridge.connected
+        assert bridge.connections == 0
+    finally:
+        bridge.stop()
+        thread.join(10)
+    status = {r["service"]: r for r in app.test_client().get("/status").get_json()["rows"]}
+    assert status["Prime Infrastructure Broker"]["status"] == "DOWN"
