@@ -304,8 +304,9 @@ class StompSession:
 
     _ids = itertools.count(1)
 
+    # ``heartbeat``: what the broker offers (can send every, wants every) in ms; the client's header widens both.
     def __init__(self, broker: Broker, send: Callable[[bytes], None], *, peer: str = "",
-                 limits: Limits | None = None, heartbeat: tuple[int, int] = (10000, 10000)) -> None:
+                 limits: Limits | None = None, heartbeat: tuple[int, int] = (1000, 1000)) -> None:
         self.broker = broker
         self.peer = peer
         self.session_id = f"session-{next(self._ids)}"
@@ -501,7 +502,7 @@ class BrokerController:
 
     def __init__(self, broker: Broker, ports: BrokerPorts, *, context: ssl.SSLContext | None,
                  handshake_timeout: float = 10.0, connect_timeout: float = 10.0, limits: Limits | None = None,
-                 heartbeat: tuple[int, int] = (10000, 10000), max_connections: int = 1000) -> None:
+                 heartbeat: tuple[int, int] = (1000, 1000), max_connections: int = 1000) -> None:
         self.broker = broker
         self.ports = ports
         self._context = context

@@ -12,7 +12,16 @@ import ssl
 import time
 from collections import deque
 
-from .stomp import HEARTBEAT, Frame, FrameParser, Limits, encode_frame, encode_heartbeat, make_frame
+from .stomp import (
+    HEARTBEAT,
+    Frame,
+    FrameParser,
+    Limits,
+    StompProtocolError,
+    encode_frame,
+    encode_heartbeat,
+    make_frame,
+)
 
 
 class StompClientError(Exception):
@@ -119,12 +128,16 @@ class StompClient:
                 self.close()
                 break
             self._parser.receive_data(data)
-            while (event := self._parser.next_event()) is not None:
-                if event is HEARTBEAT:
-                    self.heartbeats_received += 1
-                else:
-                    assert isinstance(event, Frame)
-                    self._frames.append(event)
+            try:
+                while (event := self._parser.next_event()) is not None:
+                    if event is HEARTBEAT:
+                        self.heartbeats_received += 1
+                    else:
+                        assert isinstance(event, Frame)
+                        self._frames.append(event)
+            except StompProtocolError as exc:
+                self.close()
+                raise StompClientError(f"{self.host}:{self.port} does not speak STOMP: {exc}") from exc
         return self._frames.popleft() if self._frames else None
 
     def request(self, frame: Frame, timeout: float | None = None) -> Frame:
