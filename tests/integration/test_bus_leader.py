@@ -1,0 +1,58 @@
+"""Leader election: of the workers competing for the ``leader`` lease exactly one runs the Prime bridge."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from flask import Flask
+
+from pnp_integrated.bus import lease
+from pnp_integrated.bus.leader import LeaderLoop
+from pnp_integrated.models import LeaderLease, db
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def worker(app: Flask, name: str) -> LeaderLoop:
+    loop = LeaderLoop(app, ttl=2.0, renew_every=0.2, bridge_options={"max_backoff": 0.5, "connect_timeout": 1})
+    loop.holder = f"node-a:{name}"  # two workers of one node, as gunicorn would run them
+    return loop
+
+
+def test_one_worker_leads_and_another_takes_over_when_it_stops(app: Flask) -> None:
+    first, second = worker(app, "1"), worker(app, "2")
+    first.start()
+    wait_until(lambda: first.is_leader, 5, "the first worker to lead")
+    second.start()
+    try:
+        time.sleep(0.8)  # several rounds: the second must not take a lease that is being renewed
+        assert first.is_leader and not second.is_leader
+        assert first.bridge is not None and second.bridge is None
+        first.stop()  # releases the lease
+        wait_until(lambda: second.is_leader, 3, "the second worker to take over")
+        assert second.bridge is not None
+        with app.app_context():
+            row = db.session.get(LeaderLease, lease.LEADER)
+            assert row is not None and row.holder == "node-a:2" and row.term == 2
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_expired_lease_is_taken_and_a_held_one_is_not(app: Flask) -> None:
+    with app.app_context():
+        assert lease.try_hold("node-a:1", ttl=0.3) == 1
+        assert lease.try_hold("node-b:1", ttl=5) is None  # held by node-a
+        assert lease.try_hold("node-a:1", ttl=0.3) == 1  # renewal keeps the term
+        time.sleep(0.4)
+        assert lease.try_hold("node-b:1", ttl=5) == 2  # expired: taken over, new term
+        current = lease.current()
+        assert current is not None and current.holder == "node-b:1"
