@@ -143,14 +143,14 @@ def send(command_type: str, payload_file: Path, command_id: str | None, broker_a
 
 
 def _host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
-    match = re.fullmatch(r"\[?([^\[\]]+?)\]?(?::(\d{1,5}))?", text.strip())
-    if not match or (match.group(2) is None and default_port is None):
-        _fail(f"{text!r} is not HOST:PORT")
-    port = int(match.group(2)) if match.group(2) else default_port
+    match = re.fullmatch(r"(?:\[([^\]]+)\]|([^:\[\]\s]+))(?::(\d{1,5}))?", text.strip())
+    if not match or (match.group(3) is None and default_port is None):
+        _fail(f"{text!r} is not HOST:PORT (IPv6 addresses in brackets: [::1]:61617)")
+    port = int(match.group(3)) if match.group(3) else default_port
     assert port is not None
     if not 1 <= port <= 65535:
         _fail(f"{text!r}: {port} is not a TCP port")
-    return match.group(1), port
+    return match.group(1) or match.group(2), port
 
 
 def _trusting_context(settings: Settings) -> ssl.SSLContext:
