@@ -1,13 +1,35 @@
-"""CNS gateway: dispatcher and gateway ports (the CNS-W1 protocol is served here)."""
+"""CNS gateway: dispatcher and gateway ports speaking CNS-W1 (see docs/cns-wire.md)."""
 
 from __future__ import annotations
 
 from flask import Flask
 
-from ..listeners import StreamHandler, close_at_once
+from ..extension import gateway_state
+from ..listeners import StreamHandler
 
 
 def stream_handler_for(app: Flask, port: int) -> StreamHandler:
-    """The connection handler of a CNS port. Until the CNS protocol is served, a port accepts and closes."""
-    del app, port
-    return close_at_once
+    """The connection handler of a CNS port: a dispatcher (base+1, base+2) or a gateway port (base+3 ..)."""
+    from .dispatcher import Dispatcher
+    from .gateway import GatewayPort
+    from .worker import cns_worker
+
+    settings = gateway_state(app).settings
+    cns_worker(app)  # opens this worker's mailbox before any device can connect
+    if port == settings.dispatcher_plain_port:
+        return Dispatcher(app, port, tls=False)
+    if port == settings.dispatcher_tls_port:
+        return Dispatcher(app, port, tls=True)
+    if port in settings.gateway_ports:
+        return GatewayPort(app, port, tls=settings.gateway_port_is_tls(port))
+    raise ValueError(f"port {port} is not a CNS dispatcher or gateway port")
+
+
+def deliver(device_key: str, subject: str, xml: str) -> bool:
+    """Push ``xml`` on ``subject`` to the device's live CNS session, whichever worker holds it (app context needed)."""
+    from .worker import deliver as route
+
+    return route(device_key, subject, xml)
+
+
+__all__ = ["deliver", "stream_handler_for"]

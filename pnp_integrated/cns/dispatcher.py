@@ -1,0 +1,96 @@
+"""Dispatcher ports: read the device's HELLO, hand it to the least-loaded gateway port of the same transport, close.
+
+Loads are live session rows in the database, so the choice is the same whichever worker the kernel gave the
+connection to.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import func, select
+
+from ..config import Settings
+from ..models import DeviceSession, db
+from .codec import DEVICE_COMMANDS, CnsProtocolError, FrameReader, error_frame
+from .gateway import BUSY_RETRY_AFTER, PASSIVE_RETRY_AFTER, FrameStream, FrameTimeout, close_socket, send_frame
+from .session import Admit, CnsSession, Refuse, busy, receipt, redirect, refusal
+from .worker import node_is_passive
+
+log = logging.getLogger(__name__)
+
+
+def gateway_loads(settings: Settings, tls: bool) -> dict[int, int]:
+    """Live sessions per gateway port of one transport on this node (needs an application context)."""
+    ports = settings.gateway_tls_ports if tls else settings.gateway_plain_ports
+    rows = db.session.execute(
+        select(DeviceSession.port, func.count()).where(
+            DeviceSession.closed_at.is_(None), DeviceSession.node == settings.node_name,
+            DeviceSession.port.in_(ports)).group_by(DeviceSession.port)
+    ).all()
+    counts = {int(port): int(count) for port, count in rows}
+    return {port: counts.get(port, 0) for port in ports}
+
+
+def choose_gateway_port(loads: dict[int, int], capacity: int) -> int | None:
+    """The port with the fewest sessions (ties: the lowest port); ``None`` when every port is full."""
+    open_ports = [(count, port) for port, count in loads.items() if count < capacity]
+    return min(open_ports)[1] if open_ports else None
+
+
+class Dispatcher:
+    """The connection handler of one dispatcher port in this worker."""
+
+    def __init__(self, app: Flask, port: int, tls: bool) -> None:
+        self.app = app
+        self.port = port
+        self.tls = tls
+
+    def __call__(self, sock: Any, address: tuple[str, int]) -> None:
+        try:
+            self._dispatch(sock, address)
+        finally:
+            close_socket(sock)
+
+    def _dispatch(self, sock: Any, address: tuple[str, int]) -> None:
+        from ..extension import gateway_state
+
+        settings = gateway_state(self.app).settings
+        reader = FrameReader(DEVICE_COMMANDS, max_header_bytes=settings.cns_max_header_bytes,
+                             max_body_bytes=settings.cns_max_body_bytes)
+        try:
+            frame = FrameStream(sock, reader).read(time.monotonic() + settings.cns_hello_timeout)
+        except FrameTimeout:
+            return  # no HELLO in time: closed without a word
+        except CnsProtocolError as exc:
+            send_frame(sock, error_frame(exc.code, exc.message))
+            return
+        except OSError:
+            return
+        if frame is None:
+            return
+        decision = CnsSession().receive(frame)
+        if isinstance(decision, Refuse):
+            send_frame(sock, refusal(decision))
+            return
+        assert isinstance(decision, Admit)
+        if node_is_passive(self.app):
+            send_frame(sock, refusal(Refuse(503, "node is passive (standby); retry later"), PASSIVE_RETRY_AFTER))
+            return
+        with self.app.app_context():
+            try:
+                loads = gateway_loads(settings, self.tls)
+            finally:
+                db.session.remove()
+        if decision.receipt is not None:
+            send_frame(sock, receipt(decision.receipt))
+        port = choose_gateway_port(loads, settings.cns_port_capacity)
+        if port is None:
+            send_frame(sock, busy(BUSY_RETRY_AFTER, "every gateway port is at capacity"))
+            log.warning("CNS dispatcher %s: every gateway port is full, %s told to retry", self.port, address[0])
+            return
+        send_frame(sock, redirect(settings.vip, port))
+        log.debug("CNS device %s from %s sent to port %s", decision.hello.device_id, address[0], port)

@@ -1,0 +1,351 @@
+"""Gateway ports: the gevent adapter between a device socket, the CNS-W1 codec and the session state machine.
+
+One greenlet per connection reads frames under a deadline (HELLO within ``cns_hello_timeout``, then keepalive x
+(retries + 1) since the last complete frame) and carries out the state machine's decisions: admission (session row,
+replacement of an older session of the same device anywhere on the node, port capacity), subscriptions, durable
+recording of published events before their RECEIPT, and the provisioning engine's next step. Other greenlets (the
+mailbox, an HTTP request on this worker) write to the device through :meth:`GatewayConnection.push` and
+:meth:`GatewayConnection.end`, under the connection's send lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import gevent
+from flask import Flask
+from gevent.lock import RLock
+from sqlalchemy import func, select, update
+
+from ..bus.outbox import record_event
+from ..models import DeviceSession, db, utcnow
+from . import provision
+from .codec import CLOSED, DEVICE_COMMANDS, NEED_DATA, CnsProtocolError, Frame, FrameReader, error_frame, serialize
+from .messages import CONFIG_LOAD, EXEC_CMD
+from .session import (
+    Admit,
+    CnsSession,
+    Goodbye,
+    Hello,
+    Ping,
+    Publish,
+    Refuse,
+    Subscribe,
+    Unsubscribe,
+    busy,
+    pong,
+    receipt,
+    refusal,
+    welcome,
+)
+from .worker import CnsWorker, close_sessions, cns_worker, end_session, node_is_passive, session_device
+
+log = logging.getLogger(__name__)
+
+SEND_TIMEOUT = 30.0  # a device that stops reading must not hold a greenlet forever
+BUSY_RETRY_AFTER = 30
+PASSIVE_RETRY_AFTER = 10
+TOUCH_EVERY = 30.0  # seconds between last_frame_at updates caused by PINGs alone
+
+
+class FrameTimeout(Exception):
+    """No complete frame before the deadline."""
+
+
+class FrameStream:
+    """Frames from a socket through a :class:`FrameReader`, each read bounded by a deadline."""
+
+    def __init__(self, sock: Any, reader: FrameReader) -> None:
+        self.sock = sock
+        self.reader = reader
+
+    def read(self, deadline: float) -> Frame | None:
+        """The next frame; ``None`` when the peer closed. Raises FrameTimeout, CnsProtocolError or OSError."""
+        while True:
+            event = self.reader.next_event()
+            if event is CLOSED:
+                return None
+            if event is not NEED_DATA:
+                assert isinstance(event, Frame)
+                return event
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FrameTimeout
+            data: bytes | None = None
+            with gevent.Timeout(remaining, False):
+                data = self.sock.recv(65536)
+            if data is None:
+                raise FrameTimeout
+            self.reader.receive_data(data)
+
+
+def send_frame(sock: Any, frame: Frame) -> bool:
+    """Write one frame; ``False`` when the peer is gone or does not read."""
+    try:
+        with gevent.Timeout(SEND_TIMEOUT):
+            sock.sendall(serialize(frame))
+        return True
+    except (OSError, gevent.Timeout):
+        return False
+
+
+def close_socket(sock: Any) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class GatewayConnection:
+    """One device connected to a gateway port of this worker."""
+
+    def __init__(self, app: Flask, worker: CnsWorker, sock: Any, address: tuple[str, int], port: int,
+                 tls: bool) -> None:
+        self.app = app
+        self.worker = worker
+        self.settings = worker.settings
+        self.sock = sock
+        self.address = address[0] if address else ""
+        self.port = port
+        self.tls = tls
+        self.session = CnsSession()
+        self.token = ""
+        self.ended_by: str = ""  # set when another greenlet ended this session
+        self._lock = RLock()
+        self._last_touch = 0.0
+        self._pushed: set[str] = set()
+
+    # ---- used by other greenlets ----------------------------------------------------------------------------
+    def send(self, frame: Frame) -> bool:
+        with self._lock:
+            if self.ended_by:
+                return False
+            return send_frame(self.sock, frame)
+
+    def end(self, code: int, message: str) -> None:
+        """End this session from outside (replacement, shutdown): ERROR to the device, then close."""
+        with self._lock:
+            if self.ended_by:
+                return
+            send_frame(self.sock, error_frame(code, message))
+            self.ended_by = message
+        self.session.close()
+        close_socket(self.sock)  # wakes the reading greenlet
+
+    def push(self, subject: str, xml: str) -> bool:
+        """DELIVER ``xml`` on ``subject`` if the device subscribed to it."""
+        from .session import deliver
+
+        if not self.session.subscribed(subject):
+            return False
+        device_subject = subject.removesuffix(f".{self.session.device_id}")
+        return self.send(deliver(device_subject, xml))
+
+    # ---- the connection's own greenlet ----------------------------------------------------------------------
+    def serve(self) -> None:
+        reason = "connection closed"
+        try:
+            reason = self._serve()
+        except gevent.GreenletExit:
+            reason = "gateway stopping"
+            self.send(error_frame(503, "gateway stopping", Retry_After=str(PASSIVE_RETRY_AFTER)))
+            raise
+        except Exception:
+            log.exception("CNS session of %s on port %s failed", self.session.device_id or self.address, self.port)
+            reason = "gateway error"
+            self.send(error_frame(503, "internal gateway error", Retry_After=str(PASSIVE_RETRY_AFTER)))
+        finally:
+            self._finish(reason)
+
+    def _serve(self) -> str:
+        reader = FrameReader(DEVICE_COMMANDS, max_header_bytes=self.settings.cns_max_header_bytes,
+                             max_body_bytes=self.settings.cns_max_body_bytes)
+        stream = FrameStream(self.sock, reader)
+        deadline = time.monotonic() + self.settings.cns_hello_timeout
+        while True:
+            try:
+                frame = stream.read(deadline)
+            except FrameTimeout:
+                if self.session.hello is None:
+                    return f"no HELLO within {self.settings.cns_hello_timeout:g}s"
+                return f"idle for {self.session.hello.idle_timeout:g}s"
+            except CnsProtocolError as exc:
+                self.send(error_frame(exc.code, exc.message))
+                return f"protocol error {exc.code}: {exc.message}"
+            except OSError:
+                return self.ended_by or "connection lost"
+            if frame is None:
+                return self.ended_by or "closed by device"
+            outcome = self._decide(frame)
+            if outcome:
+                return outcome
+            if self.session.hello is not None:
+                deadline = time.monotonic() + self.session.hello.idle_timeout
+
+    def _decide(self, frame: Frame) -> str:
+        """Carry out the state machine's decision; a non-empty close reason ends the connection."""
+        decision = self.session.receive(frame)
+        match decision:
+            case Refuse(code=code, message=message, close=close):
+                self.send(refusal(decision))
+                return f"refused {code}: {message}" if close else ""
+            case Admit(hello=hello):
+                refused = self._admit(hello)
+                if refused:
+                    return refused
+            case Subscribe(subject=subject) | Unsubscribe(subject=subject):
+                self._store_subjects()
+                self._receipt(decision.receipt)
+                if isinstance(decision, Subscribe) and subject in (CONFIG_LOAD, EXEC_CMD):
+                    self._carry_out(provision.pending_action(self.app, self.session.hello))
+                return ""
+            case Publish():
+                self._publish(decision)
+                return ""
+            case Ping():
+                self.send(pong())
+                self._touch()
+            case Goodbye():
+                self._receipt(decision.receipt)
+                from .session import bye
+
+                self.send(bye())
+                return "BYE from device"
+        self._receipt(decision.receipt)
+        return ""
+
+    def _receipt(self, token: str | None) -> None:
+        if token is not None:
+            self.send(receipt(token))
+
+    # ---- admission ------------------------------------------------------------------------------------------
+    def _admit(self, hello: Hello) -> str:
+        if node_is_passive(self.app):
+            self.send(refusal(Refuse(503, "node is passive (standby); retry later"), PASSIVE_RETRY_AFTER))
+            return "node passive"
+        settings = self.settings
+        with self.app.app_context():
+            try:
+                row = DeviceSession(device_key=hello.device_id, protocol="cns", node=settings.node_name,
+                                    worker_pid=self.worker.pid, port=self.port, tls=self.tls, address=self.address,
+                                    subjects=[])
+                db.session.add(row)
+                db.session.flush()
+                older = list(db.session.scalars(select(DeviceSession).where(
+                    DeviceSession.device_key == hello.device_id, DeviceSession.closed_at.is_(None),
+                    DeviceSession.node == settings.node_name, DeviceSession.protocol == "cns",
+                    DeviceSession.id < row.id)))
+                close_sessions(older, "replaced by a newer session")
+                record_event("device.connected", {"device": session_device(row)})
+                db.session.commit()
+                self.token = row.token
+                # Admission is decided after the insert: the first `capacity` live rows of the port (by id) win,
+                # so two workers admitting at once cannot both take the last place.
+                ahead = db.session.scalar(select(func.count()).select_from(DeviceSession).where(
+                    DeviceSession.port == self.port, DeviceSession.node == settings.node_name,
+                    DeviceSession.closed_at.is_(None), DeviceSession.id <= row.id)) or 0
+                if ahead > settings.cns_port_capacity:
+                    close_sessions([row], "port at capacity")
+                    db.session.commit()
+                    self.token = ""
+                    self.send(busy(BUSY_RETRY_AFTER, f"port {self.port} is at capacity"))
+                    return "port at capacity"
+                for old in older:
+                    end_session(settings, old, 409, "replaced by a newer session of the same Device-Id")
+            finally:
+                db.session.remove()
+        self.worker.connections[self.token] = self
+        self.send(welcome(self.token, hello.keepalive))
+        log.info("CNS device %s connected on port %s from %s", hello.device_id, self.port, self.address)
+        self._carry_out(provision.contact(self.app, hello, self.address))
+        return ""
+
+    # ---- subscriptions, events ------------------------------------------------------------------------------
+    def _store_subjects(self) -> None:
+        subjects = sorted(self.session.bus_subject(s) for s in self.session.subjects)
+        with self.app.app_context():
+            try:
+                db.session.execute(update(DeviceSession).where(DeviceSession.token == self.token)
+                                   .values(subjects=subjects, last_frame_at=utcnow()))
+                db.session.commit()
+            finally:
+                db.session.remove()
+        self._last_touch = time.monotonic()
+
+    def _touch(self) -> None:
+        if time.monotonic() - self._last_touch < TOUCH_EVERY:
+            return
+        self._last_touch = time.monotonic()
+        with self.app.app_context():
+            try:
+                db.session.execute(update(DeviceSession).where(DeviceSession.token == self.token)
+                                   .values(last_frame_at=utcnow()))
+                db.session.commit()
+            finally:
+                db.session.remove()
+
+    def _publish(self, event: Publish) -> None:
+        hello = self.session.hello
+        assert hello is not None
+        with self.app.app_context():
+            try:
+                record_event("cns.event", {
+                    "subject": event.bus_subject,
+                    "device": {"id": hello.device_id, "serial": hello.config_id, "protocol": "cns",
+                               "address": self.address, "port": self.port},
+                    "xml": event.xml,
+                })
+                db.session.execute(update(DeviceSession).where(DeviceSession.token == self.token)
+                                   .values(last_frame_at=utcnow()))
+                db.session.commit()  # durable before the RECEIPT: a receipted event cannot be lost
+            finally:
+                db.session.remove()
+        self._last_touch = time.monotonic()
+        self._receipt(event.receipt)
+        self._carry_out(provision.report(self.app, hello, event.subject, event.document))
+
+    def _carry_out(self, action: Any) -> None:
+        """Push what the engine wants done over this connection (post-PnP config, write memory)."""
+        hello = self.session.hello
+        if action is None or hello is None:
+            return
+        delivery = provision.delivery_for(action, hello, self.settings)
+        if delivery is None or action.correlator in self._pushed:
+            return
+        subject, xml = delivery
+        if self.push(subject, xml):
+            self._pushed.add(action.correlator)
+
+    # ---- end ------------------------------------------------------------------------------------------------
+    def _finish(self, reason: str) -> None:
+        self.session.close()
+        if self.token and self.worker.connections.get(self.token) is self:
+            del self.worker.connections[self.token]
+        close_socket(self.sock)
+        if not self.token:
+            return
+        with self.app.app_context():
+            try:
+                rows = list(db.session.scalars(select(DeviceSession).where(DeviceSession.token == self.token)))
+                close_sessions(rows, self.ended_by or reason)
+                db.session.commit()
+            except Exception as exc:  # the device is gone either way; a stale row is swept on the next start
+                log.warning("could not close CNS session %s: %s", self.token, exc)
+            finally:
+                db.session.remove()
+        log.info("CNS device %s disconnected from port %s: %s", self.session.device_id, self.port,
+                 self.ended_by or reason)
+
+
+class GatewayPort:
+    """The connection handler of one gateway port in this worker."""
+
+    def __init__(self, app: Flask, port: int, tls: bool) -> None:
+        self.app = app
+        self.port = port
+        self.tls = tls
+
+    def __call__(self, sock: Any, address: tuple[str, int]) -> None:
+        GatewayConnection(self.app, cns_worker(self.app), sock, address, self.port, self.tls).serve()

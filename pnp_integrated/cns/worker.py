@@ -1,0 +1,252 @@
+"""This worker's share of the CNS gateway: its live connections, and the mailbox other processes reach them through.
+
+gunicorn runs several workers and the kernel spreads device connections across them (SO_REUSEPORT), so a push for a
+device, or the replacement of its session, may be decided in a process that does not hold its socket. The database
+says where each live session is (``DeviceSession.worker_pid``); every worker listens on a unix socket
+``<data_dir>/run/worker-<pid>.sock`` (its mailbox) and acts on one-line JSON requests for sessions it holds. No
+message broker is needed, so delivery works even while the bus is down.
+
+Mailbox requests: ``{"op": "deliver", "token", "subject", "xml"}`` and ``{"op": "end", "token", "code",
+"message"}``; the answer is ``{"ok": true|false}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app
+from sqlalchemy import select, update
+
+from ..bus.outbox import record_event
+from ..config import Settings
+from ..extension import gateway_state
+from ..models import DeviceSession, db, utcnow
+
+if TYPE_CHECKING:
+    from .gateway import GatewayConnection
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "pnp_cns"
+MAILBOX_TIMEOUT = 5.0
+MAX_MAILBOX_REQUEST = 4 * 1024 * 1024  # a DELIVER body (1 MiB) once JSON-escaped, with room to spare
+# A unix socket path must fit in sockaddr_un (108 octets); longer paths are reached through the directory's fd.
+MAX_UNIX_PATH = 100
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.data_dir / "run"
+
+
+def mailbox_path(settings: Settings, pid: int) -> Path:
+    """Where worker ``pid`` of this node listens for mailbox requests."""
+    return run_dir(settings) / f"worker-{pid}.sock"
+
+
+@contextlib.contextmanager
+def _short_path(path: Path) -> Iterator[str]:
+    """A path to ``path`` short enough for ``sockaddr_un`` (through ``/proc/self/fd`` when it is too long)."""
+    text = str(path.resolve())
+    if len(text) <= MAX_UNIX_PATH:
+        yield text
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def node_is_passive(app: Flask) -> bool:
+    """Whether this node must refuse device sessions (HA standby); without HA the node is always active."""
+    from ..ha import NodeRole
+
+    for value in app.extensions.values():
+        if isinstance(value, NodeRole):
+            return value.state != "ACTIVE"
+    return False
+
+
+def close_sessions(rows: list[DeviceSession], reason: str) -> None:
+    """Mark live session rows closed and tell Prime; part of the caller's transaction."""
+    now = utcnow()
+    for row in rows:
+        changed = db.session.execute(
+            update(DeviceSession).where(DeviceSession.id == row.id, DeviceSession.closed_at.is_(None))
+            .values(closed_at=now, close_reason=reason[:255])
+        ).rowcount
+        if changed:
+            record_event("device.disconnected", {"device": session_device(row), "reason": reason})
+
+
+def session_device(row: DeviceSession) -> dict[str, Any]:
+    """The ``device`` object of device.connected / device.disconnected events."""
+    return {"id": row.device_key, "serial": row.device_key, "pid": "", "udi": "", "protocol": "cns",
+            "address": row.address, "port": row.port}
+
+
+class CnsWorker:
+    """The CNS connections this worker holds, by session token, and its mailbox server."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.settings: Settings = gateway_state(app).settings
+        self.pid = os.getpid()
+        self.connections: dict[str, GatewayConnection] = {}
+        self._mailbox: Any = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the mailbox and close the session rows left behind by workers that no longer exist."""
+        from gevent.server import StreamServer
+
+        path = mailbox_path(self.settings, self.pid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with _short_path(path) as short:
+            listener.bind(short)
+        listener.listen(128)
+        listener.setblocking(False)  # gevent's accept loop needs it when the process is not monkey-patched
+        self._mailbox = StreamServer(listener, self._serve_mailbox)
+        self._mailbox.start()
+        try:
+            self.sweep_stale_sessions()
+        except Exception as exc:  # the database may be busy at start; a later sweep or replacement cleans up
+            log.warning("could not sweep stale CNS sessions: %s", exc)
+
+    def stop(self) -> None:
+        if self._mailbox is not None:
+            self._mailbox.close()
+            self._mailbox = None
+        mailbox_path(self.settings, self.pid).unlink(missing_ok=True)
+
+    def sweep_stale_sessions(self) -> None:
+        """Close live rows of this node whose worker is gone (crash, restart): they would skew the port counts."""
+        with self.app.app_context():
+            try:
+                rows = list(db.session.scalars(select(DeviceSession).where(
+                    DeviceSession.closed_at.is_(None), DeviceSession.node == self.settings.node_name,
+                    DeviceSession.protocol == "cns")))
+                stale = [r for r in rows if r.worker_pid == self.pid or not mailbox_alive(self.settings, r.worker_pid)]
+                if stale:
+                    close_sessions(stale, "gateway worker ended")
+                    db.session.commit()
+                    log.info("closed %d CNS sessions left by ended workers", len(stale))
+            finally:
+                db.session.remove()
+
+    # ---- local operations -----------------------------------------------------------------------------------
+    def end_local(self, token: str, code: int, message: str) -> bool:
+        connection = self.connections.get(token)
+        if connection is None:
+            return False
+        connection.end(code, message)
+        return True
+
+    def deliver_local(self, token: str, subject: str, xml: str) -> bool:
+        connection = self.connections.get(token)
+        return connection is not None and connection.push(subject, xml)
+
+    def _serve_mailbox(self, sock: Any, _address: Any) -> None:
+        try:
+            request = json.loads(_read_line(sock))
+            op = request.get("op")
+            if op == "deliver":
+                ok = self.deliver_local(str(request["token"]), str(request["subject"]), str(request["xml"]))
+            elif op == "end":
+                ok = self.end_local(str(request["token"]), int(request["code"]), str(request["message"]))
+            elif op == "ping":
+                ok = True
+            else:
+                ok = False
+            sock.sendall(json.dumps({"ok": ok}).encode() + b"\n")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.info("mailbox request refused: %s", exc)
+        finally:
+            sock.close()
+
+
+def _read_line(sock: Any) -> bytes:
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_MAILBOX_REQUEST:
+            raise ValueError("mailbox request too large")
+    return bytes(data)
+
+
+def post(settings: Settings, pid: int, request: dict[str, Any], timeout: float = MAILBOX_TIMEOUT) -> bool | None:
+    """Send a request to worker ``pid``'s mailbox: its answer, or ``None`` when that worker is unreachable."""
+    path = mailbox_path(settings, pid)
+    if not path.exists():
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            with _short_path(path) as short:
+                sock.connect(short)
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            answer = json.loads(_read_line(sock) or b"null")
+    except (OSError, ValueError):
+        return None
+    return bool(answer and answer.get("ok"))
+
+
+def mailbox_alive(settings: Settings, pid: int) -> bool:
+    return post(settings, pid, {"op": "ping"}, timeout=2.0) is True
+
+
+def cns_worker(app: Flask) -> CnsWorker:
+    """This process's :class:`CnsWorker` for ``app``, created (and its mailbox opened) on first use."""
+    worker: CnsWorker | None = app.extensions.get(EXTENSION_KEY)
+    if worker is None or worker.pid != os.getpid():
+        worker = CnsWorker(app)
+        app.extensions[EXTENSION_KEY] = worker
+        worker.start()
+    return worker
+
+
+def end_session(settings: Settings, row: DeviceSession, code: int, message: str) -> bool:
+    """End a live session wherever it is held (this worker or another); ``False`` if its worker is unreachable."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    worker: CnsWorker | None = app.extensions.get(EXTENSION_KEY)
+    if worker is not None and row.worker_pid == worker.pid:
+        return worker.end_local(row.token, code, message)
+    return bool(post(settings, row.worker_pid, {"op": "end", "token": row.token, "code": code, "message": message}))
+
+
+def deliver(device_key: str, subject: str, xml: str) -> bool:
+    """Send ``xml`` on ``subject`` to the device's live CNS session, whichever worker holds it.
+
+    ``subject`` is the device-side subject (``cisco.mgmt.cns.config.load``) or its bus form with the Device-Id
+    suffix. ``True`` once the DELIVER frame was written to the device; ``False`` when the device has no live session
+    on this node or did not subscribe to the subject. Needs an application context.
+    """
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    settings = gateway_state(app).settings
+    row = db.session.scalars(
+        select(DeviceSession).where(DeviceSession.device_key == device_key, DeviceSession.closed_at.is_(None),
+                                    DeviceSession.node == settings.node_name, DeviceSession.protocol == "cns")
+        .order_by(DeviceSession.id.desc()).limit(1)
+    ).first()
+    if row is None:
+        return False
+    worker: CnsWorker | None = app.extensions.get(EXTENSION_KEY)
+    if worker is not None and row.worker_pid == worker.pid:
+        return worker.deliver_local(row.token, subject, xml)
+    answer = post(settings, row.worker_pid, {"op": "deliver", "token": row.token, "subject": subject, "xml": xml})
+    if answer is None and not mailbox_alive(settings, row.worker_pid):
+        close_sessions([row], "gateway worker ended")
+        db.session.commit()
+    return bool(answer)

@@ -1,0 +1,1 @@
+"""Device simulators (CNS agent, Open PnP agent) for tests, benchmarks and demos."""

@@ -1,0 +1,419 @@
+"""CNS dispatcher and gateway ports over real sockets (plain and TLS), served in-process by the worker's listeners."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from unittest import mock
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from pnp_integrated import create_app
+from pnp_integrated.cns import deliver
+from pnp_integrated.devsim.cns import CnsLink, LinkClosed, connect, dispatch, hello_frame
+from pnp_integrated.extension import gateway_state
+from pnp_integrated.models import DeviceSession, OutboxEvent, db
+
+
+class CnsNode:
+    """The CNS listeners of one worker, run by a gevent hub in a background thread (tests use plain sockets)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.settings = gateway_state(app).settings
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import gevent
+
+        from pnp_integrated import listeners
+        from pnp_integrated.listeners import ListenerController
+        from pnp_integrated.runtime import raw_listener_specs
+        from pnp_integrated.tls import server_context
+
+        try:
+            state = gateway_state(self.app)
+            specs = [s for s in raw_listener_specs(self.app, self.settings) if s.name.startswith("CNS")]
+            controller = ListenerController(specs, context=server_context(self.settings, state.certs),
+                                            handshake_timeout=self.settings.tls_handshake_timeout)
+            # Unpatched (no monkey-patching in tests) listening sockets must be non-blocking for gevent's accept loop.
+            def nonblocking_bind(*args: Any, **kwargs: Any) -> socket.socket:
+                sock = bind(*args, **kwargs)
+                sock.setblocking(False)
+                return sock
+
+            bind = listeners.bind_socket
+            with mock.patch.object(listeners, "bind_socket", nonblocking_bind):
+                controller.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        while not self._stop.is_set():
+            gevent.sleep(0.02)
+        controller.stop(1)
+        self.app.extensions["pnp_cns"].stop()
+
+    def start(self) -> CnsNode:
+        self._thread.start()
+        self._ready.wait(20)
+        if self._error:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    @property
+    def plain(self) -> list[int]:
+        return self.settings.gateway_plain_ports
+
+    @property
+    def tls(self) -> list[int]:
+        return self.settings.gateway_tls_ports
+
+    def live_rows(self) -> list[DeviceSession]:
+        with self.app.app_context():
+            rows = list(db.session.scalars(select(DeviceSession).where(DeviceSession.closed_at.is_(None))
+                                           .order_by(DeviceSession.id)))
+            db.session.expunge_all()
+            db.session.remove()
+            return rows
+
+    def outbox(self, type_: str) -> list[dict[str, Any]]:
+        with self.app.app_context():
+            rows = [e.payload for e in db.session.scalars(select(OutboxEvent).where(OutboxEvent.type == type_)
+                                                         .order_by(OutboxEvent.id))]
+            db.session.remove()
+            return rows
+
+
+@pytest.fixture
+def node_factory(app_factory: Callable[..., Flask]) -> Iterator[Callable[..., CnsNode]]:
+    nodes: list[CnsNode] = []
+
+    def make(**overrides: Any) -> CnsNode:
+        node = CnsNode(app_factory(cns_hello_timeout=overrides.pop("cns_hello_timeout", 2), **overrides)).start()
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture
+def node(node_factory: Callable[..., CnsNode]) -> CnsNode:
+    return node_factory()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+HOST = "127.0.0.1"
+
+
+# ---- dispatcher ---------------------------------------------------------------------------------------------
+def test_dispatcher_redirects_to_the_lowest_port_when_all_are_empty(node: CnsNode) -> None:
+    answer = dispatch(HOST, node.settings.dispatcher_plain_port, "R1")
+    assert answer.command == "REDIRECT"
+    assert (answer.get("Host"), answer.get("Port")) == (node.settings.vip, str(node.plain[0]))
+
+
+def test_dispatcher_picks_the_least_loaded_port_of_the_same_transport(node: CnsNode) -> None:
+    links = [connect(HOST, node.plain[0], f"A{i}")[0] for i in range(2)]
+    links += [connect(HOST, node.plain[1], "B0")[0]]
+    links += [connect(HOST, p, f"C{p}")[0] for p in node.plain[2:]]
+    try:
+        # loads: 2, 1, 1, 1, 1 -> the lowest of the ports holding one device
+        assert dispatch(HOST, node.settings.dispatcher_plain_port, "R1").get("Port") == str(node.plain[1])
+        tls_answer = dispatch(HOST, node.settings.dispatcher_tls_port, "R2", tls=True)
+        assert tls_answer.command == "REDIRECT" and tls_answer.get("Port") == str(node.tls[0])
+    finally:
+        for link in links:
+            link.close()
+
+
+def test_dispatcher_says_busy_when_every_port_is_full(node_factory: Callable[..., CnsNode]) -> None:
+    node = node_factory(cns_port_capacity=1)
+    links = [connect(HOST, p, f"D{p}")[0] for p in node.plain]
+    try:
+        answer = dispatch(HOST, node.settings.dispatcher_plain_port, "LATE")
+        assert answer.command == "BUSY" and int(answer.get("Retry-After") or 0) > 0
+        assert dispatch(HOST, node.settings.dispatcher_tls_port, "TLS", tls=True).command == "REDIRECT"
+    finally:
+        for link in links:
+            link.close()
+
+
+def test_dispatcher_wants_hello_first(node: CnsNode) -> None:
+    with CnsLink.open(HOST, node.settings.dispatcher_plain_port) as link:
+        link.command("PING")
+        answer = link.receive()
+        assert (answer.command, answer.get("Code")) == ("ERROR", "401")
+        assert link.closed_by_peer()
+
+
+# ---- HELLO and admission ------------------------------------------------------------------------------------
+def test_welcome_gives_a_session_and_the_keepalive(node: CnsNode) -> None:
+    link, answer = connect(HOST, node.plain[0], "FTX1", keepalive="30,2")
+    with link:
+        assert answer.command == "WELCOME" and answer.get("Keepalive") == "30"
+        [row] = node.live_rows()
+        assert (row.token, row.device_key, row.port, row.tls) == (answer.get("Session"), "FTX1", node.plain[0], False)
+    wait_for(lambda: not node.live_rows())
+    assert [e["device"]["id"] for e in node.outbox("device.disconnected")] == ["FTX1"]
+
+
+def test_tls_gateway_port(node: CnsNode) -> None:
+    link, answer = connect(HOST, node.tls[0], "TLS1", tls=True)
+    with link:
+        assert answer.command == "WELCOME"
+        assert node.live_rows()[0].tls is True
+        link.command("PING", {"Receipt": "p"})
+        assert [link.receive().command, link.receive().command] == ["PONG", "RECEIPT"]
+
+
+def test_first_frame_must_be_hello(node: CnsNode) -> None:
+    with CnsLink.open(HOST, node.plain[0]) as link:
+        link.command("SUBSCRIBE", {"Subject": "x"})
+        answer = link.receive()
+        assert (answer.command, answer.get("Code")) == ("ERROR", "401")
+        assert answer.get("Message")
+        assert link.closed_by_peer()
+
+
+@pytest.mark.parametrize("headers", [{}, {"Device-Id": "has space"}, {"Device-Id": "x" * 256},
+                                     {"Device-Id": "ok", "Keepalive": "fast"},
+                                     {"Device-Id": "ok", "Keepalive": "0,1"}])
+def test_bad_hello_is_400_and_closed(node: CnsNode, headers: dict[str, str]) -> None:
+    with CnsLink.open(HOST, node.plain[0]) as link:
+        link.command("HELLO", headers)
+        answer = link.receive()
+        assert (answer.command, answer.get("Code")) == ("ERROR", "400")
+        assert link.closed_by_peer()
+    assert node.live_rows() == []
+
+
+def test_silent_client_is_closed_after_the_hello_timeout(node_factory: Callable[..., CnsNode]) -> None:
+    node = node_factory(cns_hello_timeout=0.5)
+    with CnsLink.open(HOST, node.plain[0]) as link:
+        started = time.monotonic()
+        assert link.closed_by_peer(timeout=5)
+        assert time.monotonic() - started < 3
+
+
+def test_slow_client_trickling_a_hello_is_cut_at_the_hello_timeout(node_factory: Callable[..., CnsNode]) -> None:
+    node = node_factory(cns_hello_timeout=1)
+    with CnsLink.open(HOST, node.plain[0]) as link:
+        started = time.monotonic()
+        with pytest.raises(OSError):  # the gateway hangs up while bytes still trickle in
+            for byte in b"CNS/1 HELLO\nDevice-Id:" + b"s" * 200:
+                link.send_raw(bytes([byte]))
+                time.sleep(0.02)
+        assert time.monotonic() - started < 4
+
+
+def test_idle_session_is_closed_after_keepalive_times_retries(node: CnsNode) -> None:
+    link, answer = connect(HOST, node.plain[0], "IDLE", keepalive="1,0")
+    with link:
+        assert answer.command == "WELCOME"
+        link.command("PING")
+        assert link.receive().command == "PONG"
+        started = time.monotonic()
+        assert link.closed_by_peer(timeout=5)
+        assert 0.5 < time.monotonic() - started < 3
+    wait_for(lambda: not node.live_rows())
+
+
+def test_pings_keep_a_session_alive(node: CnsNode) -> None:
+    link, _ = connect(HOST, node.plain[0], "ALIVE", keepalive="1,0")
+    with link:
+        for _ in range(4):
+            time.sleep(0.5)
+            link.command("PING")
+            assert link.receive().command == "PONG"
+
+
+def test_second_hello_replaces_the_old_session(node: CnsNode) -> None:
+    old, first = connect(HOST, node.plain[0], "DUP")
+    new, second = connect(HOST, node.plain[1], "DUP")
+    with old, new:
+        assert second.command == "WELCOME" and second.get("Session") != first.get("Session")
+        kicked = old.receive()
+        assert (kicked.command, kicked.get("Code")) == ("ERROR", "409")
+        assert old.closed_by_peer()
+        [row] = node.live_rows()
+        assert (row.token, row.port) == (second.get("Session"), node.plain[1])
+        new.command("PING")
+        assert new.receive().command == "PONG"
+
+
+def test_hello_twice_on_one_connection_is_400(node: CnsNode) -> None:
+    link, _ = connect(HOST, node.plain[0], "TWICE")
+    with link:
+        link.send(hello_frame("TWICE"))
+        assert link.receive().get("Code") == "400"
+        assert link.closed_by_peer()
+
+
+def test_full_gateway_port_answers_busy(node_factory: Callable[..., CnsNode]) -> None:
+    node = node_factory(cns_port_capacity=1)
+    first, _ = connect(HOST, node.plain[0], "ONE")
+    with first:
+        link, answer = connect(HOST, node.plain[0], "TWO")
+        with link:
+            assert answer.command == "BUSY" and answer.get("Retry-After")
+            assert link.closed_by_peer()
+        assert [r.device_key for r in node.live_rows()] == ["ONE"]
+
+
+def test_passive_node_refuses_with_503(node: CnsNode) -> None:
+    from pnp_integrated.ha import NodeRole
+
+    node.app.extensions["pnp_ha_role"] = NodeRole(settings=node.settings, state="PASSIVE")
+    for port in (node.settings.dispatcher_plain_port, node.plain[0]):
+        with CnsLink.open(HOST, port) as link:
+            link.send(hello_frame("STANDBY"))
+            answer = link.receive()
+            assert (answer.get("Code"), answer.get("Retry-After") is not None) == ("503", True)
+            assert link.closed_by_peer()
+
+
+# ---- framing errors and limits ------------------------------------------------------------------------------
+@pytest.mark.parametrize("wire", [b"GET / HTTP/1.1\r\n\r\n", b"CNS/1 FROB\n\n", b"CNS/1 HELLO\nno colon\n\n"])
+def test_garbage_is_400_and_closed(node: CnsNode, wire: bytes) -> None:
+    with CnsLink.open(HOST, node.plain[0]) as link:
+        link.send_raw(wire)
+        answer = link.receive()
+        assert (answer.command, answer.get("Code")) == ("ERROR", "400")
+        assert link.closed_by_peer()
+
+
+def test_oversized_head_and_body_are_413(node_factory: Callable[..., CnsNode]) -> None:
+    node = node_factory(cns_max_body_bytes=2048)
+    link, _ = connect(HOST, node.plain[0], "BIG")
+    with link:
+        link.send_raw(b"CNS/1 PUBLISH\nSubject:a.b\nContent-Length:4096\n\n")
+        answer = link.receive()
+        assert (answer.command, answer.get("Code")) == ("ERROR", "413")
+        assert link.closed_by_peer()
+    with CnsLink.open(HOST, node.plain[1]) as link:
+        link.send_raw(b"CNS/1 HELLO\nDevice-Id:x\nJunk:" + b"j" * 9000 + b"\n\n")
+        assert link.receive().get("Code") == "413"
+
+
+# ---- subscriptions, publish, deliver ------------------------------------------------------------------------
+def test_subscribe_maps_subjects_per_device_and_deliver_respects_them(node: CnsNode) -> None:
+    link, _ = connect(HOST, node.plain[0], "SUB1", subjects=("cisco.mgmt.cns.config.load",))
+    other_process = create_app({**node.app.config["PNP_SETTINGS"], "TESTING": True})
+    with link:
+        assert node.live_rows()[0].subjects == ["cisco.mgmt.cns.config.load.SUB1"]
+        with other_process.app_context():
+            assert deliver("SUB1", "cisco.mgmt.cns.config.load", "<config-event/>") is True
+            assert deliver("SUB1", "cisco.mgmt.cns.exec.cmd", "<exec-cmd-event/>") is False
+            assert deliver("NOBODY", "cisco.mgmt.cns.config.load", "<config-event/>") is False
+        frame = link.receive()
+        assert (frame.command, frame.get("Subject"), frame.body) == (
+            "DELIVER", "cisco.mgmt.cns.config.load", b"<config-event/>")
+        assert frame.get("Message-Id")
+        link.command("UNSUBSCRIBE", {"Subject": "cisco.mgmt.cns.config.load", "Receipt": "u"})
+        assert link.receive().get("Receipt-Id") == "u"
+        assert node.live_rows()[0].subjects == []
+        with other_process.app_context():
+            assert deliver("SUB1", "cisco.mgmt.cns.config.load.SUB1", "<config-event/>") is False
+
+
+def test_subscribe_without_subject_is_400(node: CnsNode) -> None:
+    link, _ = connect(HOST, node.plain[0], "NOSUBJ")
+    with link:
+        link.command("SUBSCRIBE")
+        assert link.receive().get("Code") == "400"
+        assert link.closed_by_peer()
+
+
+def test_publish_is_recorded_before_its_receipt(node: CnsNode) -> None:
+    link, _ = connect(HOST, node.plain[0], "PUB1")
+    body = "<config-success><identifier>J1</identifier><config-id>PUB1</config-id></config-success>"
+    with link:
+        link.command("PUBLISH", {"Subject": "cisco.mgmt.cns.config.complete", "Receipt": "r1"}, body)
+        assert link.receive().get("Receipt-Id") == "r1"
+        [event] = node.outbox("cns.event")  # already committed when the receipt arrived
+        assert (event["subject"], event["xml"], event["device"]["id"]) == (
+            "cisco.mgmt.cns.config.complete.PUB1", body, "PUB1")
+
+
+@pytest.mark.parametrize("subject, body", [
+    ("cisco.mgmt.cns.inventory", "<device-details><unclosed></device-details>"),
+    ("cisco.mgmt.cns.inventory", ""),
+    ("cisco.mgmt.cns.config.complete", "<config-failure/>"),
+    ("x.y", '<!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>'),
+])
+def test_bad_publish_body_is_400_and_the_session_stays_open(node: CnsNode, subject: str, body: str) -> None:
+    link, _ = connect(HOST, node.plain[0], "XML1")
+    with link:
+        link.command("PUBLISH", {"Subject": subject, "Receipt": "bad"}, body)
+        answer = link.receive()
+        assert (answer.command, answer.get("Code")) == ("ERROR", "400")
+        link.command("PING")
+        assert link.receive().command == "PONG"
+    assert node.outbox("cns.event") == []
+
+
+def test_bye_ends_the_session_cleanly(node: CnsNode) -> None:
+    link, _ = connect(HOST, node.plain[0], "BYE1")
+    with link:
+        link.command("BYE", {"Receipt": "b"})
+        assert [link.receive().command, link.receive().command] == ["RECEIPT", "BYE"]
+        with pytest.raises(LinkClosed):
+            link.receive()
+    rows = wait_for(lambda: [r for r in closed_rows(node) if r.device_key == "BYE1"])
+    assert rows[0].close_reason == "BYE from device"
+
+
+def closed_rows(node: CnsNode) -> list[DeviceSession]:
+    with node.app.app_context():
+        rows = list(db.session.scalars(select(DeviceSession).where(DeviceSession.closed_at.is_not(None))))
+        db.session.expunge_all()
+        db.session.remove()
+        return rows
+
+
+def test_many_devices_at_once(node: CnsNode) -> None:
+    links = []
+    try:
+        for i in range(60):
+            answer = dispatch(HOST, node.settings.dispatcher_plain_port, f"M{i}")
+            link, welcome = connect(HOST, int(answer.get("Port") or 0), f"M{i}")
+            assert welcome.command == "WELCOME"
+            links.append(link)
+        per_port = [sum(r.port == p for r in node.live_rows()) for p in node.plain]
+        assert per_port == [12] * 5  # the dispatcher spread them evenly
+    finally:
+        for link in links:
+            link.close()
+
+
+def test_connection_reset_mid_frame_closes_the_session(node: CnsNode) -> None:
+    link, _ = connect(HOST, node.plain[0], "RST")
+    link.send_raw(b"CNS/1 PUBLISH\nSubject:a.b\nContent-Length:100\n\n<x")
+    link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    link.close()
+    wait_for(lambda: not node.live_rows())
