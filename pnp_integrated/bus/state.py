@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,10 +62,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def now() -> float:
-    return time.time()
 
 
 def status_rows(settings: Settings, listening: dict[int, list[int]]) -> list[dict[str, str]]:
