@@ -1,9 +1,9 @@
 #!/bin/sh
-# Debian packages that the test suite runs for real (PostgreSQL, Chromium for the dashboard test, iproute2 for
+# Debian packages that the test suite runs for real (PostgreSQL, ActiveMQ, Chromium for the dashboard test, iproute2 for
 # network namespaces). Installs only what is missing; needs root for that.
 set -eu
 missing=""
-for pkg in postgresql iproute2 openssl chromium; do
+for pkg in postgresql activemq iproute2 openssl chromium; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
 [ -z "$missing" ] && exit 0
