@@ -1,0 +1,91 @@
+"""Two workers (two apps, separate sessions and pools) racing on the same device, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from pnp_integrated.models import Device, JobStep, OutboxEvent, Profile, ProvisioningJob, db
+from pnp_integrated.provisioning import engine
+from pnp_integrated.provisioning.engine import ActionKind, DeviceIdentity, Outcome
+
+pytestmark = pytest.mark.postgres
+
+RACERS = 8
+
+
+def race(apps: list[Flask], call: Callable[[], Any]) -> list[Any]:
+    """Run ``call`` in RACERS threads at once, each in its own app context (own session), alternating apps."""
+    barrier = threading.Barrier(RACERS)
+    results: list[Any] = [None] * RACERS
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        with apps[i % len(apps)].app_context():
+            barrier.wait()
+            try:
+                results[i] = call()
+            except BaseException as exc:  # surfaced below: a thread must not swallow a failure
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(RACERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return results
+
+
+@pytest.fixture
+def workers(app_factory: Callable[..., Flask], postgres_url: str) -> list[Flask]:
+    first = app_factory(database_url=postgres_url)
+    second = app_factory(database_url=postgres_url)
+    with first.app_context():
+        db.session.add(Profile(name="all", is_default=True, config_template="hostname {{ serial }}"))
+        db.session.commit()
+    return [first, second]
+
+
+def test_first_contacts_create_one_device_and_one_job(workers: list[Flask]) -> None:
+    identity = DeviceIdentity(serial="FDO1", protocol="pnp", pid="C9300-24T")
+    actions = race(workers, lambda: engine.contact(identity))
+    assert all(a.kind is ActionKind.IDENTIFY for a in actions)
+    assert len({a.correlator for a in actions}) == 1
+    with workers[0].app_context():
+        assert db.session.scalar(select(func.count()).select_from(Device)) == 1
+        assert db.session.scalar(select(func.count()).select_from(ProvisioningJob)) == 1
+        assert db.session.scalar(select(func.count()).select_from(JobStep)) == 1
+
+
+def test_duplicate_reports_advance_the_job_once(workers: list[Flask]) -> None:
+    with workers[0].app_context():
+        identify = engine.contact(DeviceIdentity(serial="FDO2", protocol="cns"))
+    actions = race(workers, lambda: engine.report("FDO2", identify.correlator, Outcome(True)))
+    assert {a.kind for a in actions} == {ActionKind.CONFIG}
+    assert len({a.correlator for a in actions}) == 1
+    with workers[1].app_context():
+        job = db.session.scalar(select(ProvisioningJob))
+        assert job is not None and job.step == "config" and job.attempt == 1
+        states = [(s.step, s.state) for s in job.steps]
+        assert states.count(("identify", "succeeded")) == 1
+        assert states.count(("config", "started")) == 1
+        assert sum(1 for _, state in states if state == "stale") == RACERS - 1
+        started = [e for e in db.session.scalars(select(OutboxEvent).where(OutboxEvent.type == "job.step"))
+                   if e.payload["job"]["state"] == "started" and e.payload["job"]["step"] == "config"]
+        assert len(started) == 1
+
+
+def test_concurrent_failures_consume_one_attempt(workers: list[Flask]) -> None:
+    with workers[0].app_context():
+        config = engine.report("FDO3", engine.contact(DeviceIdentity(serial="FDO3", protocol="pnp")).correlator,
+                               Outcome(True))
+    race(workers, lambda: engine.report("FDO3", config.correlator, Outcome(False, detail="boom")))
+    with workers[0].app_context():
+        job = db.session.scalar(select(ProvisioningJob))
+        assert job is not None and job.state == "running" and job.step == "config" and job.attempt == 2
