@@ -34,8 +34,12 @@ class ListenerBindError(OSError):
     """A listener could not bind; the message names the port and the setting to change."""
 
 
-def bind_socket(host: str, port: int, backlog: int = 1024, *, reuse_port: bool = True) -> socket.socket:
-    """A listening socket with SO_REUSEPORT (shared by workers) and IP_FREEBIND (VIP may arrive later)."""
+def bind_socket(host: str, port: int, backlog: int = 1024, *, reuse_port: bool = True,
+                setting: str = "PNP_*_PORT settings") -> socket.socket:
+    """A listening socket with SO_REUSEPORT (shared by workers) and IP_FREEBIND (VIP may arrive later).
+
+    ``setting`` names the variable that moves this port, for the error message.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -50,7 +54,7 @@ def bind_socket(host: str, port: int, backlog: int = 1024, *, reuse_port: bool =
         sock.close()
         hint = ""
         if exc.errno == errno.EADDRINUSE:
-            hint = ": another program holds this port; stop it or move the port (see PNP_*_PORT settings)"
+            hint = f": another program holds this port; stop it or move the port (see {setting})"
         elif exc.errno == errno.EACCES:
             hint = ": ports below 1024 need root or CAP_NET_BIND_SERVICE; move it (e.g. PNP_HTTP_PORT=8080)"
         raise ListenerBindError(exc.errno, f"cannot listen on {host}:{port} ({exc.strerror}){hint}") from exc

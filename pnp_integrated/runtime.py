@@ -65,8 +65,17 @@ def probe_ports_free(settings: Settings) -> None:
     for role in node_ports(settings):
         if role.port == settings.http_port:
             continue  # gunicorn's master binds it itself
-        sock = bind_socket(role.host, role.port, backlog=1, reuse_port=False)
+        sock = bind_socket(role.host, role.port, backlog=1, reuse_port=False, setting=port_setting(settings, role.port))
         sock.close()
+
+
+def port_setting(settings: Settings, port: int) -> str:
+    """The variable an operator changes to move ``port`` (the CNS ports all follow PNP_CNS_PORT_BASE)."""
+    if port == settings.http_port:
+        return "PNP_HTTP_PORT"
+    if port == settings.https_port:
+        return "PNP_HTTPS_PORT"
+    return "PNP_CNS_PORT_BASE"
 
 
 def start_worker(app: Flask) -> ListenerController:
@@ -99,7 +108,7 @@ def stop_worker(app: Flask) -> None:
 
 def http_bind_socket(settings: Settings) -> socket.socket:
     """The plain HTTP socket gunicorn's master serves (bound here so it gets IP_FREEBIND too)."""
-    sock = bind_socket(settings.vip, settings.http_port, reuse_port=False)
+    sock = bind_socket(settings.vip, settings.http_port, reuse_port=False, setting="PNP_HTTP_PORT")
     sock.set_inheritable(True)
     return sock
 

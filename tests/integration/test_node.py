@@ -1,0 +1,121 @@
+"""`pnpp run` as an operator runs it: a whole node on moved ports, its status, a clean stop, and refusals."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import node_environment, node_settings
+from tests.integration.conftest import PNPP, RunningNode, port_accepts
+
+
+def wait_healthy(node: RunningNode, timeout: float = 30.0) -> dict[str, Any]:
+    """The /status JSON once every row is UP (the Prime bridge connects a moment after the ports open)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, data = node.get_json("/status")
+        down = [row for row in data["rows"] if row["status"] != "UP" and row["status"] != "ACTIVE"]
+        if not down or time.monotonic() > deadline:
+            assert not down, f"still DOWN after {timeout}s: {down}\n{node.log_text()}"
+            return data
+        time.sleep(0.3)
+
+
+def test_node_serves_status_and_every_port_then_stops_cleanly(running_node: Callable[..., RunningNode]) -> None:
+    node = running_node(drain_timeout=5)
+
+    status, data = node.get_json("/status")
+    assert status == 200
+    assert data["state"] == "ACTIVE" and data["vip"] == "127.0.0.1"
+    for port in node.tcp_ports():
+        assert port_accepts(port), f"port {port} refuses connections"
+
+    data = wait_healthy(node)
+    listed = " ".join(row["service"] + " " + row["info"] for row in data["rows"])
+    for port in node.tcp_ports():
+        assert str(port) in listed
+
+    result = subprocess.run([PNPP, "status"], env=node.env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["SERVICE", "MODE", "STATUS", "ADDITIONAL", "INFO"]
+    base = node.port("cns_port_base")
+    for port in range(base + 3, base + 13):
+        row = next(line for line in lines if f"CNS Gateway port: {port}" in line)
+        assert " UP " in row and ("SSL" if (port - base) % 2 == 0 else "PLAIN TEXT") in row
+
+    assert node.stop() == 0, node.log_text()
+    assert node.stop_seconds is not None and node.stop_seconds <= 5, f"stop took {node.stop_seconds:.1f}s"
+    still_open = [port for port in node.tcp_ports() if port_accepts(port, timeout=0.5)]
+    assert still_open == []
+    log = node.log_text()
+    assert "Traceback" not in log
+    assert "Shutting down: Master" in log
+
+
+def run_refused(tmp_path: Path, settings: dict[str, Any], watch: list[int]) -> tuple[subprocess.CompletedProcess[str],
+                                                                                    list[int]]:
+    """Run ``pnpp run`` expecting it to give up; also report which of ``watch`` opened while it ran."""
+    env = node_environment(settings)
+    log_path = tmp_path / "refused.log"
+    opened: set[int] = set()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([PNPP, "run"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            opened.update(p for p in watch if port_accepts(p, timeout=0.2))
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"pnpp run kept running although it should refuse:\n{log_path.read_text()}")
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, log_path.read_text(), "")
+    return result, sorted(opened)
+
+
+@pytest.mark.parametrize("taken", ["http_port", "https_port", "gateway_tls_port"])
+def test_port_taken_by_another_program_stops_the_node_with_the_port_named(tmp_path: Path, taken: str) -> None:
+    settings = node_settings(tmp_path / "data")
+    port = settings["cns_port_base"] + 8 if taken == "gateway_tls_port" else settings[taken]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        result, _ = run_refused(tmp_path, settings, [])
+    assert result.returncode != 0
+    assert f"127.0.0.1:{port}" in result.stdout
+    assert "another program holds this port" in result.stdout
+    setting = "PNP_CNS_PORT_BASE" if taken == "gateway_tls_port" else f"PNP_{taken.upper()}"
+    assert setting in result.stdout
+    assert "Traceback" not in result.stdout
+    # Nothing of the node is left behind holding the other ports.
+    others = [settings["http_port"], settings["https_port"], settings["cns_port_base"], settings["broker_port"]]
+    assert [p for p in others if p != port and port_accepts(p, timeout=0.5)] == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("tls_min_version", "ssl3", "SSLv2/SSLv3 are broken (POODLE) and can never be enabled"),
+        ("ha_mode", "different-ip", "deploy a standalone PnP gateway"),
+        ("cns_port_base", "65530", "leaves no room for the 13 CNS ports"),
+    ],
+)
+def test_wrong_setting_refuses_to_start_and_opens_no_port(tmp_path: Path, variable: str, value: str,
+                                                          expected: str) -> None:
+    settings = node_settings(tmp_path / "data")
+    watch = [settings["http_port"], settings["https_port"], settings["broker_port"], settings["health_port"]]
+    settings[variable] = value
+    result, opened = run_refused(tmp_path, settings, watch)
+    assert result.returncode == 2
+    assert f"PNP_{variable.upper()}" in result.stdout
+    assert expected in result.stdout
+    assert "Traceback" not in result.stdout
+    assert opened == []
+    assert not (tmp_path / "data" / "pnp.sqlite3").exists()
