@@ -216,5 +216,11 @@ from .prime.commands import prime as prime_commands  # noqa: E402
 
 main.add_command(prime_commands)
 
+from .provisioning.commands import image as image_commands  # noqa: E402
+from .provisioning.commands import token as token_commands  # noqa: E402
+
+main.add_command(image_commands)
+main.add_command(token_commands)
+
 if __name__ == "__main__":
     main()
