@@ -54,10 +54,14 @@ def main() -> None:
 @click.option("--workers", type=int, default=None, help="gevent workers (default: PNP_WORKERS, 2)")
 @click.option("--broker", type=click.Choice(["embedded", "activemq"]), default="embedded",
               help="the simulated Prime's broker: embedded (default) or Debian's ActiveMQ 5.17")
-def run(workers: int | None, broker: str) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="one line per event as text or JSON (default: PNP_LOG_FORMAT, text)")
+def run(workers: int | None, broker: str, log_format: str | None) -> None:
     """Start the whole single node in the foreground (migrations applied first)."""
     if workers is not None:
         os.environ["PNP_WORKERS"] = str(workers)
+    if log_format is not None:
+        os.environ["PNP_LOG_FORMAT"] = log_format
     settings = settings_or_exit()
     _upgrade(settings, "head", quiet=True)
     click.echo(
