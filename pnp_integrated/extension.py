@@ -90,6 +90,8 @@ class PnPGateway:
 
         metrics.init_app(app)
         app.register_blueprint(dashboard_blueprint)
+        from .cns.imageservice import blueprint as cns_image_blueprint  # CNS image agent (/cns/HttpMsgDispatcher)
+        app.register_blueprint(cns_image_blueprint)
 
 
 def _engine_options(url: str) -> dict[str, Any]:

@@ -311,7 +311,7 @@ class GatewayConnection:
         hello = self.session.hello
         if action is None or hello is None:
             return
-        delivery = provision.delivery_for(action, hello, self.settings)
+        delivery = provision.delivery_for(action, hello.config_id, self.settings)
         if delivery is None or action.correlator in self._pushed:
             return
         subject, xml = delivery

@@ -2,9 +2,9 @@
 
 The engine is protocol-neutral (:mod:`pnp_integrated.provisioning.engine`): ``contact``, ``report`` and ``pending``
 return an :class:`Action`. Over the event connection the gateway can push two of them: the post-PnP configuration
-(a ``config-event`` on ``cisco.mgmt.cns.config.load``) and saving the configuration (``write memory`` as an exec
-command). The initial configuration is pulled by the config agent itself (``GET /cns/config.asp``) and images go
-through the image agent (``/cns/HttpMsgDispatcher``), so those actions need no push.
+(a ``config-event`` on ``cisco.mgmt.cns.config.load``), the configuration (a pull ``config-event`` naming the
+Config Web Service URL) and saving the configuration (``write memory`` as an exec command). Facts (IDENTIFY) and
+images go through the image agent (``/cns/HttpMsgDispatcher``), which needs no push.
 
 An engine failure never breaks a device session: it is logged and the session carries on.
 """
@@ -12,6 +12,7 @@ An engine failure never breaks a device session: it is logged and the session ca
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from flask import Flask
 
 from ..config import Settings
 from ..models import db
-from .messages import CONFIG_LOAD, EXEC_CMD, Document, config_load_push, device_result, exec_cmd
+from .messages import CONFIG_LOAD, EXEC_CMD, Document, config_load_pull, config_load_push, device_result, exec_cmd
 from .session import Hello
 
 log = logging.getLogger(__name__)
@@ -77,22 +78,52 @@ def report(app: Flask, hello: Hello, subject: str, document: Document) -> Any:
         return None
     correlator = result.correlator
     if not correlator:
-        # The day-0 initial configuration is pulled without an identifier: it answers the CONFIG step in progress.
+        # The day-0 initial configuration is pulled without an identifier: it answers a CONFIG step in progress
+        # (the Config Web Service served that step's text), and nothing else.
         pending = pending_action(app, hello)
-        correlator = getattr(pending, "correlator", "") or ""
-        if not correlator:
+        if str(getattr(pending, "kind", "")) != "config":
             return None
+        correlator = getattr(pending, "correlator", "") or ""
     outcome = Outcome(success=result.success, detail=result.detail, error_code=result.error_code,
                       raw={"subject": subject, "root": document.root, **document.text})
     return _call(app, "report", hello.config_id, correlator, outcome)
 
 
-def delivery_for(action: Any, hello: Hello, settings: Settings) -> tuple[str, str] | None:
-    """The (subject, XML) to DELIVER for ``action``, or ``None`` when nothing is pushed over the connection."""
+def config_url(settings: Settings, config_id: str, identifier: str) -> str:
+    """The Config Web Service URL of a job's configuration, on the VIP."""
+    port = "" if settings.http_port == 80 else f":{settings.http_port}"
+    query = urllib.parse.urlencode({"DeviceID": config_id, "Identifier": identifier})
+    return f"http://{settings.vip}{port}/cns/config.asp?{query}"
+
+
+def delivery_for(action: Any, config_id: str, settings: Settings) -> tuple[str, str] | None:
+    """The (subject, XML) to DELIVER for ``action``, or ``None`` when nothing is pushed over the connection.
+
+    CONFIG: a pull event naming the Config Web Service URL (with the identifier, so the result is correlated);
+    POST_CONFIG: the configuration itself; SAVE: ``write memory`` through the exec agent.
+    """
     kind = str(getattr(action, "kind", ""))
     correlator = getattr(action, "correlator", "") or ""
+    if not correlator:
+        return None
+    if kind == "config":
+        return CONFIG_LOAD, config_load_pull(correlator, config_id, config_url(settings, config_id, correlator))
     if kind == "post_config" and getattr(action, "config_text", ""):
-        return CONFIG_LOAD, config_load_push(correlator, hello.config_id, action.config_text)
+        return CONFIG_LOAD, config_load_push(correlator, config_id, action.config_text)
     if kind == "save":
         return EXEC_CMD, exec_cmd(correlator, "write memory")
     return None
+
+
+def push(action: Any, device_key: str, config_id: str, settings: Settings) -> bool:
+    """DELIVER what ``action`` needs to the device's live event session, on whichever worker holds it.
+
+    Used where the action was decided outside the device's connection (the image agent's HTTP requests). Needs an
+    application context.
+    """
+    delivery = delivery_for(action, config_id, settings)
+    if delivery is None:
+        return False
+    from .worker import deliver
+
+    return deliver(device_key, *delivery)
