@@ -84,6 +84,11 @@ class PnPGateway:
         from .status import blueprint as status_blueprint
 
         app.register_blueprint(status_blueprint)
+        from .pnp.views import blueprint as pnp_blueprint  # Open PnP (/pnp/HELLO, WORK-REQUEST, WORK-RESPONSE)
+        from .webservices import register_web_services  # Config, Image and Resource web services
+
+        app.register_blueprint(pnp_blueprint)
+        register_web_services(app)
 
         from . import metrics
         from .dashboard import blueprint as dashboard_blueprint

@@ -38,6 +38,7 @@ FAULT_NS = f"{NS}:fault"
 ERROR_NS = f"{NS}:error"
 DEFAULT_MAX_BYTES = 1024 * 1024
 MAX_FIELD = 1024  # identity fields (UDI parts, correlator) longer than this are not from a device
+MAX_SERIAL = 255  # devices are keyed by serial; the database holds up to 255 characters
 
 # Services the server may request; the namespace of a request or response is urn:cisco:pnp:<service>.
 DEVICE_INFO = "device-info"
@@ -91,6 +92,8 @@ def parse_udi(text: str) -> Udi:
     serial = parts.get("SN", "")
     if not serial:
         raise PnpProtocolError(f"UDI {text!r} has no serial number")
+    if len(serial) > MAX_SERIAL:
+        raise PnpProtocolError(f"UDI serial number is longer than {MAX_SERIAL} characters")
     if not all(ch.isprintable() for ch in text):
         raise PnpProtocolError("UDI holds control characters")
     return Udi(pid=parts.get("PID", ""), vid=parts.get("VID", ""), serial=serial)

@@ -1,0 +1,118 @@
+"""Between the provisioning engine and the Open PnP wire (sans-IO): Action -> service request, response -> Outcome.
+
+The engine's correlator names each request: it goes out on the ``<request>`` and the device copies it onto its
+WORK-RESPONSE, which is how the engine tells a current answer from a stale one. Replies that answer no engine request
+(backoffs, bye) echo the device's own correlator verbatim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from ..provisioning.engine import Action, ActionKind, DeviceFacts, DeviceIdentity, Outcome
+from .messages import (
+    Backoff,
+    CliConfigRequest,
+    CliExecRequest,
+    ConfigUpgradeRequest,
+    DeviceInfoRequest,
+    Fault,
+    ImageInstallRequest,
+    ServiceRequest,
+    WorkRequest,
+    WorkResponse,
+    clamp_backoff,
+)
+
+DEFAULT_FILESYSTEM = "bootflash:"
+SAVE_COMMAND = "write memory"
+MIN_CALLBACK_SECONDS = 1  # a zero callbackAfter would make an agent poll in a tight loop
+
+
+@dataclass(frozen=True)
+class ServerUrls:
+    """Where devices fetch files from: the VIP, on the scheme and port the device used to reach us."""
+
+    base: str  # "http://192.0.2.10" or "https://192.0.2.10:8443"
+
+    @classmethod
+    def for_address(cls, host: str, port: int, tls: bool) -> ServerUrls:
+        scheme = "https" if tls else "http"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        default = 443 if tls else 80
+        return cls(f"{scheme}://{host}" + ("" if port == default else f":{port}"))
+
+    def config(self, serial: str, correlator: str) -> str:
+        """The Config Web Service URL of one pending configuration request."""
+        return f"{self.base}/cns/config.asp?{urlencode({'DeviceID': serial, 'Identifier': correlator})}"
+
+    def file(self, path: str) -> str:
+        return self.base + (path if path.startswith("/") else "/" + path)
+
+
+def identity_of(message: WorkRequest, address: str) -> DeviceIdentity:
+    """The engine's view of who sent a WORK-REQUEST."""
+    return DeviceIdentity(serial=message.udi.serial, protocol="pnp", pid=message.udi.pid, udi=str(message.udi),
+                          hostname=message.hostname, address=address)
+
+
+def cli_lines(text: str) -> tuple[str, ...]:
+    """Configuration text as cli-config commands: blank lines and bare ``!`` comment lines carry nothing."""
+    return tuple(line.rstrip() for line in text.splitlines() if line.strip() and line.strip() != "!")
+
+
+def reply_to_work_request(action: Action, message: WorkRequest, urls: ServerUrls) -> ServiceRequest:
+    """The one request that answers a WORK-REQUEST, given what the engine wants from the device."""
+    udi = message.udi
+    correlator = action.correlator
+    # Credentials only go to a device that asked for them (it has a configuration with a login already).
+    credentials = action.credentials if message.auth_required and action.credentials else None
+    kind = action.kind
+    if kind == ActionKind.IDENTIFY and correlator:
+        return DeviceInfoRequest(udi, correlator, "all", credentials)
+    if kind == ActionKind.IMAGE_INSTALL and correlator and action.image is not None:
+        image = action.image
+        filename = image.path.rstrip("/").rsplit("/", 1)[-1] or image.name
+        filesystem = image.filesystem or DEFAULT_FILESYSTEM
+        if not filesystem.endswith(":"):
+            filesystem += ":"
+        return ImageInstallRequest(udi, correlator, urls.file(image.path), image.md5, f"{filesystem}{filename}",
+                                   reload=image.reload, credentials=credentials)
+    if kind == ActionKind.CONFIG and correlator:
+        return ConfigUpgradeRequest(udi, correlator, urls.config(udi.serial, correlator),
+                                    apply_to=action.apply_to or "running", credentials=credentials)
+    if kind == ActionKind.POST_CONFIG and correlator:
+        return CliConfigRequest(udi, correlator, cli_lines(action.config_text), action_on_fail="stop",
+                                credentials=credentials)
+    if kind == ActionKind.SAVE and correlator:
+        return CliExecRequest(udi, correlator, SAVE_COMMAND, credentials=credentials)
+    echo = message.correlator
+    if kind == ActionKind.DONE:
+        return Backoff(udi, echo, "provisioning complete", terminate=True)
+    if kind in (ActionKind.FAILED, ActionKind.CANCELLED):
+        return Backoff(udi, echo, f"provisioning {kind.value}: {action.detail}".strip(": "), terminate=True)
+    reason = action.detail or ("no profile matches this device" if kind == ActionKind.UNCLAIMED else "wait")
+    seconds = max(MIN_CALLBACK_SECONDS, clamp_backoff(action.wait_seconds or 60))
+    return Backoff(udi, echo, reason, seconds=seconds)
+
+
+def outcome_of(message: WorkResponse | Fault) -> Outcome:
+    """What the device's answer means to the engine."""
+    if isinstance(message, Fault):
+        detail = f"the device could not process the request ({message.code}: {message.string})"
+        return Outcome(success=False, detail=detail[:2000], error_code=message.code[:64],
+                       raw={"service": "fault", "details": message.details})
+    facts = None
+    if message.device_info is not None:
+        info = message.device_info
+        filesystems = {f"{fs.name.rstrip(':')}:": fs.freespace for fs in info.filesystems
+                       if fs.writable and fs.type in ("disk", "flash", "")}
+        facts = DeviceFacts(version=info.version, pid=message.udi.pid, hostname=info.hostname,
+                            image_file=info.image_file, filesystems=filesystems)
+    failed_lines = [r for r in message.cli_results if not r.success]
+    success = message.success and not failed_lines
+    error_code = message.error.code if message.error else ""
+    raw = {"service": message.service, "correlator": message.correlator, "output": message.exec_output[:2000]}
+    return Outcome(success=success, detail=message.detail[:2000], error_code=error_code, facts=facts, raw=raw)

@@ -1,0 +1,92 @@
+"""The Open PnP HTTP endpoints (served on the HTTP and the HTTPS port by the same app).
+
+``GET /pnp/HELLO`` answers 200 with an empty body. ``POST /pnp/WORK-REQUEST`` asks the engine for the device's
+current action and answers with one service request (or a backoff). ``POST /pnp/WORK-RESPONSE`` reports the result
+to the engine and answers with the work-info bye. Bad XML is a 400 with a one-line reason, an oversized body a 413.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, abort, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from ..extension import current_settings
+from ..provisioning import engine
+from .conversation import ServerUrls, identity_of, outcome_of, reply_to_work_request
+from .messages import Bye, Fault, PnpProtocolError, encode, parse_work_request, parse_work_response
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("pnp", __name__, url_prefix="/pnp")
+
+XML_TYPE = "text/xml; charset=utf-8"
+
+
+def _xml(data: bytes) -> Response:
+    return Response(data, 200, content_type=XML_TYPE)
+
+
+def _body() -> bytes:
+    """The request body, refused with 413 beyond ``http_max_body_bytes`` (also for chunked uploads)."""
+    limit = current_settings().http_max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        abort(413)
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        abort(413)
+    return data
+
+
+def _urls() -> ServerUrls:
+    # Devices are sent to the VIP (never a node address), on the transport they used to reach us.
+    settings = current_settings()
+    tls = request.scheme == "https"
+    return ServerUrls.for_address(settings.vip, settings.https_port if tls else settings.http_port, tls)
+
+
+@blueprint.route("/HELLO", methods=["GET", "POST"])
+def hello() -> Response:
+    """The agent checks that a PnP server is here (some agents POST an empty ``<info/>``)."""
+    if request.method == "POST":
+        _body()
+    return Response(b"", 200, content_type=XML_TYPE)
+
+
+@blueprint.post("/WORK-REQUEST")
+def work_request() -> Response:
+    """A device asks for work."""
+    message = parse_work_request(_body(), current_settings().http_max_body_bytes)
+    action = engine.contact(identity_of(message, request.remote_addr or ""))
+    reply = reply_to_work_request(action, message, _urls())
+    log.debug("pnp %s: %s -> %s", message.udi.serial, action.kind.value, type(reply).__name__)
+    return _xml(encode(reply))
+
+
+@blueprint.post("/WORK-RESPONSE")
+def work_response() -> Response:
+    """A device reports the result of a request; the answer is always the bye (the next WORK-REQUEST gets work)."""
+    message = parse_work_response(_body(), current_settings().http_max_body_bytes)
+    serial = message.udi.serial
+    if isinstance(message, Fault):
+        # A fault carries no correlator: it answers whatever request the device holds, which is the pending one.
+        current = engine.pending(serial)
+        if current is not None and current.correlator:
+            engine.report(serial, current.correlator, outcome_of(message))
+        log.info("pnp %s: fault %s: %s", serial, message.code, message.string)
+        return _xml(encode(Bye(message.udi, "")))
+    engine.report(serial, message.correlator, outcome_of(message))
+    return _xml(encode(Bye(message.udi, message.correlator)))
+
+
+@blueprint.errorhandler(PnpProtocolError)
+def protocol_error(exc: PnpProtocolError) -> Response:
+    log.info("pnp: refused a message from %s: %s", request.remote_addr, exc)
+    return Response(f"malformed Open PnP message: {exc}\n", 400, content_type="text/plain; charset=utf-8")
+
+
+@blueprint.errorhandler(RequestEntityTooLarge)
+def too_large(_exc: HTTPException) -> Response:
+    limit = current_settings().http_max_body_bytes
+    return Response(f"message larger than {limit} bytes\n", 413, content_type="text/plain; charset=utf-8")

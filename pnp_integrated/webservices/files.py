@@ -1,0 +1,81 @@
+"""Image and Resource web services: files under the data directory, with Range, HEAD and conditional requests.
+
+``/images/<name>`` serves ``settings.images_dir``; its ETag is the image's MD5 (from the repository row, computed when
+the image was added), so a device or a proxy can check the file it holds. ``/resources/<path>`` serves
+``settings.resources_dir``. A path never leaves its root: ``..`` segments are refused and symbolic links are resolved
+before the check, so a link pointing outside is a 404 like a missing file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from flask import Blueprint, Response, abort, send_file
+from sqlalchemy import select
+
+from ..extension import current_settings
+from ..models import Image, db
+
+blueprint = Blueprint("file_services", __name__)
+
+CHUNK = 1024 * 1024
+MAX_PATH = 1024
+
+
+def confined(root: Path, relative: str) -> Path | None:
+    """The regular file ``relative`` names inside ``root``, or None when it is missing or would leave the root.
+
+    Hidden names (``.x``) are refused too: the image repository writes half-copied files under them.
+    """
+    if not relative or len(relative) > MAX_PATH or "\x00" in relative or "\\" in relative:
+        return None
+    parts = relative.split("/")
+    if any(part in ("", ".", "..") or part.startswith(".") for part in parts):
+        return None
+    try:
+        base = root.resolve(strict=True)
+        candidate = (base / relative).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop
+        return None
+    if not candidate.is_relative_to(base) or not candidate.is_file():
+        return None
+    return candidate
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _image_etag(name: str, path: Path) -> str:
+    row = db.session.scalar(select(Image).where(Image.filename == name))
+    if row is not None and row.md5 and row.size == path.stat().st_size:
+        return str(row.md5)
+    return file_md5(path)  # a file dropped into the directory by hand: hash it (rare; repository rows are the norm)
+
+
+@blueprint.route("/images/<name>", methods=["GET", "HEAD"])
+def image(name: str) -> Response:
+    """An image file; ETag is its MD5; Range, If-None-Match and If-Range are honoured."""
+    path = confined(current_settings().images_dir, name)
+    if path is None:
+        abort(404)
+    response = send_file(path, mimetype="application/octet-stream", conditional=True,
+                         etag=_image_etag(name, path), max_age=0)
+    response.headers["Accept-Ranges"] = "bytes"
+    return response
+
+
+@blueprint.route("/resources/<path:relative>", methods=["GET", "HEAD"])
+def resource(relative: str) -> Response:
+    """A resource file (script, banner, certificate) confined to the resources directory."""
+    path = confined(current_settings().resources_dir, relative)
+    if path is None:
+        abort(404)
+    response = send_file(path, conditional=True, max_age=0)
+    response.headers["Accept-Ranges"] = "bytes"
+    return response
