@@ -288,9 +288,19 @@ class CnsDevice:
                 continue
             doc = parse_xml(frame.body)
             if frame.get("Subject") == CONFIG_LOAD:
-                lines = "\n".join(e.text or "" for e in doc.element.iter("cli")) if doc.element is not None else ""
-                report.steps.append("config-push")
-                self.apply(link, doc.text.get("identifier", ""), lines)
+                identifier = doc.text.get("identifier", "")
+                url = doc.text.get("url", "")
+                if url:  # pull: fetch the configuration from the Config Web Service
+                    parts = urllib.parse.urlsplit(url)
+                    status, lines = self.http("GET", f"{parts.path}?{parts.query}")
+                    report.steps.append(f"config-pull:{status}")
+                    if status != 200:
+                        continue
+                else:
+                    assert doc.element is not None
+                    lines = "\n".join(e.text or "" for e in doc.element.iter("cli"))
+                    report.steps.append("config-push")
+                self.apply(link, identifier, lines)
             elif frame.get("Subject") == EXEC_CMD:
                 report.steps.append(f"exec:{doc.text.get('cli-exec', '')}")
                 body = (f"<exec-cmd-response><identifier-exec>{_esc(doc.text.get('identifier-exec', ''))}"

@@ -1,0 +1,63 @@
+"""``pnpp bootstrap``: the day-0 lines a device needs to find the gateway, always addressed to the VIP.
+
+Devices must never be pointed at a node's own address: after an HA failover only the VIP reaches the active node.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ..config import ConfigError, Settings, load_settings
+
+KEEPALIVE = "keepalive 60 3"
+
+
+def cns_lines(settings: Settings, tls: bool = False) -> list[str]:
+    """IOS CNS agent configuration (cns-wire.md section 5)."""
+    vip = settings.vip
+    if tls:
+        event = f"cns event {vip} encrypt {settings.dispatcher_tls_port} {KEEPALIVE}"
+    else:
+        event = f"cns event {vip} {settings.dispatcher_plain_port} {KEEPALIVE}"
+    dispatcher = f"http://{vip}{_port(settings.http_port)}/cns/HttpMsgDispatcher"
+    return [
+        f"cns trusted-server all-agents {vip}",
+        "cns id hardware-serial",
+        "cns id hardware-serial event",
+        "cns id hardware-serial image",
+        event,
+        f"cns config initial {vip} {settings.http_port} event",
+        f"cns config partial {vip} {settings.http_port}",
+        f"cns image server {dispatcher} status {dispatcher}",
+        f"cns exec {settings.http_port}",
+    ]
+
+
+def pnp_lines(settings: Settings, tls: bool = False) -> list[str]:
+    """Open PnP agent profile and the matching DHCP option 43 string."""
+    vip = settings.vip
+    port = settings.https_port if tls else settings.http_port
+    transport = "https" if tls else "http"
+    return [
+        "pnp profile pnp-zero-touch",
+        f" transport {transport} ipv4 {vip} port {port}",
+        f"! DHCP option 43 (ASCII): 5A1N;B2;K{5 if tls else 4};I{vip};J{port}",
+    ]
+
+
+def _port(port: int) -> str:
+    return "" if port == 80 else f":{port}"
+
+
+@click.command("bootstrap")
+@click.option("--protocol", type=click.Choice(["cns", "pnp"]), required=True,
+              help="cns: IOS CNS agents; pnp: the Open PnP agent")
+@click.option("--tls", is_flag=True, help="encrypted event connection (CNS) or HTTPS transport (Open PnP)")
+def bootstrap(protocol: str, tls: bool) -> None:
+    """Print the bootstrap configuration devices need, addressed to the VIP."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    lines = cns_lines(settings, tls) if protocol == "cns" else pnp_lines(settings, tls)
+    click.echo("\n".join(lines))
