@@ -226,5 +226,11 @@ from .provisioning.commands import token as token_commands  # noqa: E402
 main.add_command(image_commands)
 main.add_command(token_commands)
 
+from .cns.bootstrap import bootstrap as bootstrap_command  # noqa: E402
+from .devsim.commands import simulate  # noqa: E402
+
+main.add_command(bootstrap_command)
+main.add_command(simulate)
+
 if __name__ == "__main__":
     main()
