@@ -84,6 +84,9 @@ class PnPGateway:
         from .status import blueprint as status_blueprint
 
         app.register_blueprint(status_blueprint)
+        from .api import blueprint as api_blueprint  # REST API (/api/v1)
+
+        app.register_blueprint(api_blueprint)
         from .pnp.views import blueprint as pnp_blueprint  # Open PnP (/pnp/HELLO, WORK-REQUEST, WORK-RESPONSE)
         from .webservices import register_web_services  # Config, Image and Resource web services
 

@@ -706,7 +706,10 @@ def _restart(device: Device, previous: ProvisioningJob | None) -> ProvisioningJo
                           step=STEP_NAMES[0], context={"nonce": secrets.token_hex(3)})
     db.session.add(job)
     db.session.flush()
-    _claim(device, job, previous=previous.id if previous is not None else None)
+    try:
+        _claim(device, job, previous=previous.id if previous is not None else None)
+    except _Lost as exc:
+        raise JobConflict(f"device {device.serial} got another job meanwhile") from exc
     device.profile_id = profile.id
     device.state = DEVICE_PROVISIONING
     _issue(_Work(job, device, profile), STEP_NAMES[0])

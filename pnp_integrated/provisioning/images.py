@@ -22,7 +22,7 @@ from ..models import AuditEntry, Image, db
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 CHUNK = 1024 * 1024
 # IOS-XE style (16.09.05, 17.3.4a) or classic IOS (15.2(7)E4) version inside a file name.
-_VERSION_IN_NAME = re.compile(r"(\d+\.\d+\.\d+[a-zA-Z]?\d*|\d+\.\d+\(\d+\)[A-Za-z]*\d*)")
+_VERSION_IN_NAME = re.compile(r"(?<![A-Za-z0-9])(\d+\.\d+\.\d+[a-zA-Z]?\d*|\d+\.\d+\(\d+\)[A-Za-z]*\d*)")
 
 
 class ImageProblem(ValueError):

@@ -1,0 +1,16 @@
+"""The REST API (``/api/v1``): profiles, devices, jobs, images, bootstrap rendering, and its OpenAPI document."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from . import auth, errors
+
+blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
+errors.install(blueprint)
+auth.install(blueprint)
+
+# The route modules attach their views to ``blueprint``.
+from . import bootstrap, devices, images, jobs, openapi, profiles  # noqa: E402, F401
+
+__all__ = ["blueprint"]

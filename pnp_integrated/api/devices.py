@@ -1,0 +1,93 @@
+"""``/api/v1/devices``: what the gateway knows about each device, its history, its own template variables."""
+
+from __future__ import annotations
+
+from flask import Response, jsonify
+from sqlalchemy import func, select
+
+from ..models import Device, ProvisioningJob, db
+from ..provisioning import engine
+from . import blueprint
+from .auth import audit
+from .errors import conflict, invalid, not_found
+from .representations import device_json, job_json
+from .validation import Field, check_fields, json_body, page, query_args, variable_map
+
+DEVICE_STATES = ("expected", "unclaimed", "provisioning", "provisioned", "failed", "cancelled")
+
+
+def _device(serial: str) -> Device:
+    device = db.session.scalar(select(Device).where(Device.serial == serial))
+    if device is None:
+        raise not_found(f"device {serial!r}")
+    return device
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+@blueprint.get("/devices")
+def list_devices() -> Response:
+    """Filters: ``state``, ``protocol``, ``serial`` (prefix); pages with ``limit``/``offset``."""
+    args = query_args(("state", "protocol", "serial", "limit", "offset"))
+    limit, offset = page(args)
+    stmt = select(Device)
+    if "state" in args:
+        if args["state"] not in DEVICE_STATES:
+            raise invalid(f"state must be one of {', '.join(DEVICE_STATES)}", fields=["state"])
+        stmt = stmt.where(Device.state == args["state"])
+    if "protocol" in args:
+        stmt = stmt.where(Device.protocol == args["protocol"])
+    if "serial" in args:
+        stmt = stmt.where(Device.serial.like(_like_prefix(args["serial"]), escape="\\"))
+    total = db.session.scalar(select(func.count()).select_from(stmt.subquery()))
+    rows = db.session.scalars(stmt.order_by(Device.serial).limit(limit).offset(offset))
+    return jsonify({"items": [device_json(d) for d in rows], "total": total, "limit": limit, "offset": offset})
+
+
+@blueprint.get("/devices/<serial>")
+def get_device(serial: str) -> Response:
+    return jsonify(device_json(_device(serial)))
+
+
+@blueprint.get("/devices/<serial>/history")
+def device_history(serial: str) -> Response:
+    """Every job of the device, newest first, with its steps."""
+    device = _device(serial)
+    jobs = db.session.scalars(select(ProvisioningJob).where(ProvisioningJob.device_id == device.id)
+                              .order_by(ProvisioningJob.id.desc()))
+    return jsonify({"device": device_json(device), "jobs": [job_json(j, steps=True) for j in jobs]})
+
+
+@blueprint.put("/devices/<serial>/variables")
+def put_device_variables(serial: str) -> tuple[Response, int]:
+    """Replace the device's template variables; a device not seen yet is recorded as expected."""
+    data = check_fields(json_body(), {"variables": Field((dict,), check=variable_map)}, required=("variables",))
+    if not serial or len(serial) > 255:
+        raise invalid("a serial number is 1 to 255 characters")
+    device = db.session.scalar(select(Device).where(Device.serial == serial))
+    created = device is None
+    if device is None:
+        device = Device(serial=serial, state=engine.DEVICE_EXPECTED)
+        db.session.add(device)
+    device.variables = data["variables"]
+    audit("device.variables", serial, names=sorted(data["variables"]))
+    db.session.commit()
+    return jsonify(device_json(device)), 201 if created else 200
+
+
+@blueprint.post("/devices/<serial>/reprovision")
+def reprovision_device(serial: str) -> tuple[Response, int]:
+    """Start a new job for a device whose last job ended (its next contact picks it up)."""
+    device = _device(serial)
+    try:
+        job = engine.reprovision(device)
+    except engine.JobConflict as exc:
+        raise conflict(str(exc)) from exc
+    if job is None:
+        raise invalid(f"no profile matches device {serial!r}")
+    audit("device.reprovision", serial, job=job.id)
+    db.session.commit()
+    return jsonify(job_json(job, steps=True)), 201

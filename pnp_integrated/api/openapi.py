@@ -1,0 +1,188 @@
+"""``GET /api/v1/openapi.json``: the API described in OpenAPI 3 (written by hand, checked against the routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify
+
+from .. import __version__
+from . import blueprint
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, ok: int = 200, result: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
+        errors: tuple[int, ...] = (), params: tuple[str, ...] = ()) -> dict[str, Any]:
+    responses: dict[str, Any] = {str(ok): {"description": "success", **(_json(result) if result else {})}}
+    for status in (401, 403, *errors):
+        responses[str(status)] = {"$ref": f"#/components/responses/E{status}"}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": True, **_json(body)}
+    if params:
+        op["parameters"] = [_PARAMS[p] for p in params]
+    return op
+
+
+def _query(name: str, description: str, kind: str = "string") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": {"type": kind}}
+
+
+def _path(name: str, kind: str = "string") -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+
+
+_PARAMS = {
+    "name": _path("name"), "serial": _path("serial"), "job_id": _path("job_id", "integer"),
+    "state": _query("state", "filter by state"), "protocol": _query("protocol", "filter by protocol (cns, pnp)"),
+    "serial_prefix": {**_query("serial", "serial number prefix"), "name": "serial"},
+    "serial_exact": {**_query("serial", "device serial number"), "name": "serial"},
+    "limit": _query("limit", "page size (1-500, default 50)", "integer"),
+    "offset": _query("offset", "rows to skip", "integer"),
+    "image_name": {**_query("name", "image name (raw upload)")},
+    "image_version": _query("version", "software version (raw upload; guessed from the name if absent)"),
+}
+
+
+def _page(item: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"items": {"type": "array", "items": _ref(item)},
+                                             "total": {"type": "integer"}, "limit": {"type": "integer"},
+                                             "offset": {"type": "integer"}}}
+
+
+_STR, _BOOL, _INT = {"type": "string"}, {"type": "boolean"}, {"type": "integer"}
+_OBJ = {"type": "object", "additionalProperties": True}
+_PROFILE_IN = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "name": _STR, "match_serials": {"type": "array", "items": _STR},
+        "match_pid": {**_STR, "description": "shell pattern (ISR43*) or 're:' + regular expression"},
+        "is_default": _BOOL, "bootstrap_template": _STR, "config_template": _STR, "post_template": _STR,
+        "image": {"type": "string", "nullable": True}, "reload_after_install": _BOOL,
+        "apply_to": {"type": "string", "enum": ["running", "startup"]}, "variables": _OBJ,
+        "credentials": {"type": "object", "additionalProperties": _STR, "writeOnly": True},
+    },
+}
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "pnp-integrated REST API", "version": __version__,
+             "description": "Profiles, devices, provisioning jobs and images of the integrated PnP gateway. "
+                            "Authenticate with `Authorization: Bearer <token>` (`pnpp token create`)."},
+    "servers": [{"url": "/api/v1"}],
+    "security": [{"bearer": []}],
+    "paths": {
+        "/profiles": {
+            "get": _op("List profiles", result=_page("Profile")),
+            "post": _op("Create a profile", 201, _ref("Profile"), _PROFILE_IN, (409, 422)),
+        },
+        "/profiles/{name}": {
+            "parameters": [_PARAMS["name"]],
+            "get": _op("Get a profile", result=_ref("Profile"), errors=(404,)),
+            "put": _op("Replace a profile (missing fields get defaults)", result=_ref("Profile"), body=_PROFILE_IN,
+                       errors=(404, 409, 422)),
+            "patch": _op("Change some fields of a profile", result=_ref("Profile"), body=_PROFILE_IN,
+                         errors=(404, 409, 422)),
+            "delete": _op("Delete a profile (not while it provisions devices)", 204, errors=(404, 409)),
+        },
+        "/devices": {"get": _op("List devices", result=_page("Device"), errors=(422,),
+                                params=("state", "protocol", "serial_prefix", "limit", "offset"))},
+        "/devices/{serial}": {"parameters": [_PARAMS["serial"]],
+                              "get": _op("Get a device", result=_ref("Device"), errors=(404,))},
+        "/devices/{serial}/history": {
+            "parameters": [_PARAMS["serial"]],
+            "get": _op("A device's jobs with their steps", errors=(404,), result={
+                "type": "object", "properties": {"device": _ref("Device"),
+                                                 "jobs": {"type": "array", "items": _ref("Job")}}}),
+        },
+        "/devices/{serial}/variables": {
+            "parameters": [_PARAMS["serial"]],
+            "put": _op("Replace a device's template variables (records an expected device if unknown)",
+                       result=_ref("Device"), errors=(422,),
+                       body={"type": "object", "required": ["variables"], "additionalProperties": False,
+                             "properties": {"variables": _OBJ}}),
+        },
+        "/devices/{serial}/reprovision": {
+            "parameters": [_PARAMS["serial"]],
+            "post": _op("Provision a device again with a new job", 201, _ref("Job"), errors=(404, 409, 422)),
+        },
+        "/jobs": {"get": _op("List jobs, newest first", result=_page("Job"), errors=(422,),
+                             params=("state", "serial_exact", "limit", "offset"))},
+        "/jobs/{job_id}": {"parameters": [_PARAMS["job_id"]],
+                           "get": _op("Get a job with its steps", result=_ref("Job"), errors=(404,))},
+        "/jobs/{job_id}/cancel": {
+            "parameters": [_PARAMS["job_id"]],
+            "post": _op("Cancel an unfinished job", result=_ref("Job"), errors=(404, 409, 422), body={
+                "type": "object", "additionalProperties": False, "properties": {"reason": _STR}}),
+        },
+        "/jobs/{job_id}/retry": {
+            "parameters": [_PARAMS["job_id"]],
+            "post": _op("Start a new job for the device of a failed or cancelled job", 201, _ref("Job"),
+                        errors=(404, 409, 422)),
+        },
+        "/images": {
+            "get": _op("List images", result=_page("Image")),
+            "post": {**_op("Upload an image: multipart (file, name, version) or a raw body with ?name=&version=",
+                           201, _ref("Image"), errors=(409, 413, 422), params=("image_name", "image_version")),
+                     "requestBody": {"required": True, "content": {
+                         "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                             "file": {"type": "string", "format": "binary"}, "name": _STR, "version": _STR}}},
+                         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+        },
+        "/images/{name}": {
+            "parameters": [_PARAMS["name"]],
+            "get": _op("Get an image", result=_ref("Image"), errors=(404,)),
+            "delete": _op("Delete an image no profile uses", 204, errors=(404, 409)),
+        },
+        "/bootstrap": {
+            "post": _op("Render a device's bootstrap configuration (allowed for read tokens)", errors=(404, 422),
+                        result={"type": "object", "properties": {"profile": _STR, "serial": _STR,
+                                                                 "protocol": _STR, "config": _STR}},
+                        body={"type": "object", "additionalProperties": False, "properties": {
+                            "serial": _STR, "pid": _STR, "profile": _STR,
+                            "protocol": {"type": "string", "enum": ["cns", "pnp"]}, "variables": _OBJ}}),
+        },
+        "/openapi.json": {"get": {"summary": "This document", "security": [],
+                                  "responses": {"200": {"description": "OpenAPI 3 document"}}}},
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "responses": {
+            f"E{status}": {"description": text, **_json(_ref("Error"))}
+            for status, text in ((401, "no or invalid token"), (403, "a read token on a write"),
+                                 (404, "not found"), (409, "conflict"), (413, "too large"),
+                                 (422, "invalid input (fields named in error.fields)"))
+        },
+        "schemas": {
+            "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                "code": _STR, "message": _STR, "fields": {"type": "array", "items": _STR}}}}},
+            "Profile": {"type": "object", "properties": {
+                **{k: v for k, v in _PROFILE_IN["properties"].items() if k != "credentials"},
+                "id": _INT, "has_credentials": _BOOL, "created_at": _STR, "updated_at": _STR}},
+            "Device": {"type": "object", "properties": {
+                k: _STR for k in ("serial", "pid", "udi", "hostname", "protocol", "address", "software_version",
+                                  "state", "profile", "first_seen", "last_seen")} | {
+                "id": _INT, "current_job_id": {"type": "integer", "nullable": True}, "variables": _OBJ}},
+            "Job": {"type": "object", "properties": {
+                k: _STR for k in ("device", "protocol", "state", "step", "pending", "detail", "failed_step",
+                                  "created_at", "updated_at", "finished_at")} | {
+                "id": _INT, "profile_id": _INT, "attempt": _INT, "max_attempts": _INT,
+                "steps": {"type": "array", "items": {"type": "object"}}}},
+            "Image": {"type": "object", "properties": {
+                "id": _INT, "name": _STR, "version": _STR, "md5": _STR, "size": _INT, "path": _STR,
+                "created_at": _STR}},
+        },
+    },
+}
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(SPEC)
