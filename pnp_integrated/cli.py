@@ -25,6 +25,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def _database_error_text(exc: BaseException) -> str:
+    """The driver's own words, on one line, without SQLAlchemy's link to its error catalogue."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip() and "sqlalche.me" not in line)
+
+
 def settings_or_exit() -> Settings:
     try:
         return load_settings()
@@ -63,7 +69,10 @@ def run(workers: int | None, broker: str, log_format: str | None) -> None:
     if log_format is not None:
         os.environ["PNP_LOG_FORMAT"] = log_format
     settings = settings_or_exit()
-    _upgrade(settings, "head", quiet=True)
+    try:
+        _upgrade(settings, "head", quiet=True)
+    except Exception as exc:  # an unreachable database: the operator needs the message, not a traceback
+        fail(f"cannot prepare the database {settings.sqlalchemy_url.split('@')[-1]}: {_database_error_text(exc)}")
     click.echo(
         f"pnp-integrated on {settings.node_name}: status http://{settings.vip}:{settings.http_port}/status, "
         f"https://{settings.vip}:{settings.https_port}/status, monitoring https://<node>:{settings.monitoring_port}"

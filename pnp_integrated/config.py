@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
+import re
 import socket
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -146,7 +149,7 @@ def _coerce(name: str, raw: Any, origin: str, problems: list[str]) -> Any:
                 return raw
             return str(raw).strip().lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
-            if isinstance(raw, bool):
+            if isinstance(raw, bool) or not re.fullmatch(r"[+-]?[0-9]+", str(raw).strip()):
                 raise ValueError
             return int(str(raw).strip())
         if isinstance(default, float):
@@ -169,6 +172,9 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
         return {}
     except tomllib.TOMLDecodeError as exc:
         problems.append(f"PNP_CONFIG={path}: not valid TOML ({exc})")
+        return {}
+    except OSError as exc:  # a directory, no permission ...
+        problems.append(f"PNP_CONFIG={path}: cannot read it ({exc.strerror}); point PNP_CONFIG at a TOML file")
         return {}
     # Tables are accepted for readability ([gateway], [tls] ...) and flattened; keys must be unique overall.
     flat: dict[str, Any] = {}
@@ -274,13 +280,17 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
     supplied = [n for n in ("tls_cert_file", "tls_key_file") if getattr(s, n)]
     if len(supplied) == 1:
         bad("tls_cert_file", "supply both PNP_TLS_CERT_FILE and PNP_TLS_KEY_FILE, or neither to generate them")
+    missing = False
     for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
         value = getattr(s, name)
         if value and not Path(value).is_file():
             bad(name, f"{value}: no such file")
+            missing = True
+    if len(supplied) == 2 and not missing:
+        problems.extend(_check_key_pair(s, origin))
 
     for name in ("tls_handshake_timeout", "cns_hello_timeout", "drain_timeout"):
-        if getattr(s, name) <= 0:
+        if not math.isfinite(getattr(s, name)) or getattr(s, name) <= 0:
             bad(name, "must be a positive number of seconds")
     for name in ("cns_port_capacity", "workers"):
         if getattr(s, name) < 1:
@@ -291,11 +301,45 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
         bad("cns_max_body_bytes" if s.cns_max_body_bytes < 1024 else "http_max_body_bytes", "must be at least 1024")
     if s.log_format not in LOG_FORMATS:
         bad("log_format", f"{s.log_format!r} is not one of: {', '.join(LOG_FORMATS)}")
-    if s.database_url and "://" not in s.database_url:
-        bad("database_url", f"{s.database_url!r} is not a database URL (sqlite:///path or postgresql+psycopg://...)")
-    if s.data_dir.exists() and not s.data_dir.is_dir():
-        bad("data_dir", f"{s.data_dir} exists and is not a directory")
+    if s.database_url:
+        problem = _database_url_problem(s.database_url)
+        if problem:
+            bad("database_url", f"{problem} (use sqlite:///path or postgresql+psycopg://user@host/db)")
+    # The first existing ancestor decides whether the data dir can be created at all.
+    existing = next((d for d in (s.data_dir, *s.data_dir.parents) if d.exists()), None)
+    if existing is not None and not existing.is_dir():
+        bad("data_dir", f"{existing} exists and is not a directory")
     return problems
+
+
+def _database_url_problem(url: str) -> str:
+    """Why SQLAlchemy cannot use ``url`` (empty when it can)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+            return f"{url!r}: only SQLite and PostgreSQL databases are supported"
+        parsed.get_dialect().import_dbapi()  # the driver is only imported on first connect otherwise
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        return f"{url!r} is not a database URL"
+    except ImportError as exc:
+        return f"{url!r} needs the database driver {exc.name}, which is not installed"
+    return ""
+
+
+def _check_key_pair(s: Settings, origin: Any) -> list[str]:
+    """The operator's certificate and key must load as a pair, or every TLS listener would fail later."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(s.tls_cert_file, s.tls_key_file)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        return [
+            f"{origin('tls_cert_file')}, {origin('tls_key_file')}: {s.tls_cert_file} and {s.tls_key_file} are not a "
+            f"PEM certificate and its unencrypted private key ({reason})"
+        ]
+    return []
 
 
 def tls_floor(version: str) -> str:

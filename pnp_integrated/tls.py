@@ -13,6 +13,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +134,9 @@ def server_context(settings: Settings, paths: CertPaths | None = None) -> ssl.SS
     if floor < ssl.TLSVersion.TLSv1_2:
         # Old device images only: OpenSSL's default security level refuses the SHA-1 signatures TLS 1.0/1.1 need.
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    ctx.minimum_version = floor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 1.0/1.1 are the operator's deliberate opt-in
+        ctx.minimum_version = floor
     ctx.options |= ssl.OP_NO_SSLv2 | ssl.OP_NO_SSLv3 | ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(str(paths.cert), str(paths.key))
     return ctx

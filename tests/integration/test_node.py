@@ -119,3 +119,14 @@ def test_wrong_setting_refuses_to_start_and_opens_no_port(tmp_path: Path, variab
     assert "Traceback" not in result.stdout
     assert opened == []
     assert not (tmp_path / "data" / "pnp.sqlite3").exists()
+
+
+def test_unreachable_database_refuses_to_start_without_a_traceback(tmp_path: Path) -> None:
+    settings = node_settings(tmp_path / "data")
+    closed_port = settings["health_port"] + 1  # inside the free block, nothing listens there
+    settings["database_url"] = f"postgresql+psycopg://pnp@127.0.0.1:{closed_port}/pnp"
+    result, opened = run_refused(tmp_path, settings, [settings["http_port"], settings["broker_port"]])
+    assert result.returncode == 1
+    assert f"pnpp: cannot prepare the database 127.0.0.1:{closed_port}/pnp: connection failed" in result.stdout
+    assert "Traceback" not in result.stdout
+    assert opened == []
