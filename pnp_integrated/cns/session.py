@@ -120,13 +120,15 @@ class CnsSession:
         if self.phase is Phase.CLOSED:
             return Refuse(400, "session already ended")
         handler = TRANSITIONS.get((self.phase, frame.command))
-        if handler is None:
-            if self.phase is Phase.AWAIT_HELLO:
-                return Refuse(401, f"HELLO required first, got {frame.command}")
-            if frame.command == "HELLO":
-                return Refuse(400, "HELLO repeated on an established session")
-            return Refuse(400, f"{frame.command} is not valid here")
-        decision = handler(self, frame)
+        decision: Decision
+        if handler is not None:
+            decision = handler(self, frame)
+        elif self.phase is Phase.AWAIT_HELLO:
+            decision = Refuse(401, f"HELLO required first, got {frame.command}")
+        elif frame.command == "HELLO":
+            decision = Refuse(400, "HELLO repeated on an established session")
+        else:
+            decision = Refuse(400, f"{frame.command} is not valid here")
         if isinstance(decision, Refuse) and decision.close:
             self.phase = Phase.CLOSED
         return decision

@@ -417,3 +417,13 @@ def test_connection_reset_mid_frame_closes_the_session(node: CnsNode) -> None:
     link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     link.close()
     wait_for(lambda: not node.live_rows())
+
+
+def test_stopping_the_gateway_tells_devices_to_come_back(node_factory: Callable[..., CnsNode]) -> None:
+    node = node_factory()
+    link, _ = connect(HOST, node.plain[0], "STOPME")
+    with link:
+        node.stop()
+        answer = link.receive()
+        assert (answer.command, answer.get("Code"), answer.get("Retry-After") is not None) == ("ERROR", "503", True)
+    assert node.live_rows() == []
