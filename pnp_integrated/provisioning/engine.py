@@ -417,7 +417,9 @@ def _advance(work: _Work, outcome: Outcome) -> None:
         row.detail = (problem or outcome.detail or "")[:2000]
         row.ended_at = utcnow()
     _step_event(work, step.name, "succeeded" if problem is None else "failed", job.attempt, problem or "")
-    if problem is None:
+    if work.profile is None:  # deleted by a Prime command mid-job: never carry on with nothing to apply
+        _fail(work, step.name, "the job's profile was deleted while the device was being provisioned")
+    elif problem is None:
         following = STEP_NAMES.index(step.name) + 1
         if following < len(STEPS):
             _issue(work, STEP_NAMES[following])

@@ -13,15 +13,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jinja2 import ChainableUndefined, StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2 import ChainableUndefined, StrictUndefined, TemplateError, TemplateSyntaxError, Undefined, UndefinedError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..models import Device, Profile
 
 # Configuration text is CLI, not HTML: no autoescape; keep the final newline IOS expects.
 _STRICT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-# At save time the per-device variables are not known yet: undefined names render empty, everything else must work.
-_LENIENT = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+class _SaveTimeSandbox(SandboxedEnvironment):
+    """At save time per-device variables are unknown, so undefined names render empty; unsafe access still fails."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+
+_LENIENT = _SaveTimeSandbox(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 class TemplateProblem(ValueError):

@@ -214,3 +214,12 @@ def test_new_app_on_the_same_database_continues_the_job(app_factory: Callable[..
         assert hello() == config
         assert ok(config).kind is ActionKind.SAVE
         assert db.session.scalar(select(JobStep).order_by(JobStep.id.desc())).step == "save"  # type: ignore[union-attr]
+
+
+def test_profile_deleted_mid_job_fails_the_job(ctx: Flask) -> None:
+    profile = add_profile(is_default=True, config_template="hostname x")
+    first = hello()
+    db.session.delete(profile)
+    db.session.commit()
+    action = ok(first)
+    assert action.kind is ActionKind.FAILED and "profile was deleted" in action.detail
