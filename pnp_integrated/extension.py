@@ -157,12 +157,27 @@ def migration_lock() -> Iterator[None]:
 
 def check_schema_current() -> None:
     current, head = schema_revisions()
-    if current != head:
-        where = "empty (no tables yet)" if current is None else f"at revision {current}"
+    if current == head:
+        return
+    url = db.engine.url.render_as_string(hide_password=True)
+    if current is not None and current not in _known_revisions():
+        # Upgrading cannot help: a newer release already migrated this database.
         raise SchemaError(
-            f"the database {db.engine.url.render_as_string(hide_password=True)} is {where}, "
-            f"but this version of pnp-integrated needs revision {head}: run `pnpp db upgrade` first"
+            f"the database {url} is at revision {current}, which this version of pnp-integrated does not know "
+            f"(it needs {head}): a newer release upgraded it; run that release, or restore a backup of the database"
         )
+    where = "empty (no tables yet)" if current is None else f"at revision {current}"
+    raise SchemaError(
+        f"the database {url} is {where}, but this version of pnp-integrated needs revision {head}: "
+        "run `pnpp db upgrade` first"
+    )
+
+
+def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(gateway_state().migrate.get_config())
+    return {rev.revision for rev in script.walk_revisions()}
 
 
 def create_app(config: Mapping[str, Any] | None = None, *, check_schema: bool = True) -> Flask:

@@ -1,0 +1,125 @@
+"""Alembic migrations on SQLite and on a real PostgreSQL server, through the API and through ``pnpp db``."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from flask import Flask
+from flask_migrate import downgrade, upgrade
+from sqlalchemy import inspect, text
+
+from pnp_integrated import create_app
+from pnp_integrated.extension import SchemaError, schema_revisions
+from pnp_integrated.models import db
+from tests.conftest import node_environment, node_settings
+from tests.integration.conftest import PNPP
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each supported kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def unchecked_app(tmp_path: Path, database_url: str) -> Flask:
+    return create_app({**node_settings(tmp_path / "data", database_url=database_url), "TESTING": True},
+                      check_schema=False)
+
+
+def tables() -> set[str]:
+    return set(inspect(db.engine).get_table_names())
+
+
+def test_upgrade_creates_every_model_table_and_downgrade_removes_them(tmp_path: Path, database_url: str) -> None:
+    app = unchecked_app(tmp_path, database_url)
+    with app.app_context():
+        model_tables = set(db.metadata.tables)
+        assert model_tables, "the models define no table"
+        assert tables() == set()
+        upgrade()
+        current, head = schema_revisions()
+        assert current == head
+        assert tables() == model_tables | {"alembic_version"}
+
+        downgrade(revision="base")
+        assert schema_revisions()[0] is None
+        assert tables() - {"alembic_version"} == set()
+
+        upgrade()  # a downgraded database upgrades again, as after a rolled-back release
+        assert tables() == model_tables | {"alembic_version"}
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_migrations_match_the_models(tmp_path: Path, database_url: str) -> None:
+    app = unchecked_app(tmp_path, database_url)
+    with app.app_context():
+        upgrade()
+        with db.engine.connect() as conn:
+            differences = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), db.metadata)
+        db.engine.dispose()
+    assert differences == [], "a model changed without a migration (flask db migrate)"
+
+
+def test_app_refuses_an_empty_database_with_the_upgrade_command(tmp_path: Path, database_url: str) -> None:
+    database_url = database_url.replace("//postgres@", "//postgres:s3cret@")  # the test server trusts any password
+    with pytest.raises(SchemaError) as info:
+        create_app(node_settings(tmp_path / "data", database_url=database_url))
+    assert "is empty (no tables yet)" in str(info.value)
+    assert "run `pnpp db upgrade` first" in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+def pnpp(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PNPP, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_pnpp_db_upgrade_on_a_fresh_data_dir(tmp_path: Path, database_url: str) -> None:
+    env = node_environment(node_settings(tmp_path / "fresh", database_url=database_url))
+
+    before = pnpp(env, "db", "current")
+    assert before.returncode == 1
+    assert before.stdout.startswith("database: empty\ncode needs: ")
+    head = before.stdout.split("code needs: ")[1].strip()
+
+    upgraded = pnpp(env, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"empty -> {head} (head {head})" in upgraded.stdout
+
+    after = pnpp(env, "db", "current")
+    assert (after.returncode, after.stdout) == (0, f"database: {head}\ncode needs: {head}\n")
+
+    again = pnpp(env, "db", "upgrade")  # a second upgrade of the same release changes nothing
+    assert again.returncode == 0 and f"{head} -> {head}" in again.stdout
+
+    down = pnpp(env, "db", "downgrade", "base")
+    assert down.returncode == 0, down.stderr
+    assert pnpp(env, "db", "current").stdout.startswith("database: empty\n")
+
+
+def test_pnpp_db_upgrade_to_an_unknown_revision_fails_clearly(tmp_path: Path) -> None:
+    env = node_environment(node_settings(tmp_path / "fresh"))
+    result = pnpp(env, "db", "upgrade", "9999")
+    assert result.returncode == 1
+    assert "Can't locate revision identified by '9999'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_app_refuses_a_database_migrated_by_a_newer_release(tmp_path: Path, database_url: str) -> None:
+    app = unchecked_app(tmp_path, database_url)
+    with app.app_context():
+        upgrade()
+        with db.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
+        db.engine.dispose()
+    with pytest.raises(SchemaError) as info:
+        create_app(node_settings(tmp_path / "data", database_url=database_url))
+    assert "at revision f00dfeed, which this version of pnp-integrated does not know" in str(info.value)
+    assert "a newer release upgraded it" in str(info.value)
+    assert "pnpp db upgrade" not in str(info.value)  # upgrading cannot help here
