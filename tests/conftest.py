@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -31,13 +32,14 @@ def _clean_pnp_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def free_port_block(count: int = 1) -> int:
-    """The first of ``count`` consecutive TCP ports that are free on 127.0.0.1 right now."""
+    """The first of ``count`` consecutive TCP ports that are free on 127.0.0.1 right now.
+
+    Blocks are drawn at random below the kernel's ephemeral range (32768+), so the client sockets of a busy test run
+    cannot take a port of a node between the moment it is chosen and the moment the node binds it.
+    """
+    rng = random.SystemRandom()
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            start = probe.getsockname()[1]
-        if start + count >= 65000:
-            continue
+        start = rng.randrange(20000, 32700 - count)
         socks = []
         try:
             for port in range(start, start + count):
