@@ -103,7 +103,7 @@ def run(workers: int | None, broker: str, log_format: str | None) -> None:
 def status(as_json: bool, url: str | None) -> None:
     """Show the gateway services table; exit code 1 when something is DOWN."""
     from .status import format_table, status_is_healthy
-    from .tls import client_context
+    from .tls import cert_paths, client_context
 
     try:
         settings = load_settings()
@@ -121,6 +121,10 @@ def status(as_json: bool, url: str | None) -> None:
         sys.exit(1)
     url = url or f"https://127.0.0.1:{settings.monitoring_port}/status"
     try:
+        ca = cert_paths(settings).ca
+        if url.startswith("https:") and not ca.is_file():
+            # No CA yet means no node ever started on this data dir: say that, not "No such file".
+            raise FileNotFoundError(f"{ca} not found: no node has started with PNP_DATA_DIR={settings.data_dir}")
         with urllib.request.urlopen(url, timeout=10, context=client_context(settings)) as resp:
             data = json.load(resp)
     except (urllib.error.URLError, OSError, ValueError) as exc:

@@ -54,6 +54,9 @@ def test_node_serves_status_and_every_port_then_stops_cleanly(running_node: Call
     assert node.stop_seconds is not None and node.stop_seconds <= 5, f"stop took {node.stop_seconds:.1f}s"
     still_open = [port for port in node.tcp_ports() if port_accepts(port, timeout=0.5)]
     assert still_open == []
+    after = subprocess.run([PNPP, "status"], env=node.env, capture_output=True, text=True, timeout=30)
+    assert after.returncode == 1
+    assert "Connection refused" in after.stdout
     log = node.log_text()
     assert "Traceback" not in log
     assert "Shutting down: Master" in log
