@@ -89,3 +89,26 @@ def test_concurrent_failures_consume_one_attempt(workers: list[Flask]) -> None:
     with workers[0].app_context():
         job = db.session.scalar(select(ProvisioningJob))
         assert job is not None and job.state == "running" and job.step == "config" and job.attempt == 2
+
+
+def test_unclaimed_device_is_reported_once_under_racing_contacts(app_factory: Callable[..., Flask],
+                                                                  postgres_url: str) -> None:
+    apps = [app_factory(database_url=postgres_url), app_factory(database_url=postgres_url)]
+    actions = race(apps, lambda: engine.contact(DeviceIdentity(serial="LOST1", protocol="cns")))
+    assert {a.kind for a in actions} == {ActionKind.UNCLAIMED}
+    with apps[0].app_context():
+        assert db.session.scalar(select(func.count()).select_from(OutboxEvent)
+                                 .where(OutboxEvent.type == "device.unclaimed")) == 1
+
+
+def test_a_restarted_node_continues_the_job(workers: list[Flask], app_factory: Callable[..., Flask],
+                                            postgres_url: str) -> None:
+    with workers[0].app_context():
+        identify = engine.contact(DeviceIdentity(serial="FDO4", protocol="pnp"))
+        config = engine.report("FDO4", identify.correlator, Outcome(True))
+    restarted = app_factory(database_url=postgres_url)
+    with restarted.app_context():
+        assert engine.contact(DeviceIdentity(serial="FDO4", protocol="pnp")) == config
+        assert engine.rendered_config("FDO4", config.correlator) == "hostname FDO4"
+        save = engine.report("FDO4", config.correlator, Outcome(True))
+        assert engine.report("FDO4", save.correlator, Outcome(True)).kind is ActionKind.DONE
