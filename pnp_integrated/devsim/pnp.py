@@ -81,6 +81,8 @@ class SimulatedDevice:
     error_rate: float = 0.0  # probability that a service request fails with errorInfo
     fault_rate: float = 0.0  # probability that a service request is answered with a protocol fault
     fail_services: frozenset[str] = frozenset()  # services that always fail (errorInfo)
+    # Injected errors are transient: after this many in a row for one service the next attempt succeeds.
+    error_streak_limit: int = 2
     running_config: list[str] = field(default_factory=list)
     startup_config: list[str] = field(default_factory=list)
     flash: dict[str, str] = field(default_factory=dict)  # "bootflash:name" -> MD5
@@ -207,6 +209,7 @@ class PnpAgent:
         self._reload_pending = False
         self._next_image = (device.image_file, device.version)  # what the device boots at its next reload
         self._reason = "factory-reset"
+        self._streaks: dict[str, int] = {}  # service -> injected errors in a row
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> DeviceReport:
@@ -307,13 +310,17 @@ class PnpAgent:
         device = self.device
         if request.credentials:
             device.credentials_seen = dict(request.credentials)
-        roll = self.rng.random()
-        if roll < device.fault_rate:
-            self.report.injected_errors += 1
-            return Fault(device.udi, "XSVC:Client", "An unknown XML tag has been received", "simulated fault")
-        if request.service in device.fail_services or roll < device.fault_rate + device.error_rate:
-            self.report.injected_errors += 1
+        if request.service in device.fail_services:
             return self._response(request, error=(ERR_INVALID_INPUT, f"simulated {request.service} failure"))
+        roll = self.rng.random()
+        streak = self._streaks.get(request.service, 0)
+        if roll < device.fault_rate + device.error_rate and streak < device.error_streak_limit:
+            self._streaks[request.service] = streak + 1
+            self.report.injected_errors += 1
+            if roll < device.fault_rate:
+                return Fault(device.udi, "XSVC:Client", "An unknown XML tag has been received", "simulated fault")
+            return self._response(request, error=(ERR_INVALID_INPUT, f"simulated {request.service} failure"))
+        self._streaks[request.service] = 0
         handler = {
             DeviceInfoRequest: self._device_info, ImageInstallRequest: self._image_install,
             ConfigUpgradeRequest: self._config_upgrade, CliConfigRequest: self._cli_config,
