@@ -70,7 +70,7 @@ def image(name: str) -> Response:
     return response
 
 
-@blueprint.route("/resources/<path:relative>", methods=["GET", "HEAD"])
+@blueprint.route("/resources/<path:relative>", methods=["GET", "HEAD"], merge_slashes=False)
 def resource(relative: str) -> Response:
     """A resource file (script, banner, certificate) confined to the resources directory."""
     path = confined(current_settings().resources_dir, relative)
