@@ -45,13 +45,45 @@ def _row(service: str, mode: str, up: bool, info: str) -> dict[str, str]:
     return {"service": service, "mode": mode, "status": "UP" if up else "DOWN", "info": info}
 
 
+# The web services of Prime's table and the URL path each one answers on (both on the HTTP and HTTPS ports).
+WEB_SERVICES = (
+    ("Image Web Service", "/images/", "images_dir"),
+    ("Config Web Service", "/cns/config.asp", ""),
+    ("Resource Web Service", "/resources/", "resources_dir"),
+)
+
+
+def web_service_rows(settings: Settings, pids: dict[int, list[int]], routes: set[str]) -> list[dict[str, str]]:
+    """A web service is UP on a port when the port is served and the service's route and storage exist."""
+    rows = []
+    for service, path, storage in WEB_SERVICES:
+        mounted = any(rule.startswith(path.rstrip("/")) for rule in routes)
+        store_ok = not storage or getattr(settings, storage).is_dir()
+        for tls, port in ((True, settings.https_port), (False, settings.http_port)):
+            scheme = "https" if tls else "http"
+            serving = bool(pids.get(port))
+            if not mounted:
+                info = "not served by this version"
+            elif not store_ok:
+                info = f"{getattr(settings, storage)} missing"
+            elif not serving:
+                info = f"port {port} not listening"
+            else:
+                info = f"{scheme}://{settings.vip}:{port}{path}"
+            rows.append(_row(service, "SSL" if tls else "PLAIN TEXT", mounted and store_ok and serving, info))
+    return rows
+
+
 def build_status(settings: Settings) -> dict[str, Any]:
-    """The node's status, measured now."""
+    """The node's status, measured now, in the row order of Prime's ``pnpp status``."""
+    from flask import current_app
+
+    from .bus.state import status_rows as broker_rows
+
     pids = listening_pids()
     sessions = live_sessions_by_port()
-    rows = [
-        _row("System", "", True, f"pnp-integrated {__version__} on {settings.node_name}, pid {os.getppid()}"),
-    ]
+    broker = {row["service"]: row for row in broker_rows(settings, pids)}
+    port_rows: dict[str, list[dict[str, str]]] = defaultdict(list)
     for role in node_ports(settings):
         serving = pids.get(role.port, [])
         mode = "SSL" if role.tls else "PLAIN TEXT"
@@ -60,14 +92,20 @@ def build_status(settings: Settings) -> dict[str, Any]:
             name, info = f"CNS Gateway port: {role.port}", f"{pid_text}; devices: {sessions.get(role.port, 0)}"
         elif role.service == "CNS Gateway Dispatcher":
             name, info = f"CNS Gateway Dispatcher port: {role.port}", pid_text
-        elif role.service == "PnP Gateway Monitoring":
-            name, info = role.service, f"port: {role.port}; {pid_text}"
         else:
             name, info = role.service, f"port: {role.port}; {pid_text}"
-        rows.append(_row(name, mode, bool(serving), info))
-    from .bus.state import status_rows as broker_rows
-
-    rows.extend(broker_rows(settings, pids))
+        port_rows[role.service].append(_row(name, mode, bool(serving), info))
+    routes = {rule.rule for rule in current_app.url_map.iter_rules()}
+    rows = [
+        _row("System", "", True, f"pnp-integrated {__version__} on {settings.node_name}, pid {os.getppid()}"),
+        broker["Event Messaging Bus"],
+        *port_rows["CNS Gateway Dispatcher"],
+        *port_rows["CNS Gateway"],
+        *port_rows["HTTPD"],
+        *web_service_rows(settings, pids, routes),
+        broker["Prime Infrastructure Broker"],
+        *port_rows["PnP Gateway Monitoring"],
+    ]
     rows.append(
         {
             "service": "PnP Gateway HA state",
