@@ -1,0 +1,141 @@
+"""Open PnP benchmark: complete day-0 conversations per second, and p50/p99 per request, with many concurrent agents.
+
+By default it starts its own node (``pnpp run`` on a temporary data directory, ports moved, a default profile with
+a configuration and a post-PnP template) and plays ``--devices`` simulated agents, ``--concurrency`` at a time::
+
+    .venv/bin/python bench/pnp.py --devices 500 --concurrency 500
+
+``--url`` points it at a node that is already running (its profiles must claim the simulated PID). Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pnp_integrated.devsim.pnp import PROVISIONED, SimulatedDevice, format_reports, simulate  # noqa: E402
+
+PID = "C9300-24U"
+CONFIG = "hostname {{ serial }}\ninterface Vlan1\n ip address dhcp\n"
+POST = "ntp server 192.0.2.1\nlogging host 192.0.2.2\n"
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports below the ephemeral range."""
+    for start in range(20000, 30000, count + 7):
+        try:
+            socks = []
+            for port in range(start, start + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return start
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free block of ports")
+
+
+def start_node(data_dir: Path, workers: int, image_kib: int) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    base = free_ports(19)
+    settings: dict[str, Any] = {
+        "data_dir": str(data_dir / "data"), "cns_port_base": base, "http_port": base + 13, "https_port": base + 14,
+        "broker_port": base + 15, "bus_port": base + 16, "health_port": base + 17, "workers": workers,
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PNP_")}
+    env.update({f"PNP_{k.upper()}": str(v) for k, v in settings.items()})
+    log = (data_dir / "node.log").open("wb")
+    node = subprocess.Popen([str(Path(sys.executable).with_name("pnpp")), "run"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{settings['http_port']}/status", timeout=2):
+                break
+        except OSError:
+            if node.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"node did not start; see {data_dir / 'node.log'}") from None
+            time.sleep(0.3)
+    add_profile(settings, image_kib)
+    return node, settings
+
+
+def add_profile(settings: dict[str, Any], image_kib: int) -> None:
+    from pnp_integrated import create_app
+    from pnp_integrated.models import Image, Profile, db
+
+    app = create_app(settings)
+    with app.app_context():
+        image_id = None
+        if image_kib:
+            data = b"PNPSIM-VERSION=17.6.1\n" + os.urandom(image_kib * 1024)
+            (Path(settings["data_dir"]) / "images" / "bench-17.6.1.bin").write_bytes(data)
+            image = Image(name="bench-17.6.1", filename="bench-17.6.1.bin", version="17.6.1",
+                          md5=hashlib.md5(data).hexdigest(), size=len(data))
+            db.session.add(image)
+            db.session.flush()
+            image_id = image.id
+        db.session.add(Profile(name="bench", match_pid=PID, config_template=CONFIG, post_template=POST,
+                               image_id=image_id))
+        db.session.commit()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2, help="gevent workers of the node it starts")
+    parser.add_argument("--https", action="store_true", help="talk HTTPS (trusting the node's CA)")
+    parser.add_argument("--image-kib", type=int, default=0, help="add an image of this size to the profile")
+    parser.add_argument("--url", default=None, help="benchmark a running node instead of starting one")
+    args = parser.parse_args()
+
+    node = None
+    context = None
+    with tempfile.TemporaryDirectory(prefix="pnp-bench-") as tmp:
+        if args.url:
+            url = args.url
+        else:
+            node, settings = start_node(Path(tmp), args.workers, args.image_kib)
+            port = settings["https_port"] if args.https else settings["http_port"]
+            url = f"{'https' if args.https else 'http'}://127.0.0.1:{port}"
+            if args.https:
+                context = ssl.create_default_context(cafile=str(Path(settings["data_dir"]) / "certs" / "ca.pem"))
+                context.check_hostname = False
+        try:
+            devices = [SimulatedDevice(serial=f"BENCH{n:06d}", pid=PID) for n in range(args.devices)]
+            print(f"{args.devices} agents, {args.concurrency} at a time, against {url}"
+                  f"{f' ({args.workers} workers)' if node else ''}", flush=True)
+            started = time.monotonic()
+            reports = simulate(devices, url, context=context, concurrency=args.concurrency, time_scale=0.0,
+                               reload_seconds=0, deadline=600, timeout=120)
+            elapsed = time.monotonic() - started
+            print(format_reports(reports, elapsed))
+            return 0 if all(r.outcome == PROVISIONED for r in reports) else 1
+        finally:
+            if node is not None:
+                node.send_signal(signal.SIGTERM)
+                try:
+                    node.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(node.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
