@@ -70,7 +70,8 @@ def start_node(data_dir: Path, workers: int, image_kib: int) -> tuple[subprocess
                 break
         except OSError:
             if node.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"node did not start; see {data_dir / 'node.log'}") from None
+                tail = (data_dir / "node.log").read_text(errors="replace")[-2000:]
+                raise SystemExit(f"node did not start:\n{tail}") from None
             time.sleep(0.3)
     add_profile(settings, image_kib)
     return node, settings
