@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, jsonify
 from sqlalchemy import func, select
 
-from ..models import Device, ProvisioningJob, db
+from ..models import Device, Profile, ProvisioningJob, db
 from ..provisioning import engine
 from . import blueprint
 from .auth import audit
@@ -13,7 +13,7 @@ from .errors import conflict, invalid, not_found
 from .representations import device_json, job_json
 from .validation import Field, check_fields, json_body, page, query_args, variable_map
 
-DEVICE_STATES = ("expected", "unclaimed", "provisioning", "provisioned", "failed", "cancelled")
+DEVICE_STATES = engine.DEVICE_STATES
 
 
 def _device(serial: str) -> Device:
@@ -91,3 +91,21 @@ def reprovision_device(serial: str) -> tuple[Response, int]:
     audit("device.reprovision", serial, job=job.id)
     db.session.commit()
     return jsonify(job_json(job, steps=True)), 201
+
+
+@blueprint.post("/devices/<serial>/claim")
+def claim_device(serial: str) -> Response:
+    """Assign a profile to a device (an unclaimed one, typically); its next contact starts the job."""
+    data = check_fields(json_body(), {"profile": Field((str,), 255)}, required=("profile",))
+    device = _device(serial)
+    profile = db.session.scalar(select(Profile).where(Profile.name == data["profile"]))
+    if profile is None:
+        raise invalid(f"field 'profile': no profile named {data['profile']!r}", fields=["profile"])
+    previous = device.state
+    try:
+        engine.claim(device, profile)
+    except engine.JobConflict as exc:
+        raise conflict(str(exc)) from exc
+    audit("device.claim", serial, profile=profile.name, previous_state=previous)
+    db.session.commit()
+    return jsonify(device_json(device))

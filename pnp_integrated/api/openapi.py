@@ -109,6 +109,13 @@ SPEC: dict[str, Any] = {
                        body={"type": "object", "required": ["variables"], "additionalProperties": False,
                              "properties": {"variables": _OBJ}}),
         },
+        "/devices/{serial}/claim": {
+            "parameters": [_PARAMS["serial"]],
+            "post": _op("Claim a device for a profile: its next contact starts a job with it, before any matching rule",
+                        result=_ref("Device"), errors=(404, 409, 422),
+                        body={"type": "object", "required": ["profile"], "additionalProperties": False,
+                              "properties": {"profile": {**_STR, "description": "name of the profile"}}}),
+        },
         "/devices/{serial}/reprovision": {
             "parameters": [_PARAMS["serial"]],
             "post": _op("Provision a device again with a new job", 201, _ref("Job"), errors=(404, 409, 422)),

@@ -7,10 +7,11 @@ report what a device did with a request (:func:`report`), and turn the returned 
 format. Every call runs in its own database transaction and commits before it returns; all state is in the database,
 so any worker, or the other node after a failover, continues any job.
 
-A device is keyed by its serial number. On contact it is matched to a profile (serial, then PID, then the default
+A device is keyed by its serial number. On contact it gets its assigned profile (``devices.profile_id``: set by an
+operator's :func:`claim`, kept from its previous job) or else is matched to one (serial, then PID, then the default
 profile, see :mod:`.matching`); a device with no profile is *unclaimed*, told to come back later and reported to
-Prime once. A claimed device gets one :class:`~pnp_integrated.models.ProvisioningJob` that walks the steps of
-:data:`STEPS` in order::
+Prime once, until a profile matches it or an operator claims it. A device with a profile gets one
+:class:`~pnp_integrated.models.ProvisioningJob` that walks the steps of :data:`STEPS` in order::
 
     identify -> image -> image.verify -> config -> post_config -> save -> done
 
@@ -25,8 +26,8 @@ writers), job updates are guarded by the job's ``version`` column, and creating 
 ``devices.current_job_id``. A call that loses a race is rolled back and replayed from a fresh read, where the
 winner's result is visible: a duplicate report then carries a stale correlator and changes nothing.
 
-Every state change writes its Prime event (``device.unclaimed``, ``job.step``, ``job.completed``, ``job.failed``)
-to the outbox in the same transaction.
+Every state change writes its Prime event (``device.unclaimed``, ``device.claimed``, ``job.step``,
+``job.completed``, ``job.failed``) to the outbox in the same transaction.
 """
 
 from __future__ import annotations
@@ -138,6 +139,9 @@ TERMINAL_STATES = (COMPLETED, FAILED, CANCELLED)
 # Device states.
 DEVICE_UNCLAIMED, DEVICE_PROVISIONING, DEVICE_PROVISIONED = "unclaimed", "provisioning", "provisioned"
 DEVICE_FAILED, DEVICE_CANCELLED, DEVICE_EXPECTED = "failed", "cancelled", "expected"
+DEVICE_CLAIMED = "claimed"  # an operator assigned a profile; the job starts at the device's next contact
+DEVICE_STATES = (DEVICE_EXPECTED, DEVICE_UNCLAIMED, DEVICE_CLAIMED, DEVICE_PROVISIONING, DEVICE_PROVISIONED,
+                 DEVICE_FAILED, DEVICE_CANCELLED)
 
 _T = TypeVar("_T")
 
@@ -492,6 +496,19 @@ def _profile(job: ProvisioningJob) -> Profile | None:
     return db.session.get(Profile, job.profile_id) if job.profile_id is not None else None
 
 
+def profile_for(device: Device) -> Profile | None:
+    """The profile a new job of ``device`` uses: the one assigned to it, else the first matching rule.
+
+    An assigned profile wins so that a claim is never overridden by a rule, and provisioning a device again never
+    silently moves it to another profile; deleting the profile clears the assignment.
+    """
+    if device.profile_id is not None:
+        assigned = db.session.get(Profile, device.profile_id)
+        if assigned is not None:
+            return assigned
+    return match_profile(device.serial, device.pid)
+
+
 # ---- transactions ---------------------------------------------------------------------------------------------------
 
 
@@ -553,7 +570,7 @@ def _contact(identity: DeviceIdentity) -> Action:
     if job is not None:
         return action_for(job, _profile(job))
 
-    profile = match_profile(device.serial, device.pid)
+    profile = profile_for(device)
     if profile is None:
         device.state = DEVICE_UNCLAIMED
         device.profile_id = None
@@ -700,8 +717,32 @@ def reprovision(device: Device) -> ProvisioningJob | None:
     return _restart(device, current)
 
 
+def claim(device: Device, profile: Profile) -> None:
+    """Assign ``profile`` to ``device``: its next contact starts a job with it, whatever the matching rules say.
+
+    The caller commits. Raises :class:`JobConflict` while the device's job is running; a device whose last job
+    ended is detached from it, so its next contact starts afresh with the claimed profile.
+    """
+    _device(device.serial)  # lock and refresh the row: a contact racing the claim waits, or wins and conflicts
+    current = _current_job(device)
+    if current is not None:
+        if current.state not in TERMINAL_STATES:
+            raise JobConflict(f"device {device.serial} is being provisioned (job {current.id}); cancel that job first")
+        result = db.session.execute(
+            update(Device).where(Device.id == device.id, Device.current_job_id == current.id)
+            .values(current_job_id=None).execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise JobConflict(f"device {device.serial} got another job meanwhile")
+        set_committed_value(device, "current_job_id", None)
+    device.profile_id = profile.id
+    device.profile = profile
+    device.state = DEVICE_CLAIMED
+    record_event("device.claimed", {"device": device_payload(device), "profile": profile.name})
+
+
 def _restart(device: Device, previous: ProvisioningJob | None) -> ProvisioningJob | None:
-    profile = match_profile(device.serial, device.pid)
+    profile = profile_for(device)
     if profile is None:
         return None
     job = ProvisioningJob(device_id=device.id, profile_id=profile.id, protocol=device.protocol, state=RUNNING,

@@ -227,3 +227,32 @@ def test_openapi_lists_every_route(client: FlaskClient, app: Flask) -> None:
             path = path.replace("<name>", "{name}").replace("<serial>", "{serial}")
             routes |= {(path, m) for m in rule.methods or () if m not in ("HEAD", "OPTIONS")}
     assert routes == documented
+
+
+def test_claim_an_unclaimed_device(api: Call, app: Flask) -> None:
+    api("POST", "/profiles", json={"name": "edge", "config_template": "hostname {{ serial }}-edge"})
+    with app.app_context():
+        assert engine.contact(DeviceIdentity(serial="JAE7", protocol="pnp", pid="C9300")).kind is ActionKind.UNCLAIMED
+    assert [d["serial"] for d in api("GET", "/devices?state=unclaimed", role="read").get_json()["items"]] == ["JAE7"]
+
+    assert api("POST", "/devices/JAE7/claim", role="read", json={"profile": "edge"}).status_code == 403
+    missing = api("POST", "/devices/JAE7/claim", json={"profile": "nope"})
+    assert missing.status_code == 422 and error_of(missing)["fields"] == ["profile"]
+    assert api("POST", "/devices/JAE7/claim", json={}).status_code == 422
+    assert api("POST", "/devices/NOPE/claim", json={"profile": "edge"}).status_code == 404
+
+    claimed = api("POST", "/devices/JAE7/claim", json={"profile": "edge"})
+    assert claimed.status_code == 200, claimed.get_json()
+    assert (claimed.get_json()["state"], claimed.get_json()["profile"]) == ("claimed", "edge")
+    assert api("GET", "/devices?state=unclaimed").get_json()["total"] == 0
+    with app.app_context():
+        identify = engine.contact(DeviceIdentity(serial="JAE7", protocol="pnp", pid="C9300"))
+        assert engine.report("JAE7", identify.correlator, Outcome(True)).config_text == "hostname JAE7-edge"
+        audit = db.session.scalar(select(AuditEntry).where(AuditEntry.action == "device.claim"))
+        assert audit is not None and (audit.actor, audit.target) == ("ops-admin", "JAE7")
+        assert audit.detail == {"profile": "edge", "previous_state": "unclaimed"}
+
+    running = api("POST", "/devices/JAE7/claim", json={"profile": "edge"})
+    assert running.status_code == 409 and "cancel" in error_of(running)["message"]
+    history = api("GET", "/devices/JAE7/history").get_json()
+    assert [j["state"] for j in history["jobs"]] == ["running"] and history["device"]["state"] == "provisioning"
