@@ -83,7 +83,7 @@ def run_refused(tmp_path: Path, settings: dict[str, Any], watch: list[int]) -> t
     return result, sorted(opened)
 
 
-@pytest.mark.parametrize("taken", ["http_port", "https_port", "gateway_tls_port"])
+@pytest.mark.parametrize("taken", ["http_port", "gateway_tls_port"])
 def test_port_taken_by_another_program_stops_the_node_with_the_port_named(tmp_path: Path, taken: str) -> None:
     settings = node_settings(tmp_path / "data")
     port = settings["cns_port_base"] + 8 if taken == "gateway_tls_port" else settings[taken]

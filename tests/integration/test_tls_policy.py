@@ -8,7 +8,7 @@ import socket
 import ssl
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,20 +79,29 @@ def first_answer(port: int, version: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def default_node(node_launcher: Callable[..., RunningNode], tmp_path_factory: pytest.TempPathFactory) -> RunningNode:
+def default_node(node_launcher: Callable[..., RunningNode], tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[RunningNode]:
     """A node with the default floor (TLS 1.2) and a 1 s handshake limit."""
-    return node_launcher(tmp_path_factory.mktemp("tls-default"), tls_handshake_timeout=1, workers=1)
+    node = node_launcher(tmp_path_factory.mktemp("tls-default"), tls_handshake_timeout=1, workers=1)
+    yield node
+    node.stop()
 
 
 @pytest.fixture(scope="module")
-def strict_node(node_launcher: Callable[..., RunningNode], tmp_path_factory: pytest.TempPathFactory) -> RunningNode:
-    return node_launcher(tmp_path_factory.mktemp("tls-strict"), tls_min_version="1.3", workers=1)
+def strict_node(node_launcher: Callable[..., RunningNode], tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[RunningNode]:
+    node = node_launcher(tmp_path_factory.mktemp("tls-strict"), tls_min_version="1.3", workers=1)
+    yield node
+    node.stop()
 
 
 @pytest.fixture(scope="module")
-def legacy_node(node_launcher: Callable[..., RunningNode], tmp_path_factory: pytest.TempPathFactory) -> RunningNode:
+def legacy_node(node_launcher: Callable[..., RunningNode], tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[RunningNode]:
     """A node whose operator opted in to TLS 1.0 for old device images."""
-    return node_launcher(tmp_path_factory.mktemp("tls-legacy"), tls_min_version="1.0", workers=1)
+    node = node_launcher(tmp_path_factory.mktemp("tls-legacy"), tls_min_version="1.0", workers=1)
+    yield node
+    node.stop()
 
 
 def test_every_tls_port_is_counted(default_node: RunningNode) -> None:
