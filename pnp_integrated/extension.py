@@ -74,6 +74,9 @@ class PnPGateway:
         db.init_app(app)
         migrate = Migrate(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True, compare_type=True)
         app.extensions[EXTENSION_KEY] = GatewayState(settings=settings, certs=certs, migrate=migrate)
+        from .ha import init_app as init_ha  # NodeRole + 503 for HTTP device requests while PASSIVE
+
+        init_ha(app)
 
         with app.app_context():
             if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):

@@ -106,20 +106,18 @@ def build_status(settings: Settings) -> dict[str, Any]:
         broker["Prime Infrastructure Broker"],
         *port_rows["PnP Gateway Monitoring"],
     ]
-    rows.append(
-        {
-            "service": "PnP Gateway HA state",
-            "mode": settings.ha_mode,
-            "status": "ACTIVE",
-            "info": f"VIP {settings.vip}",
-        }
-    )
+    from .ha import ha_status_rows, node_role
+
+    ha_role = node_role(current_app)
+    rows.extend(ha_status_rows(ha_role))  # PnP Gateway HA state, Prime Infrastructure HA status
     return {
         "node": settings.node_name,
         "version": __version__,
         "vip": settings.vip,
         "ha_mode": settings.ha_mode,
-        "state": "ACTIVE",
+        "state": ha_role.state,
+        "reason": ha_role.reason,
+        "ha_transitions": ha_role.transitions,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rows": rows,
     }

@@ -3,10 +3,16 @@
 Every worker runs a :class:`LeaderLoop`. Each round it tries to take or renew the lease; the holder starts the
 :class:`~.bridge.PrimeBridge` and keeps it running while the lease is renewed, and stops it as soon as a renewal
 fails. A worker that exits releases the lease so another one takes over at its next round instead of at expiry.
+
+In HA (``ha_mode = vip``) the lease is only taken or renewed while the VIP condition holds (the worker's
+:class:`~pnp_integrated.ha.VipFollower` keeps ``NodeRole.vip_ok`` and wakes the loop on change); when the VIP leaves,
+the lease is released at once. Every round also reads the lease row, so workers that do not hold it know whether
+their node leads, and carries out the node's role changes (see :mod:`pnp_integrated.ha`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -14,37 +20,55 @@ from typing import Any
 
 from flask import Flask
 
+from .. import ha
 from ..extension import gateway_state
+from ..models import utcnow
 from . import lease
 from .bridge import PrimeBridge
 
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "pnp_bus"
+# In HA the lease is short so a crashed node is replaced within seconds, not the minutes Prime documents.
+HA_TTL = 8.0
+HA_RENEW_EVERY = 2.0
 
 
 class LeaderLoop:
     """Competes for the lease every ``renew_every`` seconds and runs the bridge while it holds it."""
 
-    def __init__(self, app: Flask, *, ttl: float = 15.0, renew_every: float = 5.0, bridge_options: Any = None) -> None:
+    def __init__(self, app: Flask, *, ttl: float | None = None, renew_every: float | None = None,
+                 bridge_options: Any = None) -> None:
         self.app = app
-        self.ttl = ttl
-        self.renew_every = renew_every
-        self.holder = lease.holder_id(gateway_state(app).settings.node_name)
+        settings = gateway_state(app).settings
+        in_ha = settings.ha_mode != "none"
+        self.ttl = ttl if ttl is not None else (HA_TTL if in_ha else 15.0)
+        self.renew_every = renew_every if renew_every is not None else (HA_RENEW_EVERY if in_ha else 5.0)
+        self.holder = lease.holder_id(settings.node_name)
         self.term: int | None = None
         self._held_until = 0.0
         self._bridge_options = dict(bridge_options or {})
         self.bridge: PrimeBridge | None = None
         self._bridge_thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._follower: Any = None
+        self._was_leading = False
+        self._acted_state = ha.node_role(app).state if ha.EXTENSION_KEY in app.extensions else "ACTIVE"
 
     @property
     def is_leader(self) -> bool:
         """True while our last successful renewal has not expired (checked by the bridge before each batch)."""
         return self.term is not None and time.monotonic() < self._held_until
 
+    def wake(self) -> None:
+        """Run the next round now (the VIP arrived or left)."""
+        self._wake.set()
+
     def start(self) -> None:
+        if ha.EXTENSION_KEY in self.app.extensions:
+            self._follower = ha.start_follower(self.app, self.wake)
         # A thread is a greenlet once gevent has patched the worker; tests run it as a real thread.
         self._thread = threading.Thread(target=self._run, name="pnp-leader", daemon=True)
         self._thread.start()
@@ -52,6 +76,9 @@ class LeaderLoop:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the bridge, release the lease, end the loop."""
         self._stopping.set()
+        self._wake.set()
+        if self._follower is not None:
+            self._follower.stop()
         if self._thread is not None:
             self._thread.join(timeout)
         self._stop_bridge(timeout)
@@ -62,25 +89,72 @@ class LeaderLoop:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            started = time.monotonic()
+            self._round()
+            self._wake.wait(self.renew_every)
+            self._wake.clear()
+
+    def _round(self) -> None:
+        role = ha.node_role(self.app) if ha.EXTENSION_KEY in self.app.extensions else None
+        started = time.monotonic()
+        term: int | None = None
+        if role is None or role.vip_ok:
             try:
                 with self.app.app_context():
                     term = lease.try_hold(self.holder, self.ttl)
             except Exception:  # the database may be briefly unreachable: not leader this round
                 log.exception("leader lease check failed")
-                term = None
-            if term is not None:
-                if self.term != term:
-                    log.info("%s is the leader (term %s): starting the Prime bridge", self.holder, term)
-                self.term = term
-                self._held_until = started + self.ttl * 0.8  # renew well before others may take it
-                if self._bridge_thread is None or not self._bridge_thread.is_alive():
-                    self._start_bridge()
-            elif self.term is not None:
-                log.warning("%s lost the leader lease: stopping the Prime bridge", self.holder)
-                self.term = None
-                self._stop_bridge()
-            self._stopping.wait(self.renew_every)
+        elif self.term is not None:
+            log.warning("%s: the VIP left this node; releasing the leader lease at once", self.holder)
+            self._release()
+        if term is not None:
+            if self.term != term:
+                log.info("%s is the leader (term %s): starting the Prime bridge", self.holder, term)
+            self.term = term
+            self._held_until = started + self.ttl * 0.8  # renew well before others may take it
+            if self._bridge_thread is None or not self._bridge_thread.is_alive():
+                self._start_bridge()
+        elif self.term is not None:
+            log.warning("%s lost the leader lease: stopping the Prime bridge", self.holder)
+            self.term = None
+            self._stop_bridge()
+        if role is not None and role.settings.ha_mode != "none":
+            self._observe_lease(role, term)
+            self._act_on(role)
+
+    def _release(self) -> None:
+        self._stop_bridge()
+        try:
+            with self.app.app_context():
+                lease.release(self.holder)
+        except Exception:  # unreachable database: the lease simply expires
+            log.exception("could not release the leader lease")
+        self.term = None
+
+    def _observe_lease(self, role: ha.NodeRole, term: int | None) -> None:
+        """Record which node holds the lease and until when (read from the row unless this worker holds it)."""
+        if term is not None:
+            role.lease_node = role.settings.node_name
+            role.lease_expires = utcnow() + dt.timedelta(seconds=self.ttl * 0.8)
+        else:
+            try:
+                with self.app.app_context():
+                    row = lease.current()
+                    role.lease_node = ha.lease_holder_node(row.holder) if row is not None else ""
+                    role.lease_expires = row.expires_at if row is not None else None
+            except Exception:  # unknown is not ours: the cached expiry runs out and the node turns PASSIVE
+                log.warning("could not read the leader lease")
+        role.evaluate(utcnow())
+
+    def _act_on(self, role: ha.NodeRole) -> None:
+        """Carry out a change of the node's role once per change, in this worker."""
+        state, leading = role.state, self.term is not None
+        if state != self._acted_state:
+            self._acted_state = state
+            if state == "ACTIVE":
+                ha.became_active(self.app, role, leader=leading)
+            else:
+                ha.became_passive(self.app, role, was_leader=self._was_leading)
+        self._was_leading = leading
 
     def _start_bridge(self) -> None:
         self.bridge = PrimeBridge(self.app, holder=self.holder, is_leader=lambda: self.is_leader,

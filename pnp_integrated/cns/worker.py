@@ -66,12 +66,9 @@ def _short_path(path: Path) -> Iterator[str]:
 
 def node_is_passive(app: Flask) -> bool:
     """Whether this node must refuse device sessions (HA standby); without HA the node is always active."""
-    from ..ha import NodeRole
+    from ..ha import accepting_devices
 
-    for value in app.extensions.values():
-        if isinstance(value, NodeRole):
-            return value.state != "ACTIVE"
-    return False
+    return not accepting_devices(app)
 
 
 def close_sessions(rows: list[DeviceSession], reason: str) -> None:

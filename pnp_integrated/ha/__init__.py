@@ -15,16 +15,26 @@ import datetime as dt
 import json
 import logging
 import ssl
+import threading
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, current_app, request
 
 from ..config import Settings
-from .vip import vip_can_move, vip_is_local
+from .vip import VipFollower, vip_can_move, vip_is_local
 
 log = logging.getLogger(__name__)
 
 LEADER_LEASE = "leader"
 RETRY_AFTER_SECONDS = 10
+EXTENSION_KEY = "pnp_ha"
+# HTTP paths devices use (Open PnP, CNS image agent and config, image and resource web services).
+DEVICE_PATHS = ("/pnp/", "/cns/", "/images/", "/resources/")
+# Where no VIP can move, the co-located Prime health monitor is asked this often.
+HEALTH_POLL_SECONDS = 1.0
 
 
 def lease_holder_node(holder: str) -> str:
@@ -32,17 +42,25 @@ def lease_holder_node(holder: str) -> str:
     return holder.rsplit(":", 1)[0] if holder else ""
 
 
-def prime_reports_active(settings: Settings, timeout: float = 2.0) -> bool:
-    """Ask the co-located Prime health monitor whether this node is the active one."""
+def prime_health(settings: Settings, host: str = "127.0.0.1", timeout: float = 2.0) -> dict[str, Any] | None:
+    """The JSON answer of a Prime health monitor (the co-located one by default); ``None`` when unreachable."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # loopback to our own node; the answer carries no secret
+    ctx.verify_mode = ssl.CERT_NONE  # our own node or its peer; the answer carries no secret
+    target = f"[{host}]" if ":" in host else host
     try:
-        with urllib.request.urlopen(f"https://127.0.0.1:{settings.health_port}/health", timeout=timeout,
+        with urllib.request.urlopen(f"https://{target}:{settings.health_port}/health", timeout=timeout,
                                     context=ctx) as resp:
-            return json.load(resp).get("state") == "active"
+            data = json.load(resp)
     except (OSError, ValueError):
-        return False
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def prime_reports_active(settings: Settings, timeout: float = 2.0) -> bool:
+    """Ask the co-located Prime health monitor whether this node is the active one."""
+    health = prime_health(settings, timeout=timeout)
+    return health is not None and health.get("state") == "active"
 
 
 def vip_condition(settings: Settings) -> bool:
@@ -64,6 +82,10 @@ class NodeRole:
     lease_expires: dt.datetime | None = None
     transitions: int = 0
     state: str = field(default="ACTIVE")
+
+    @property
+    def lease_held_by_node(self) -> bool:
+        return self.lease_node == self.settings.node_name
 
     def evaluate(self, now: dt.datetime) -> str:
         """Recompute ACTIVE/PASSIVE from the cached facts; count transitions."""
@@ -92,7 +114,171 @@ class NodeRole:
         return f"leader lease held by {self.lease_node or 'nobody'}"
 
 
-def initial_role(settings: Settings) -> NodeRole:
-    # Without HA the node is ACTIVE from the start; with HA it is PASSIVE until it has proved both conditions.
-    return NodeRole(settings=settings, vip_ok=vip_condition(settings),
-                    state="ACTIVE" if settings.ha_mode == "none" else "PASSIVE")
+def initial_role(settings: Settings, measure: bool = True) -> NodeRole:
+    """The role of a worker that has proved nothing yet.
+
+    Without HA the node is ACTIVE from the start; with HA it is PASSIVE until it has proved both conditions.
+    ``measure=False`` leaves the VIP condition unmeasured (False) for the follower to establish.
+    """
+    ha = settings.ha_mode != "none"
+    return NodeRole(settings=settings, vip_ok=vip_condition(settings) if measure or not ha else False,
+                    state="PASSIVE" if ha else "ACTIVE")
+
+
+# ---- per-app wiring ---------------------------------------------------------------------------------------------
+def init_app(app: Flask) -> None:
+    """Give ``app`` its :class:`NodeRole` and the hook that refuses HTTP device requests while PASSIVE."""
+    from ..extension import gateway_state
+
+    app.extensions[EXTENSION_KEY] = initial_role(gateway_state(app).settings, measure=False)
+    app.before_request(refuse_devices_when_passive)
+
+
+def node_role(app: Flask | None = None) -> NodeRole:
+    """This worker's :class:`NodeRole` (created by :func:`init_app`)."""
+    role: NodeRole = (app or current_app).extensions[EXTENSION_KEY]
+    return role
+
+
+def accepting_devices(app: Flask | None = None) -> bool:
+    """Whether this node serves devices right now (ACTIVE). Protocol adapters refuse new sessions when False.
+
+    The lease expiry is re-checked at every call, so a node whose leader vanished stops accepting without waiting
+    for the next round of its leader loop.
+    """
+    from ..models import utcnow
+
+    the_app = app or current_app
+    role = the_app.extensions.get(EXTENSION_KEY)
+    if not isinstance(role, NodeRole):
+        return True  # not a gateway app (no HA wiring): nothing to refuse
+    return role.evaluate(utcnow()) == "ACTIVE"
+
+
+def retry_after(app: Flask | None = None) -> int:
+    """Seconds a refused device should wait before trying again (the Retry-After of 503 answers)."""
+    return RETRY_AFTER_SECONDS
+
+
+def refuse_devices_when_passive() -> Response | None:
+    """``before_request`` hook: HTTP device endpoints answer 503 with Retry-After while the node is PASSIVE."""
+    if not request.path.startswith(DEVICE_PATHS) or accepting_devices():
+        return None
+    role = node_role()
+    seconds = retry_after()
+    body = f"PnP gateway {role.settings.node_name} is PASSIVE ({role.reason}); retry in {seconds}s\n"
+    return Response(body, 503, {"Retry-After": str(seconds)}, content_type="text/plain; charset=utf-8")
+
+
+def start_follower(app: Flask, wake: Callable[[], None]) -> VipFollower | None:
+    """Start following the VIP in this worker (HA only): ``role.vip_ok`` tracks it and ``wake`` is called on change.
+
+    A VIP that can move is followed through rtnetlink; a loopback VIP through the co-located Prime health monitor.
+    """
+    role = node_role(app)
+    settings = role.settings
+    if settings.ha_mode == "none":
+        return None
+    from ..models import utcnow
+
+    def changed(vip_ok: bool) -> None:
+        role.vip_ok = vip_ok
+        role.evaluate(utcnow())  # losing the VIP stops device sessions at once, before the lease is released
+        wake()
+
+    if vip_can_move(settings.vip):
+        follower = VipFollower(settings.vip, changed)
+    else:
+        follower = VipFollower(settings.vip, changed, poll_seconds=HEALTH_POLL_SECONDS,
+                               probe=lambda: prime_reports_active(settings))
+    role.vip_ok = follower.vip_local
+    threading.Thread(target=follower.run, name="pnp-vip-follower", daemon=True).start()
+    return follower
+
+
+# ---- what a change of role does -----------------------------------------------------------------------------------
+def became_active(app: Flask, role: NodeRole, *, leader: bool) -> None:
+    """The node turned ACTIVE. The worker holding the lease (its bridge already starting) tells Prime and resumes jobs.
+
+    Jobs need no push to resume: their state is in the database and each device's next contact continues its job
+    from the step it reached (see :mod:`pnp_integrated.provisioning.engine`).
+    """
+    if not leader:
+        return
+    unfinished = _record_state_event(app, role)
+    log.info("%s is ACTIVE and leads: Prime bridge connecting, %s unfinished jobs continue on device contact",
+             role.settings.node_name, unfinished)
+
+
+def became_passive(app: Flask, role: NodeRole, *, was_leader: bool) -> None:
+    """The node turned PASSIVE: end this worker's live device sessions with 503; the former leader tells Prime."""
+    closed = close_device_sessions(app, f"node {role.settings.node_name} is now PASSIVE ({role.reason})")
+    if closed:
+        log.info("closed %d live device sessions: node is PASSIVE", closed)
+    if was_leader:
+        _record_state_event(app, role)
+
+
+def close_device_sessions(app: Flask, message: str) -> int:
+    """End every live CNS session of this worker with ERROR 503 (devices reconnect through the VIP)."""
+    import os
+
+    from ..cns.worker import EXTENSION_KEY as CNS_KEY
+
+    worker = app.extensions.get(CNS_KEY)
+    if worker is None or getattr(worker, "pid", None) != os.getpid():
+        return 0
+    connections = list(worker.connections.values())
+    for connection in connections:
+        connection.end(503, message)
+    return len(connections)
+
+
+def _record_state_event(app: Flask, role: NodeRole) -> int:
+    """Write the ``gateway.state`` event (sent by whichever node leads next); returns the unfinished job count."""
+    from sqlalchemy import func, select
+
+    from ..bus.outbox import record_event
+    from ..models import ProvisioningJob, db
+
+    settings = role.settings
+    try:
+        with app.app_context():
+            unfinished = int(db.session.scalar(
+                select(func.count()).select_from(ProvisioningJob).where(ProvisioningJob.finished_at.is_(None))
+            ) or 0)
+            record_event("gateway.state", {"state": role.state, "vip": settings.vip, "ha_mode": settings.ha_mode,
+                                           "node": settings.node_name, "reason": role.reason,
+                                           "unfinished_jobs": unfinished})
+            db.session.commit()
+            db.session.remove()
+        return unfinished
+    except Exception:  # the database is unreachable: the state change itself has happened regardless
+        log.exception("could not record the gateway.state event")
+        return 0
+
+
+# ---- status -------------------------------------------------------------------------------------------------------
+def ha_status_rows(role: NodeRole) -> list[dict[str, str]]:
+    """The two HA rows of the status table: this gateway's role, and the co-located Prime's HA status."""
+    from ..models import utcnow
+
+    settings = role.settings
+    state = role.evaluate(utcnow())
+    gateway = {"service": "PnP Gateway HA state", "mode": settings.ha_mode, "status": state,
+               "info": f"{role.reason}; transitions: {role.transitions}"}
+    health = prime_health(settings, timeout=1.0)
+    if health is None:
+        prime = {"status": "DOWN", "info": f"Prime health monitor not reachable on port {settings.health_port}"}
+    else:
+        peer = f", peer {health['peer']}" if health.get("peer") else ""
+        peer += f" ({health['peer_state']})" if health.get("peer_state") else ""
+        where = ""
+        if settings.ha_mode == "vip":
+            here = vip_is_local(settings.vip) if vip_can_move(settings.vip) else health.get("state") == "active"
+            where = f"; connected to the VIP {settings.vip}" + ("" if here else " (held by the peer)")
+        prime = {"status": "UP",
+                 "info": f"{health.get('node', '?')} {health.get('role', '?')} {health.get('state', '?')}{peer}"
+                         f"{where}"}
+    return [gateway, {"service": "Prime Infrastructure HA status", "mode": str(health.get("ha_mode", ""))
+                      if health else settings.ha_mode, **prime}]

@@ -77,18 +77,24 @@ def netlink_message_types(data: bytes) -> list[int]:
 class VipFollower:
     """Calls ``on_change(vip_local)`` whenever the VIP appears on or leaves this node.
 
-    ``run`` blocks; start it in a greenlet (gevent makes the netlink socket cooperative).
+    ``run`` blocks; start it in a greenlet (gevent makes the netlink socket cooperative). ``probe`` replaces the
+    address check where the VIP cannot move (the Prime health monitor decides); it is then polled only.
     """
 
-    def __init__(self, vip: str, on_change: Callable[[bool], None], poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(self, vip: str, on_change: Callable[[bool], None], poll_seconds: float = POLL_SECONDS,
+                 probe: Callable[[], bool] | None = None) -> None:
         self.vip = vip
         self.on_change = on_change
         self.poll_seconds = poll_seconds
-        self.vip_local = vip_is_local(vip)
+        self.probe = probe
+        self.vip_local = self._measure()
         self._stopped = False
 
+    def _measure(self) -> bool:
+        return self.probe() if self.probe is not None else vip_is_local(self.vip)
+
     def check(self) -> bool:
-        now = vip_is_local(self.vip)
+        now = self._measure()
         if now != self.vip_local:
             self.vip_local = now
             log.info("VIP %s %s this node", self.vip, "arrived on" if now else "left")
@@ -99,11 +105,13 @@ class VipFollower:
         self._stopped = True
 
     def run(self) -> None:
-        sock = address_change_socket()
+        sock = address_change_socket() if self.probe is None else None
         try:
             while not self._stopped:
                 if sock is None:
                     _sleep(self.poll_seconds)
+                    if self._stopped:
+                        break
                 else:
                     sock.settimeout(self.poll_seconds)
                     try:
@@ -119,6 +127,6 @@ class VipFollower:
 
 
 def _sleep(seconds: float) -> None:
-    import gevent
+    import time
 
-    gevent.sleep(seconds)
+    time.sleep(seconds)  # cooperative once gevent has patched the worker

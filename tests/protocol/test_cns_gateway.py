@@ -286,9 +286,13 @@ def test_full_gateway_port_answers_busy(node_factory: Callable[..., CnsNode]) ->
 
 
 def test_passive_node_refuses_with_503(node: CnsNode) -> None:
-    from pnp_integrated.ha import NodeRole
+    import dataclasses
 
-    node.app.extensions["pnp_ha_role"] = NodeRole(settings=node.settings, state="PASSIVE")
+    from pnp_integrated.ha import EXTENSION_KEY, NodeRole
+
+    # An HA node whose lease is held by nobody: PASSIVE.
+    in_ha = dataclasses.replace(node.settings, ha_mode="vip")
+    node.app.extensions[EXTENSION_KEY] = NodeRole(settings=in_ha, state="PASSIVE")
     for port in (node.settings.dispatcher_plain_port, node.plain[0]):
         with CnsLink.open(HOST, port) as link:
             link.send(hello_frame("STANDBY"))
