@@ -337,6 +337,9 @@ def job_payload(work: _Work, step: str, state: str, attempt: int, detail: str = 
 
 def _step_event(work: _Work, step: str, state: str, attempt: int, detail: str = "") -> None:
     record_event("job.step", {"job": job_payload(work, step, state, attempt, detail)})
+    log.info("device %s job %s step %s %s (attempt %s)%s", work.device.serial, work.job.id, step, state, attempt,
+             f": {detail}" if detail else "",
+             extra={"device": work.device.serial, "job": work.job.id, "step": step})
 
 
 # ---- transitions ----------------------------------------------------------------------------------------------------
