@@ -245,5 +245,9 @@ from .devsim.commands import simulate  # noqa: E402
 main.add_command(bootstrap_command)
 main.add_command(simulate)
 
+from .setup import setup as setup_command  # noqa: E402
+
+main.add_command(setup_command)
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,261 @@
+"""``pnpp setup`` and ``pnpp setup advance``: write the gateway's TOML configuration, as Prime's setup does.
+
+``setup`` asks what Prime's asks: it detects the co-located Prime's HA mode from its health monitor, shows the virtual
+IP the gateway will follow and asks for confirmation. ``setup advance`` also asks for the node's name and address,
+the database, the data directory, the ports and the TLS floor. Every question has a flag for unattended use; with
+``--yes`` nothing is asked and unanswered settings keep their current (or default) values.
+
+Prime HA with different primary and secondary addresses is refused (the integrated gateway cannot follow it): the
+documented message is shown, nothing is written and the exit code is 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from .config import DIFFERENT_IP_REFUSAL, HA_MODES, TLS_VERSIONS, ConfigError, Settings, load_settings
+
+DEFAULT_CONFIG = "pnp-integrated.toml"
+# Written in this order; the advanced settings follow the basic ones.
+BASIC_KEYS = ("ha_mode", "vip")
+ADVANCED_KEYS = ("node_name", "node_address", "data_dir", "database_url", "http_port", "https_port",
+                 "cns_port_base", "health_port", "workers", "tls_min_version")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"pnpp setup: {message}", err=True)
+    sys.exit(code)
+
+
+@dataclass(frozen=True)
+class PrimeFacts:
+    """What the co-located Prime's health monitor said (``None`` fields when it did not answer)."""
+
+    reachable: bool
+    node: str = ""
+    role: str = ""
+    state: str = ""
+    ha_mode: str = ""
+    vip: str = ""
+    peer: str = ""
+
+    def describe(self, port: int) -> str:
+        if not self.reachable:
+            return (f"No Prime Infrastructure health monitor answered on https://127.0.0.1:{port}/health: "
+                    "the HA mode cannot be detected.")
+        peer = f", peer {self.peer}" if self.peer else ""
+        return (f"Prime Infrastructure on this host: {self.node} ({self.role}, {self.state}{peer}); "
+                f"HA mode: {self.ha_mode or 'unknown'}; virtual IP: {self.vip or 'none'}")
+
+
+def detect_prime(settings: Settings) -> PrimeFacts:
+    """Ask the co-located Prime's health monitor who it is and how its HA is set up."""
+    from .ha import prime_health
+
+    health = prime_health(settings, timeout=3.0)
+    if health is None:
+        return PrimeFacts(False)
+    return PrimeFacts(True, **{f.name: str(health.get(f.name, "") or "")
+                               for f in dataclasses.fields(PrimeFacts) if f.name != "reachable"})
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The settings already in ``path`` (flattened like :func:`~pnp_integrated.config.load_settings` does)."""
+    if not path.exists():
+        return {}
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        _fail(f"{path} is not valid TOML ({exc}); fix or remove it first")
+    except OSError as exc:
+        _fail(f"cannot read {path} ({exc.strerror or exc})")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def toml_text(values: dict[str, Any]) -> str:
+    """A flat TOML document (strings, integers, floats, booleans) in the order given."""
+    lines = ["# pnp-integrated gateway settings, written by `pnpp setup`", ""]
+    for key, value in values.items():
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        elif isinstance(value, int | float):
+            rendered = repr(value)
+        else:
+            rendered = json.dumps(str(value))  # a JSON string is a valid TOML basic string
+        lines.append(f"{key} = {rendered}")
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path: Path, values: dict[str, Any]) -> None:
+    """Replace ``path`` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(toml_text(values))
+    os.replace(tmp, path)
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an IP address") from None
+
+
+def _ask(label: str, given: Any, default: Any, interactive: bool, value_type: Any = str) -> Any:
+    """The flag's value if given; otherwise a prompt (or the default with --yes)."""
+    if given is not None:
+        return given
+    if not interactive:
+        return default
+    if callable(value_type) and value_type is _ip:
+        return click.prompt(label, default=default, value_proc=_ip)
+    return click.prompt(label, default=default, type=value_type)
+
+
+def run_setup(options: dict[str, Any], advanced: bool) -> None:
+    """Ask, validate, confirm, write. ``options`` holds the flags (``None`` when not given)."""
+    path = Path(options["config"] or os.environ.get("PNP_CONFIG") or DEFAULT_CONFIG)
+    interactive = not options["yes"]
+    existing = read_config(path)
+    base = Settings()
+    known = {f.name for f in dataclasses.fields(Settings)}
+    current = {**{k: getattr(base, k) for k in known}, **{k: v for k, v in existing.items() if k in known}}
+    try:
+        port = options.get("health_port") or existing.get("health_port") or os.environ.get("PNP_HEALTH_PORT") \
+            or base.health_port
+        probe = dataclasses.replace(base, health_port=int(port))
+    except (TypeError, ValueError):
+        probe = base
+
+    click.echo(f"pnp-integrated setup{' (advanced)' if advanced else ''}: settings go to {path}")
+    prime = detect_prime(probe)
+    click.echo(prime.describe(probe.health_port))
+
+    detected_mode = prime.ha_mode if prime.ha_mode in HA_MODES else ""
+    default_mode = detected_mode or str(current["ha_mode"])
+    ha_mode = _ask("Prime HA mode", options["ha_mode"], default_mode, interactive,
+                   click.Choice(HA_MODES))
+    if ha_mode == "different-ip":
+        click.echo(f"pnpp setup: {DIFFERENT_IP_REFUSAL}", err=True)
+        click.echo("Nothing was written.", err=True)
+        sys.exit(2)
+    if ha_mode == "vip":
+        default_vip = prime.vip if prime.reachable and prime.vip else str(current["vip"])
+        label = "Virtual IP of the Prime HA pair (the gateway follows it)"
+    else:
+        default_vip = str(current["vip"])
+        label = "Address devices reach the gateway on"
+    try:
+        vip = _ip(_ask(label, options["vip"], default_vip, interactive, _ip))
+    except click.BadParameter as exc:
+        _fail(f"--vip: {exc.message}")
+    values: dict[str, Any] = {k: v for k, v in existing.items()}
+    values.update(ha_mode=ha_mode, vip=vip)
+
+    if advanced:
+        prompts = {
+            "node_name": ("Node name (shown in the status and in events to Prime)", str),
+            "node_address": ("This node's own address (empty: the VIP)", str),
+            "data_dir": ("Data directory", str),
+            "database_url": ("Database URL (empty: SQLite in the data directory; HA needs PostgreSQL)", str),
+            "http_port": ("HTTP port", click.IntRange(1, 65535)),
+            "https_port": ("HTTPS port", click.IntRange(1, 65535)),
+            "cns_port_base": ("CNS port base (monitoring; dispatchers and gateway ports follow)",
+                              click.IntRange(1, 65523)),
+            "health_port": ("Prime health monitor port", click.IntRange(1, 65535)),
+            "workers": ("Worker processes", click.IntRange(1, 64)),
+            "tls_min_version": ("Lowest TLS version accepted", click.Choice(TLS_VERSIONS)),
+        }
+        for key, (label_text, kind) in prompts.items():
+            default = current[key]
+            default = str(default) if isinstance(default, Path) else default
+            answer = _ask(label_text, options.get(key), default, interactive, kind)
+            if answer in ("", None) and key in ("node_address", "database_url"):
+                values.pop(key, None)
+            else:
+                values[key] = answer
+        if ha_mode == "vip" and not values.get("database_url"):
+            click.echo("note: both nodes of an HA pair must share one PostgreSQL database (database_url)")
+
+    try:
+        settings = load_settings({k: v for k, v in values.items() if k in known}, environ={})
+    except ConfigError as exc:
+        _fail(str(exc))
+    ordered = {k: values[k] for k in (*BASIC_KEYS, *ADVANCED_KEYS) if k in values}
+    ordered.update({k: v for k, v in values.items() if k not in ordered})
+
+    click.echo("")
+    for key, value in ordered.items():
+        click.echo(f"  {key:16} = {value}")
+    if ha_mode == "vip":
+        from .ha.vip import vip_can_move, vip_is_local
+
+        if vip_can_move(settings.vip):
+            where = "it is on this node now" if vip_is_local(settings.vip) else \
+                "it is not on this node now: this node starts PASSIVE"
+        else:
+            where = "a loopback address: the Prime health monitor decides which node serves"
+        click.echo(f"The gateway will follow the virtual IP {settings.vip}; {where}.")
+    if interactive and not click.confirm(f"Write these settings to {path}?", default=True):
+        click.echo("Nothing was written.")
+        sys.exit(1)
+    try:
+        write_config(path, ordered)
+    except OSError as exc:
+        _fail(f"cannot write {path} ({exc.strerror or exc})", 1)
+    click.echo(f"Wrote {path}. Start the gateway with: PNP_CONFIG={path} pnpp run")
+
+
+def _common(func: Any) -> Any:
+    for decorator in reversed([
+        click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+                     help=f"TOML file to write (default: $PNP_CONFIG, else ./{DEFAULT_CONFIG})"),
+        click.option("--ha-mode", type=click.Choice(HA_MODES), default=None, help="Prime's HA mode"),
+        click.option("--vip", default=None, help="the virtual IP (HA) or the address devices use"),
+        click.option("--yes", "-y", is_flag=True, help="ask nothing: flags, current values and defaults"),
+    ]):
+        func = decorator(func)
+    return func
+
+
+@click.group(invoke_without_command=True)
+@_common
+@click.pass_context
+def setup(ctx: click.Context, **options: Any) -> None:
+    """Configure the gateway: detect Prime's HA mode, confirm the virtual IP, write the TOML file."""
+    if ctx.invoked_subcommand is None:
+        run_setup(options, advanced=False)
+
+
+@setup.command("advance")
+@_common
+@click.option("--node-name", default=None)
+@click.option("--node-address", default=None)
+@click.option("--data-dir", default=None)
+@click.option("--database-url", default=None)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=None)
+@click.option("--https-port", type=click.IntRange(1, 65535), default=None)
+@click.option("--cns-port-base", type=click.IntRange(1, 65523), default=None)
+@click.option("--health-port", type=click.IntRange(1, 65535), default=None)
+@click.option("--workers", type=click.IntRange(1, 64), default=None)
+@click.option("--tls-min-version", type=click.Choice(TLS_VERSIONS), default=None)
+def advance(**options: Any) -> None:
+    """Configure every setting of the node (addresses, database, ports, TLS), as Prime's `pnp setup advance`."""
+    run_setup(options, advanced=True)
