@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from ..config import ConfigError, Settings, load_settings
+from .ha import FAILBACK_MODES
 from .server import BROKERS, PrimeProcess, events_path
 
 COMMAND_TYPES = ("profile.upsert", "profile.delete", "device.reprovision", "cns.config.push", "cns.exec", "job.cancel")
@@ -47,30 +49,69 @@ def prime() -> None:
 @prime.command()
 @click.option("--broker", type=click.Choice(BROKERS), default="embedded", show_default=True,
               help="embedded STOMP broker, or Debian's ActiveMQ 5.17")
-@click.option("--role", type=click.Choice(["primary", "secondary"]), default="primary", show_default=True)
-@click.option("--state", type=click.Choice(["active", "standby"]), default="active", show_default=True)
-@click.option("--peer", default="", help="the other Prime node's address (HA)")
-def serve(broker: str, role: str, state: str, peer: str) -> None:
+@click.option("--role", type=click.Choice(["primary", "secondary"]), default="primary", show_default=True,
+              envvar="PNP_PRIME_ROLE")
+@click.option("--state", type=click.Choice(["active", "standby"]), default=None, envvar="PNP_PRIME_STATE",
+              help="initial state [default: active alone, standby with a peer: the pair decides]")
+@click.option("--peer", default="", envvar="PNP_PRIME_PEER", help="the other Prime node's address (HA)")
+@click.option("--vip-interface", default="", envvar="PNP_PRIME_VIP_INTERFACE",
+              help="HA: the interface the active node puts the VIP on (none: the VIP does not move)")
+@click.option("--vip-prefix", type=click.IntRange(1, 128), default=24, show_default=True,
+              envvar="PNP_PRIME_VIP_PREFIX")
+@click.option("--failback", type=click.Choice(FAILBACK_MODES), default="manual", show_default=True,
+              envvar="PNP_PRIME_FAILBACK", help="HA: return to the primary by `pnpp prime failback`, or by itself")
+@click.option("--hold-down", type=click.FloatRange(0), default=30.0, show_default=True,
+              envvar="PNP_PRIME_HOLD_DOWN", help="automatic failback: seconds the primary waits after it is back")
+def serve(broker: str, role: str, state: str | None, peer: str, vip_interface: str, vip_prefix: int,
+          failback: str, hold_down: float) -> None:
     """Run the simulated Prime node in the foreground until SIGTERM/SIGINT."""
     from gevent import monkey
 
+    state = state or ("standby" if peer else "active")
     if not monkey.is_module_patched("socket"):
         # gevent must patch before anything imports ssl/threading: restart under the patched entry point.
         args = [sys.executable, "-m", "pnp_integrated.prime", "serve", "--broker", broker, "--role", role,
-                "--state", state, "--peer", peer]
+                "--state", state, "--peer", peer, "--vip-interface", vip_interface, "--vip-prefix", str(vip_prefix),
+                "--failback", failback, "--hold-down", str(hold_down)]
         os.execv(sys.executable, args)
     from ..listeners import ListenerBindError
     from ..logs import configure
     from .activemq import ActiveMQError
+    from .ha import VipPlacement
     from .server import PrimeServer, serve_forever
 
     settings = _settings()
+    placement = None
+    if peer:
+        try:
+            ipaddress.ip_address(peer)
+        except ValueError:
+            _fail(f"--peer {peer!r} is not an IP address", 2)
+    if vip_interface:
+        if not Path("/sys/class/net", vip_interface).exists():
+            _fail(f"--vip-interface {vip_interface!r}: no such network interface", 2)
+        placement = VipPlacement(settings.vip, vip_prefix, vip_interface)
     configure(settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        serve_forever(PrimeServer(settings, broker=broker, role=role, state=state, peer=peer))
+        serve_forever(PrimeServer(settings, broker=broker, role=role, state=state, peer=peer, placement=placement,
+                                  failback=failback, hold_down=hold_down))
     except (ListenerBindError, ActiveMQError) as exc:
         _fail(str(exc), 2)
+
+
+@prime.command()
+def failback() -> None:
+    """Hand the active role (and the VIP) back to the primary Prime node; run on either node of the pair."""
+    from .ha import ask
+
+    settings = _settings()
+    answer = ask("127.0.0.1", settings.health_port, "/ha/failback", "POST", timeout=10.0)
+    if answer is None:
+        _fail(f"no Prime health monitor on this host (port {settings.health_port}): is the simulated Prime running?")
+    if not answer.get("ok"):
+        _fail(f"failback refused: {answer.get('detail') or answer.get('error') or answer}")
+    click.echo(f"failback: {answer.get('detail', 'done')}")
 
 
 @prime.command()

@@ -3,7 +3,8 @@
 ``python -m pnp_integrated.prime`` (or ``pnpp prime serve``) runs it in the foreground under gevent. The broker is
 the embedded one (:mod:`.broker`) or Debian's ActiveMQ (:mod:`.activemq`); either way it listens with TLS on
 ``broker_port`` and in plain text on ``127.0.0.1:bus_port``. The sink consumes gateway events over the plain port
-into ``<data_dir>/prime/events.sqlite3``.
+into ``<data_dir>/prime/events.sqlite3``. With a peer, the node takes part in Prime HA (:mod:`.ha`): the pair
+watches each other's health monitors and the active node holds the VIP.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from ..config import Settings
 from .broker import Broker, BrokerController, BrokerPorts, MessageStore
+from .ha import PeerWatch, VipPlacement
 from .health import HealthMonitor, HealthState
 from .sink import EventSink, EventStore
 
@@ -37,12 +39,18 @@ class PrimeServer:
     """Everything one simulated Prime node runs; ``start`` returns once every port is bound."""
 
     def __init__(self, settings: Settings, *, broker: str = "embedded", role: str = "primary",
-                 state: str = "active", peer: str = "") -> None:
+                 state: str = "active", peer: str = "", placement: VipPlacement | None = None,
+                 failback: str = "manual", hold_down: float = 30.0, ha_interval: float = 1.0) -> None:
         if broker not in BROKERS:
             raise ValueError(f"broker {broker!r} must be one of {', '.join(BROKERS)}")
         self.settings = settings
         self.broker_kind = broker
         self.health_state = HealthState(settings.node_name, role, state, settings.ha_mode, settings.vip, peer)
+        self.watch: PeerWatch | None = None
+        if peer:
+            self.watch = PeerWatch(settings, self.health_state, peer, placement=placement, interval=ha_interval,
+                                   failback=failback, hold_down=hold_down)
+        self._watch_greenlet: Any = None
         self.broker: BrokerController | None = None
         self.activemq: Any = None
         self.health: HealthMonitor | None = None
@@ -70,8 +78,12 @@ class PrimeServer:
 
                 self.activemq = ActiveMQProcess(self.settings)
                 self.activemq.start()
-            self.health = HealthMonitor(self.settings, self.health_state)
+            self.health = HealthMonitor(self.settings, self.health_state,
+                                        failback=self.watch.failback if self.watch is not None else None)
             self.health.start()
+            if self.watch is not None:
+                self.watch.start_state()
+                self._watch_greenlet = gevent.spawn(self.watch.run)
             self.sink = EventSink(EventStore(events_path(self.settings)), "127.0.0.1", self.settings.bus_port)
             self._sink_greenlet = gevent.spawn(self.sink.run)
         except BaseException:
@@ -82,7 +94,15 @@ class PrimeServer:
                  self.settings.broker_port, self.settings.bus_port, self.settings.health_port)
 
     def stop(self) -> None:
-        """Stop the sink, the health monitor and the broker (draining connections)."""
+        """Stop the HA watch, the sink, the health monitor and the broker (draining connections).
+
+        The VIP stays where it is: a stopped Prime node is a failed one, and its peer takes the VIP over.
+        """
+        if self.watch is not None:
+            self.watch.stop()
+            if self._watch_greenlet is not None:
+                self._watch_greenlet.join(timeout=3)
+                self._watch_greenlet = None
         if self.sink is not None:
             self.sink.stop()
             if self._sink_greenlet is not None:

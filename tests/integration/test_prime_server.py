@@ -49,7 +49,7 @@ def test_health_reports_role_and_state_over_https(prime: Prime) -> None:
         assert resp.headers["Content-Type"] == "application/json"
         body = json.load(resp)
     assert body == {"node": "prime-a", "role": "primary", "state": "active", "ha_mode": "none",
-                    "vip": "127.0.0.1", "peer": ""}
+                    "vip": "127.0.0.1", "peer": "", "peer_state": ""}
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"https://127.0.0.1:{settings.health_port}/nope", context=ctx, timeout=5)
     assert missing.value.code == 404
