@@ -53,7 +53,9 @@ def upload_image() -> tuple[Response, int]:
     stream: BinaryIO
     if request.mimetype == "multipart/form-data":
         query_args(())
-        unknown = sorted((set(request.form) - set(UPLOAD_FIELDS)) | (set(request.files) - {"file"}))
+        # A part whose name the parser could not read comes back under None.
+        unknown = sorted(str(k) if k is not None else "(unnamed part)"
+                         for k in (set(request.form) - set(UPLOAD_FIELDS)) | (set(request.files) - {"file"}))
         if unknown:
             raise invalid(f"unknown field(s): {', '.join(unknown)}", fields=unknown)
         upload = request.files.get("file")

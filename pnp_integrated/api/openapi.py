@@ -7,7 +7,10 @@ from typing import Any
 from flask import Response, jsonify
 
 from .. import __version__
+from ..provisioning.engine import DEVICE_STATES, RUNNING, TERMINAL_STATES
+from ..provisioning.images import NAME_PATTERN
 from . import blueprint
+from .validation import MAX_OFFSET, MAX_TEXT, VARIABLE_NAME
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -19,33 +22,46 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _op(summary: str, ok: int = 200, result: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
-        errors: tuple[int, ...] = (), params: tuple[str, ...] = ()) -> dict[str, Any]:
+        errors: tuple[int, ...] = (), params: tuple[str, ...] = (), body_required: bool = True,
+        also: tuple[int, str] | None = None) -> dict[str, Any]:
+    """One operation; ``also`` is a second success status (with the same body), e.g. 201 beside 200."""
     responses: dict[str, Any] = {str(ok): {"description": "success", **(_json(result) if result else {})}}
-    for status in (401, 403, *errors):
+    if also is not None:
+        responses[str(also[0])] = {"description": also[1], **(_json(result) if result else {})}
+    # A JSON body that is not JSON (400) or not declared as JSON (415) is refused before any field is looked at.
+    body_errors = (400, 415) if body is not None else ()
+    for status in sorted({401, 403, *errors, *body_errors}):
         responses[str(status)] = {"$ref": f"#/components/responses/E{status}"}
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
-        op["requestBody"] = {"required": True, **_json(body)}
+        op["requestBody"] = {"required": body_required, **_json(body)}
     if params:
         op["parameters"] = [_PARAMS[p] for p in params]
     return op
 
 
-def _query(name: str, description: str, kind: str = "string") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description, "schema": {"type": kind}}
+def _query(name: str, description: str, kind: str = "string", **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": kind, **schema}}
 
 
-def _path(name: str, kind: str = "string") -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+def _path(name: str, kind: str = "string", **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": kind, **schema}}
 
 
+_PROFILE_NAME = {"maxLength": 255, "pattern": r"^[A-Za-z0-9._-]+( +[A-Za-z0-9._-]+)*$"}
+_SERIAL = {"minLength": 1, "maxLength": 255}
 _PARAMS = {
-    "name": _path("name"), "serial": _path("serial"), "job_id": _path("job_id", "integer"),
-    "state": _query("state", "filter by state"), "protocol": _query("protocol", "filter by protocol (cns, pnp)"),
+    "name": _path("name", **_PROFILE_NAME), "serial": _path("serial", **_SERIAL),
+    "image": _path("name", pattern=f"^{NAME_PATTERN.pattern}$"),
+    "job_id": _path("job_id", "integer", minimum=1),
+    "device_state": _query("state", "filter by device state", enum=list(DEVICE_STATES)),
+    "job_state": _query("state", "filter by job state", enum=[RUNNING, *TERMINAL_STATES]),
+    "protocol": _query("protocol", "filter by protocol (cns, pnp)"),
     "serial_prefix": {**_query("serial", "serial number prefix"), "name": "serial"},
     "serial_exact": {**_query("serial", "device serial number"), "name": "serial"},
-    "limit": _query("limit", "page size (1-500, default 50)", "integer"),
-    "offset": _query("offset", "rows to skip", "integer"),
+    "limit": _query("limit", "page size (default 50)", "integer", minimum=1, maximum=500),
+    "offset": _query("offset", "rows to skip", "integer", minimum=0, maximum=MAX_OFFSET),
     "image_name": {**_query("name", "image name (raw upload)")},
     "image_version": _query("version", "software version (raw upload; guessed from the name if absent)"),
 }
@@ -58,18 +74,28 @@ def _page(item: str) -> dict[str, Any]:
 
 
 _STR, _BOOL, _INT = {"type": "string"}, {"type": "boolean"}, {"type": "integer"}
+_NULL_STR, _NULL_INT = {"type": "string", "nullable": True}, {"type": "integer", "nullable": True}
 _OBJ = {"type": "object", "additionalProperties": True}
+# Template variables: names a template can use, at most 1000 of them.
+_VARIABLES = {"type": "object", "additionalProperties": True, "maxProperties": 1000,
+              "propertyNames": {"pattern": f"^{VARIABLE_NAME.pattern}$"}}
+_TEXT = {"type": "string", "maxLength": MAX_TEXT, "description": "Jinja2 template (sandboxed)"}
 _PROFILE_IN = {
     "type": "object", "additionalProperties": False,
     "properties": {
-        "name": _STR, "match_serials": {"type": "array", "items": _STR},
-        "match_pid": {**_STR, "description": "shell pattern (ISR43*) or 're:' + regular expression"},
-        "is_default": _BOOL, "bootstrap_template": _STR, "config_template": _STR, "post_template": _STR,
-        "image": {"type": "string", "nullable": True}, "reload_after_install": _BOOL,
-        "apply_to": {"type": "string", "enum": ["running", "startup"]}, "variables": _OBJ,
+        "name": {"type": "string", **_PROFILE_NAME, "description": "letters, digits, '.', '_', '-' and inner spaces"},
+        "match_serials": {"type": "array", "maxItems": 10000,
+                          "items": {"type": "string", "minLength": 1, "maxLength": 255}},
+        "match_pid": {"type": "string", "maxLength": 255,
+                      "description": "shell pattern (ISR43*) or 're:' + regular expression"},
+        "is_default": _BOOL, "bootstrap_template": _TEXT, "config_template": _TEXT, "post_template": _TEXT,
+        "image": {"type": "string", "maxLength": 255, "nullable": True, "description": "name of an image"},
+        "reload_after_install": _BOOL,
+        "apply_to": {"type": "string", "enum": ["running", "startup"]}, "variables": _VARIABLES,
         "credentials": {"type": "object", "additionalProperties": _STR, "writeOnly": True},
     },
 }
+_PROFILE_CREATE = {**_PROFILE_IN, "required": ["name"]}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -81,7 +107,7 @@ SPEC: dict[str, Any] = {
     "paths": {
         "/profiles": {
             "get": _op("List profiles", result=_page("Profile")),
-            "post": _op("Create a profile", 201, _ref("Profile"), _PROFILE_IN, (409, 422)),
+            "post": _op("Create a profile", 201, _ref("Profile"), _PROFILE_CREATE, (409, 422)),
         },
         "/profiles/{name}": {
             "parameters": [_PARAMS["name"]],
@@ -93,7 +119,7 @@ SPEC: dict[str, Any] = {
             "delete": _op("Delete a profile (not while it provisions devices)", 204, errors=(404, 409)),
         },
         "/devices": {"get": _op("List devices", result=_page("Device"), errors=(422,),
-                                params=("state", "protocol", "serial_prefix", "limit", "offset"))},
+                                params=("device_state", "protocol", "serial_prefix", "limit", "offset"))},
         "/devices/{serial}": {"parameters": [_PARAMS["serial"]],
                               "get": _op("Get a device", result=_ref("Device"), errors=(404,))},
         "/devices/{serial}/history": {
@@ -105,29 +131,31 @@ SPEC: dict[str, Any] = {
         "/devices/{serial}/variables": {
             "parameters": [_PARAMS["serial"]],
             "put": _op("Replace a device's template variables (records an expected device if unknown)",
-                       result=_ref("Device"), errors=(422,),
+                       result=_ref("Device"), errors=(422,), also=(201, "an expected device was recorded"),
                        body={"type": "object", "required": ["variables"], "additionalProperties": False,
-                             "properties": {"variables": _OBJ}}),
+                             "properties": {"variables": _VARIABLES}}),
         },
         "/devices/{serial}/claim": {
             "parameters": [_PARAMS["serial"]],
             "post": _op("Claim a device for a profile: its next contact starts a job with it, before any matching rule",
                         result=_ref("Device"), errors=(404, 409, 422),
                         body={"type": "object", "required": ["profile"], "additionalProperties": False,
-                              "properties": {"profile": {**_STR, "description": "name of the profile"}}}),
+                              "properties": {"profile": {"type": "string", "maxLength": 255,
+                                                         "description": "name of the profile"}}}),
         },
         "/devices/{serial}/reprovision": {
             "parameters": [_PARAMS["serial"]],
             "post": _op("Provision a device again with a new job", 201, _ref("Job"), errors=(404, 409, 422)),
         },
         "/jobs": {"get": _op("List jobs, newest first", result=_page("Job"), errors=(422,),
-                             params=("state", "serial_exact", "limit", "offset"))},
+                             params=("job_state", "serial_exact", "limit", "offset"))},
         "/jobs/{job_id}": {"parameters": [_PARAMS["job_id"]],
                            "get": _op("Get a job with its steps", result=_ref("Job"), errors=(404,))},
         "/jobs/{job_id}/cancel": {
             "parameters": [_PARAMS["job_id"]],
-            "post": _op("Cancel an unfinished job", result=_ref("Job"), errors=(404, 409, 422), body={
-                "type": "object", "additionalProperties": False, "properties": {"reason": _STR}}),
+            "post": _op("Cancel an unfinished job", result=_ref("Job"), errors=(404, 409, 422), body_required=False,
+                        body={"type": "object", "additionalProperties": False,
+                              "properties": {"reason": {"type": "string", "maxLength": 500}}}),
         },
         "/jobs/{job_id}/retry": {
             "parameters": [_PARAMS["job_id"]],
@@ -144,7 +172,7 @@ SPEC: dict[str, Any] = {
                          "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
         },
         "/images/{name}": {
-            "parameters": [_PARAMS["name"]],
+            "parameters": [_PARAMS["image"]],
             "get": _op("Get an image", result=_ref("Image"), errors=(404,)),
             "delete": _op("Delete an image no profile uses", 204, errors=(404, 409)),
         },
@@ -152,9 +180,13 @@ SPEC: dict[str, Any] = {
             "post": _op("Render a device's bootstrap configuration (allowed for read tokens)", errors=(404, 422),
                         result={"type": "object", "properties": {"profile": _STR, "serial": _STR,
                                                                  "protocol": _STR, "config": _STR}},
-                        body={"type": "object", "additionalProperties": False, "properties": {
-                            "serial": _STR, "pid": _STR, "profile": _STR,
-                            "protocol": {"type": "string", "enum": ["cns", "pnp"]}, "variables": _OBJ}}),
+                        body={"type": "object", "additionalProperties": False,
+                              "anyOf": [{"required": ["profile"]}, {"required": ["serial"]}],
+                              "properties": {
+                                  "serial": {"type": "string", "maxLength": 255},
+                                  "pid": {"type": "string", "maxLength": 255},
+                                  "profile": {"type": "string", "maxLength": 255},
+                                  "protocol": {"type": "string", "enum": ["cns", "pnp"]}, "variables": _VARIABLES}}),
         },
         "/openapi.json": {"get": {"summary": "This document", "security": [],
                                   "responses": {"200": {"description": "OpenAPI 3 document"}}}},
@@ -163,7 +195,8 @@ SPEC: dict[str, Any] = {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "responses": {
             f"E{status}": {"description": text, **_json(_ref("Error"))}
-            for status, text in ((401, "no or invalid token"), (403, "a read token on a write"),
+            for status, text in ((400, "the body is not valid JSON"), (401, "no or invalid token"),
+                                 (403, "a read token on a write"), (415, "the body is not declared as JSON"),
                                  (404, "not found"), (409, "conflict"), (413, "too large"),
                                  (422, "invalid input (fields named in error.fields)"))
         },
@@ -175,13 +208,19 @@ SPEC: dict[str, Any] = {
                 "id": _INT, "has_credentials": _BOOL, "created_at": _STR, "updated_at": _STR}},
             "Device": {"type": "object", "properties": {
                 k: _STR for k in ("serial", "pid", "udi", "hostname", "protocol", "address", "software_version",
-                                  "state", "profile", "first_seen", "last_seen")} | {
-                "id": _INT, "current_job_id": {"type": "integer", "nullable": True}, "variables": _OBJ}},
+                                  "first_seen", "last_seen")} | {
+                "id": _INT, "state": {"type": "string", "enum": list(DEVICE_STATES)},
+                "profile": {**_NULL_STR, "description": "assigned (claimed) or matched profile"},
+                "current_job_id": _NULL_INT, "variables": _OBJ}},
             "Job": {"type": "object", "properties": {
-                k: _STR for k in ("device", "protocol", "state", "step", "pending", "detail", "failed_step",
-                                  "created_at", "updated_at", "finished_at")} | {
-                "id": _INT, "profile_id": _INT, "attempt": _INT, "max_attempts": _INT,
-                "steps": {"type": "array", "items": {"type": "object"}}}},
+                k: _STR for k in ("device", "protocol", "state", "step", "detail", "created_at", "updated_at")} | {
+                "id": _INT, "profile_id": _NULL_INT, "attempt": _INT, "max_attempts": _INT,
+                "pending": {**_NULL_STR, "description": "the kind of request the device has to answer"},
+                "failed_step": _NULL_STR, "finished_at": _NULL_STR,
+                "steps": {"type": "array", "items": _ref("JobStep")}}},
+            "JobStep": {"type": "object", "properties": {
+                "id": _INT, "step": _STR, "state": _STR, "attempt": _INT, "detail": _STR, "started_at": _STR,
+                "ended_at": _NULL_STR}},
             "Image": {"type": "object", "properties": {
                 "id": _INT, "name": _STR, "version": _STR, "md5": _STR, "size": _INT, "path": _STR,
                 "created_at": _STR}},

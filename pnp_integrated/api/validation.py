@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from flask import request
 from .errors import ApiError, invalid
 
 MAX_TEXT = 256 * 1024  # a template larger than this is a mistake, not a configuration
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what the OpenAPI document promises, ASCII only
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ def query_args(allowed: Iterable[str]) -> dict[str, str]:
     return args
 
 
+MAX_OFFSET = 2**31 - 1  # beyond any table here, and within every database's integer
+
+
 def page(args: Mapping[str, str], default_limit: int = 50, max_limit: int = 500) -> tuple[int, int]:
     """(limit, offset) from the query string."""
     try:
@@ -79,8 +84,8 @@ def page(args: Mapping[str, str], default_limit: int = 50, max_limit: int = 500)
         offset = int(args.get("offset", 0))
     except ValueError as exc:
         raise invalid("limit and offset must be integers", fields=["limit", "offset"]) from exc
-    if not 1 <= limit <= max_limit or offset < 0:
-        raise invalid(f"limit must be 1 to {max_limit} and offset 0 or more", fields=["limit", "offset"])
+    if not 1 <= limit <= max_limit or not 0 <= offset <= MAX_OFFSET:
+        raise invalid(f"limit must be 1 to {max_limit} and offset 0 to {MAX_OFFSET}", fields=["limit", "offset"])
     return limit, offset
 
 
@@ -105,6 +110,6 @@ def variable_map(value: Any) -> str | None:
     if len(value) > 1000:
         return "at most 1000 variables"
     for key in value:
-        if not key.isidentifier():
+        if not VARIABLE_NAME.fullmatch(key):
             return f"variable name {key!r} is not a valid template name (letters, digits, '_')"
     return None

@@ -256,3 +256,14 @@ def test_claim_an_unclaimed_device(api: Call, app: Flask) -> None:
     assert running.status_code == 409 and "cancel" in error_of(running)["message"]
     history = api("GET", "/devices/JAE7/history").get_json()
     assert [j["state"] for j in history["jobs"]] == ["running"] and history["device"]["state"] == "provisioning"
+
+
+def test_inputs_found_by_the_property_run_are_refused_not_crashed(api: Call) -> None:
+    huge = api("GET", "/jobs?offset=168527037115317682176")
+    assert huge.status_code == 422 and error_of(huge)["fields"] == ["limit", "offset"]
+    unnamed = (b'--XX\r\nContent-Disposition: form-data\r\n\r\nvalue\r\n'
+               b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\nabc\r\n--XX--\r\n')
+    upload = api("POST", "/images", data=unnamed, content_type="multipart/form-data; boundary=XX")
+    assert upload.status_code == 422 and error_of(upload)["fields"] == ["(unnamed part)"]
+    assert api("GET", "/images").get_json()["total"] == 0
+    assert api("PUT", "/devices/FOC1/variables", json={"variables": {"façade": 1}}).status_code == 422
