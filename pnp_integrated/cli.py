@@ -249,5 +249,9 @@ from .setup import setup as setup_command  # noqa: E402
 
 main.add_command(setup_command)
 
+from .lab.commands import lab as lab_commands  # noqa: E402
+
+main.add_command(lab_commands)
+
 if __name__ == "__main__":
     main()

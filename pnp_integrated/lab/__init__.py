@@ -1,0 +1,428 @@
+"""The HA lab: two Prime nodes and a devices network in Linux network namespaces on one host (root only).
+
+Topology (``<p>`` is the lab prefix, default ``pnplab``; addresses in ``<subnet>.0/24``, default ``10.77.0``)::
+
+    root namespace: bridge <p>br, <subnet>.1 (PostgreSQL, shared by both nodes)
+      |-- veth -> namespace <p>-a   eth0 <subnet>.11  Prime primary + gateway (pnpp run, PNP_HA_MODE=vip)
+      |-- veth -> namespace <p>-b   eth0 <subnet>.12  Prime secondary + gateway
+      '-- veth -> namespace <p>-dev eth0 <subnet>.50  simulated devices
+    VIP <subnet>.100/24, moved by the simulated Prime pair (``mover="prime"``) or by keepalived (``"keepalived"``)
+
+The lab writes ``lab.json`` in its directory so ``pnpp lab down`` (another process) can take everything down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MOVERS = ("prime", "keepalived")
+STATE_FILE = "lab.json"
+PG_PORT = 25432
+READY_TIMEOUT = 90.0
+
+
+class LabError(RuntimeError):
+    """The lab could not be built or driven; the message says what failed."""
+
+
+@dataclass
+class LabNode:
+    """One Prime node of the lab."""
+
+    name: str  # node name (prime-a, prime-b)
+    namespace: str
+    address: str
+    role: str  # primary / secondary
+    data_dir: str
+    pid: int = 0  # pnpp run
+    keepalived_pid: int = 0
+
+
+@dataclass
+class LabPlan:
+    """Everything that identifies a lab; saved as ``lab.json``."""
+
+    root: str
+    prefix: str = "pnplab"
+    subnet: str = "10.77.0"
+    mover: str = "prime"
+    workers: int = 2
+    nodes: list[LabNode] = field(default_factory=list)
+    pg_dir: str = ""
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}br"
+
+    @property
+    def gateway_ip(self) -> str:
+        return f"{self.subnet}.1"
+
+    @property
+    def vip(self) -> str:
+        return f"{self.subnet}.100"
+
+    @property
+    def devices_namespace(self) -> str:
+        return f"{self.prefix}-dev"
+
+    @property
+    def devices_ip(self) -> str:
+        return f"{self.subnet}.50"
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql+psycopg://postgres@{self.gateway_ip}:{PG_PORT}/pnp"
+
+    def node(self, name: str) -> LabNode:
+        for node in self.nodes:
+            if node.name == name or node.namespace.endswith(f"-{name}"):
+                return node
+        raise LabError(f"no lab node {name!r} (nodes: {', '.join(n.name for n in self.nodes)})")
+
+
+def _run(*cmd: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    try:
+        done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise LabError(f"{cmd[0]} is not installed (see deploy/system-packages.sh)") from None
+    if check and done.returncode != 0:
+        raise LabError(f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip()}")
+    return done
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if not found:
+        raise LabError(f"PostgreSQL's {name} not found: install the Debian package postgresql")
+    return str(found[-1])
+
+
+class HaLab:
+    """Builds, drives and removes the lab. ``up`` undoes what it did when it fails half way."""
+
+    def __init__(self, plan: LabPlan) -> None:
+        self.plan = plan
+
+    @classmethod
+    def create(cls, root: Path, *, prefix: str = "pnplab", subnet: str = "10.77.0", mover: str = "prime",
+               workers: int = 2) -> HaLab:
+        if mover not in MOVERS:
+            raise LabError(f"mover {mover!r} must be one of {', '.join(MOVERS)}")
+        if len(prefix) > 8 or not prefix.isalnum():
+            raise LabError(f"prefix {prefix!r}: use up to 8 letters and digits (interface names are short)")
+        root = root.resolve()
+        plan = LabPlan(str(root), prefix, subnet, mover, workers)
+        for letter, role, host in (("a", "primary", 11), ("b", "secondary", 12)):
+            plan.nodes.append(LabNode(f"prime-{letter}", f"{prefix}-{letter}", f"{subnet}.{host}", role,
+                                      str(root / f"node-{letter}")))
+        return cls(plan)
+
+    @classmethod
+    def load(cls, root: Path) -> HaLab:
+        """The lab described by ``root/lab.json``."""
+        try:
+            data = json.loads((root / STATE_FILE).read_text())
+            nodes = [LabNode(**n) for n in data.pop("nodes")]
+            return cls(LabPlan(**data, nodes=nodes))
+        except FileNotFoundError:
+            raise LabError(f"no lab in {root} ({STATE_FILE} not found)") from None
+        except (ValueError, TypeError) as exc:
+            raise LabError(f"{root / STATE_FILE} is damaged ({exc}); remove namespaces by hand") from None
+
+    def save(self) -> None:
+        root = Path(self.plan.root)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / STATE_FILE).write_text(json.dumps(asdict(self.plan), indent=2))
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------------
+    def up(self) -> None:
+        """Network, PostgreSQL, schema, then both nodes (primary first); returns once both answer /status."""
+        if os.geteuid() != 0:
+            raise LabError("the HA lab needs root (network namespaces, addresses, PostgreSQL as its own user)")
+        if self.plan.mover == "keepalived" and shutil.which("keepalived") is None:
+            raise LabError("keepalived is not installed: apt-get install -y keepalived (or use --mover prime)")
+        self.save()
+        try:
+            self.build_network()
+            self.start_postgres()
+            self.migrate()
+            for node in self.plan.nodes:
+                self.start_node(node.name)
+            for node in self.plan.nodes:
+                self.wait_ready(node.name)
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> None:
+        """Stop every process of the lab, PostgreSQL, and remove the namespaces and the bridge (never raises)."""
+        for namespace in [n.namespace for n in self.plan.nodes] + [self.plan.devices_namespace]:
+            self._kill_namespace(namespace)
+            _run("ip", "netns", "del", namespace, check=False)
+        _run("ip", "link", "del", self.plan.bridge, check=False)
+        self.stop_postgres()
+        for node in self.plan.nodes:
+            node.pid = node.keepalived_pid = 0
+        if Path(self.plan.root).exists():
+            self.save()
+
+    # ---- network ------------------------------------------------------------------------------------------------
+    def build_network(self) -> None:
+        p = self.plan
+        _run("ip", "link", "add", p.bridge, "type", "bridge")
+        _run("ip", "addr", "add", f"{p.gateway_ip}/24", "dev", p.bridge)
+        _run("ip", "link", "set", p.bridge, "up")
+        members = [(n.namespace, n.address) for n in p.nodes] + [(p.devices_namespace, p.devices_ip)]
+        for namespace, address in members:
+            outer = f"{p.prefix}{namespace.rsplit('-', 1)[1]}"  # e.g. pnplaba, on the bridge
+            _run("ip", "netns", "add", namespace)
+            _run("ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+            _run("ip", "link", "set", outer, "master", p.bridge)
+            _run("ip", "link", "set", outer, "up")
+            self.exec(namespace, "ip", "link", "set", "lo", "up")
+            self.exec(namespace, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
+            self.exec(namespace, "ip", "link", "set", "eth0", "up")
+            self.exec(namespace, "ip", "route", "add", "default", "via", p.gateway_ip)
+
+    def exec(self, namespace: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a command inside a lab namespace."""
+        return _run("ip", "netns", "exec", namespace, *cmd, check=check)
+
+    def vip_holders(self) -> list[str]:
+        """Names of the nodes whose eth0 carries the VIP right now."""
+        holders = []
+        for node in self.plan.nodes:
+            done = self.exec(node.namespace, "ip", "-o", "addr", "show", "dev", "eth0", check=False)
+            if f" {self.plan.vip}/" in done.stdout:
+                holders.append(node.name)
+        return holders
+
+    def set_link(self, name: str, up: bool) -> None:
+        """Plug or unplug a node's cable (its veth on the bridge)."""
+        node = self.plan.node(name)
+        outer = f"{self.plan.prefix}{node.namespace.rsplit('-', 1)[1]}"
+        _run("ip", "link", "set", outer, "up" if up else "down")
+
+    # ---- PostgreSQL ---------------------------------------------------------------------------------------------
+    def start_postgres(self) -> None:
+        root = Path(self.plan.root) / "postgres"
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.chown(root, "postgres", "postgres")
+        data = root / "data"
+        as_pg = ("runuser", "-u", "postgres", "--")
+        _run(*as_pg, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {self.plan.subnet}.0/24 trust\n")
+        _run(*as_pg, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "start",
+             "-o", f"-p {PG_PORT} -k {root} -c listen_addresses={self.plan.gateway_ip} -c fsync=off "
+                   "-c max_connections=400")
+        self.plan.pg_dir = str(data)
+        self.save()
+        _run(*as_pg, _pg_bin("createdb"), "-h", self.plan.gateway_ip, "-p", str(PG_PORT), "-U", "postgres", "pnp")
+
+    def stop_postgres(self) -> None:
+        if self.plan.pg_dir and Path(self.plan.pg_dir).exists():
+            _run("runuser", "-u", "postgres", "--", _pg_bin("pg_ctl"), "-D", self.plan.pg_dir, "-m", "immediate",
+                 "stop", check=False)
+        self.plan.pg_dir = ""
+
+    def migrate(self) -> None:
+        env = self.node_env(self.plan.nodes[0])
+        done = subprocess.run([self._pnpp(), "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise LabError(f"pnpp db upgrade failed: {done.stderr.strip()}")
+
+    # ---- nodes --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _pnpp() -> str:
+        return str(Path(sys.executable).with_name("pnpp"))
+
+    def node_env(self, node: LabNode, **extra: str) -> dict[str, str]:
+        """The environment of a node's ``pnpp run`` (and of any pnpp command run for that node)."""
+        p = self.plan
+        peer = next(n for n in p.nodes if n is not node)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PNP_")}
+        env.update(
+            PNP_DATA_DIR=node.data_dir, PNP_NODE_NAME=node.name, PNP_NODE_ADDRESS=node.address, PNP_VIP=p.vip,
+            PNP_HA_MODE="vip", PNP_DATABASE_URL=p.database_url, PNP_WORKERS=str(p.workers), PNP_DRAIN_TIMEOUT="3",
+            PNP_PRIME_ROLE=node.role,
+        )
+        if p.mover == "prime":
+            env.update(PNP_PRIME_PEER=peer.address, PNP_PRIME_VIP_INTERFACE="eth0", PNP_PRIME_VIP_PREFIX="24")
+        env.update(extra)
+        return env
+
+    def start_node(self, name: str, **extra_env: str) -> None:
+        """Start ``pnpp run`` (simulated Prime + gateway) in the node's namespace; keepalived too when it moves the VIP.
+
+        Returns at once; :meth:`wait_ready` waits for it.
+        """
+        node = self.plan.node(name)
+        Path(node.data_dir).mkdir(parents=True, exist_ok=True)
+        if self.plan.mover == "keepalived":
+            self.start_keepalived(name)
+        log = (Path(node.data_dir) / "node.log").open("ab")
+        process = subprocess.Popen(["ip", "netns", "exec", node.namespace, self._pnpp(), "run"],
+                                   env=self.node_env(node, **extra_env), stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        node.pid = process.pid
+        self.save()
+
+    def start_keepalived(self, name: str) -> None:
+        node = self.plan.node(name)
+        run_dir = Path(node.data_dir) / "keepalived"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        priority = 150 if node.role == "primary" else 100
+        conf = run_dir / "keepalived.conf"
+        conf.write_text(
+            "global_defs {\n  router_id " + node.name + "\n  enable_script_security\n}\n"
+            "vrrp_instance PNP {\n  state BACKUP\n  interface eth0\n  virtual_router_id 77\n"
+            f"  priority {priority}\n  advert_int 1\n  nopreempt\n"
+            f"  virtual_ipaddress {{\n    {self.plan.vip}/24 dev eth0\n  }}\n}}\n"
+        )
+        log = (run_dir / "keepalived.log").open("ab")
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", node.namespace, "keepalived", "--dont-fork", "--log-console", "--vrrp",
+             "--use-file", str(conf), "--pid", str(run_dir / "k.pid"), "--vrrp_pid", str(run_dir / "v.pid")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        node.keepalived_pid = process.pid
+        self.save()
+
+    def stop_keepalived(self, name: str, crash: bool = False) -> None:
+        """SIGTERM (keepalived removes the VIP, the peer takes it) or SIGKILL (``crash``: the VIP stays here)."""
+        node = self.plan.node(name)
+        if node.keepalived_pid:
+            try:
+                os.killpg(node.keepalived_pid, signal.SIGKILL if crash else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            node.keepalived_pid = 0
+            self.save()
+
+    def kill_node(self, name: str, unplug: bool = True) -> None:
+        """A hard crash: SIGKILL every process in the node's namespace; ``unplug`` also takes its link down."""
+        node = self.plan.node(name)
+        self._kill_namespace(node.namespace)
+        node.pid = node.keepalived_pid = 0
+        self.save()
+        if unplug:
+            self.set_link(name, False)
+
+    def stop_node(self, name: str, timeout: float = 30.0) -> None:
+        """SIGTERM the node's ``pnpp run`` (gateway drains, Prime stops) and wait for it."""
+        node = self.plan.node(name)
+        if node.pid:
+            try:
+                os.killpg(node.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _alive(node.pid):
+                time.sleep(0.1)
+        self._kill_namespace(node.namespace, only_pids_of=("pnpp", "gunicorn", "python"))
+        node.pid = 0
+        self.save()
+
+    def _kill_namespace(self, namespace: str, only_pids_of: tuple[str, ...] = ()) -> None:
+        done = _run("ip", "netns", "pids", namespace, check=False)
+        for text in done.stdout.split():
+            pid = int(text)
+            if only_pids_of:
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                if not any(word in cmdline for word in only_pids_of):
+                    continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def simulate(self, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+        """Run ``pnpp simulate ARGS`` in the devices namespace against the VIP (it may also use the database)."""
+        p = self.plan
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PNP_")}
+        env.update(PNP_VIP=p.vip, PNP_DATABASE_URL=p.database_url, PNP_DATA_DIR=str(Path(p.root) / "devices"),
+                   PNP_NODE_NAME="devices")
+        return subprocess.run(["ip", "netns", "exec", p.devices_namespace, self._pnpp(), "simulate", *args],
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
+    # ---- observing ----------------------------------------------------------------------------------------------
+    def status(self, name: str, timeout: float = 3.0) -> dict[str, Any] | None:
+        """GET /status on the node's monitoring port (its own address, HTTPS pinned to its CA); ``None`` if down."""
+        node = self.plan.node(name)
+        ca = Path(node.data_dir) / "certs" / "ca.pem"
+        if not ca.exists():
+            return None
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.check_hostname = False
+        try:
+            with urllib.request.urlopen(f"https://{node.address}:11010/status", timeout=timeout,
+                                        context=ctx) as resp:
+                data = json.load(resp)
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def state(self, name: str) -> str:
+        """ACTIVE, PASSIVE, or DOWN when the node does not answer."""
+        status = self.status(name)
+        return str(status.get("state")) if status else "DOWN"
+
+    def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> None:
+        node = self.plan.node(name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if node.pid and not _alive(node.pid):
+                raise LabError(f"{name}: pnpp run exited:\n{self.log_tail(name)}")
+            if self.status(name) is not None:
+                return
+            time.sleep(0.3)
+        raise LabError(f"{name} did not answer /status within {timeout:g}s:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = Path(self.plan.node(name).data_dir) / "node.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def describe(self) -> str:
+        p = self.plan
+        out = [f"HA lab in {p.root} ({p.mover} moves the VIP {p.vip}; PostgreSQL {p.gateway_ip}:{PG_PORT})"]
+        holders = self.vip_holders()
+        for node in p.nodes:
+            out.append(f"  {node.name:8} {node.role:9} netns {node.namespace:10} {node.address:12} "
+                       f"gateway {self.state(node.name):8} VIP {'yes' if node.name in holders else 'no'}")
+        out.append(f"  devices  netns {p.devices_namespace} {p.devices_ip}: "
+                   f"ip netns exec {p.devices_namespace} pnpp simulate cns ...")
+        return "\n".join(out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
