@@ -3,6 +3,26 @@
 Each command carries an ``id``; a :class:`~pnp_integrated.models.ProcessedCommand` row with that id is written in
 the same transaction as the change, so a redelivered command changes nothing. A command that cannot be applied
 (malformed JSON, unknown type, bad fields) is recorded too and reported to Prime as a ``command.rejected`` event.
+
+Commands and their fields (besides the envelope ``id``, ``type``, ``at``, ``gateway``):
+
+=====================  =================================================================================================
+``profile.upsert``     ``profile`` {name, match_serials, match_pid, is_default, templates, variables, image ...}
+``profile.delete``     ``name``
+``device.reprovision`` ``device``: serial (Open PnP UDI SN, CNS ConfigID); the device's last job must have ended
+``job.cancel``         ``job``: job id, or ``device``: serial (its running job); optional ``reason``
+``cns.config.push``    ``device``: CNS Device-Id, ``identifier``; ``config`` (CLI text, pushed) or ``url`` (pulled)
+                       or neither (pull of the device's own configuration from the Config Web Service); optional
+                       ``mode`` (push|pull) and ``config_id`` (default: the Device-Id)
+``cns.exec``           ``device``: CNS Device-Id, ``identifier``, ``command``: one exec command line
+=====================  =================================================================================================
+
+The two CNS commands reach the device over its live event session, on whichever worker holds it; a device that is
+not connected to this gateway gets nothing and the command is rejected with that reason (Prime, like an operator,
+learns at once that nothing was pushed, and can send it again later under a new id). The device's answer
+(``config.complete`` / ``config.failure`` / ``exec.rsp`` carrying the identifier) reaches Prime as a ``cns.event``.
+The push happens before the command is recorded, so a gateway that dies in between pushes once more on redelivery:
+for a device, applying the same configuration twice is harmless, losing it is not.
 """
 
 from __future__ import annotations
@@ -13,15 +33,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from ..models import AuditEntry, Image, ProcessedCommand, Profile, db
+from ..models import AuditEntry, Device, Image, ProcessedCommand, Profile, ProvisioningJob, db
 from .outbox import record_event
 
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 64  # ProcessedCommand.command_id
+MAX_IDENTIFIER = 128  # CNS correlators Prime chooses
+MAX_EXEC_COMMAND = 1024
+MAX_CONFIG_TEXT = 512 * 1024  # a DELIVER body stays well under the CNS 1 MiB limit
 
 
 class CommandRejected(Exception):
@@ -103,10 +127,136 @@ def delete_profile(command: dict[str, Any]) -> str:
     return name
 
 
+def _text(command: dict[str, Any], key: str, limit: int, *, required: bool = True) -> str:
+    value = command.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        raise CommandRejected(f"{command['type']} needs {key!r} (a non-empty string)")
+    if len(value) > limit:
+        raise CommandRejected(f"{command['type']}: {key!r} is longer than {limit} characters")
+    return value.strip()
+
+
+def _known_device(serial: str) -> Device:
+    device = db.session.scalar(select(Device).where(Device.serial == serial))
+    if device is None:
+        raise CommandRejected(f"no device with serial {serial!r} has been seen by this gateway")
+    return device
+
+
+def reprovision_device(command: dict[str, Any]) -> str:
+    """``device.reprovision``: ``device`` (serial); a new job from the first step, started at the next contact."""
+    from ..provisioning import engine
+
+    serial = _text(command, "device", 255)
+    device = _known_device(serial)
+    try:
+        job = engine.reprovision(device)
+    except engine.JobConflict as exc:
+        raise CommandRejected(f"{exc}; send job.cancel first") from exc
+    if job is None:
+        raise CommandRejected(f"no profile matches device {serial!r}: create one (profile.upsert) first")
+    return f"{serial} job {job.id}"
+
+
+def cancel_job(command: dict[str, Any]) -> str:
+    """``job.cancel``: ``job`` (id) or ``device`` (serial: its current job), optional ``reason``."""
+    from ..provisioning import engine
+
+    reason = _text(command, "reason", 500, required=False) or f"cancelled by Prime (command {command['id']})"
+    job_id = command.get("job")
+    if job_id is not None:
+        if isinstance(job_id, dict):
+            job_id = job_id.get("id")
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise CommandRejected("job.cancel: 'job' must be a job id (an integer)")
+        job = db.session.get(ProvisioningJob, job_id)
+        if job is None:
+            raise CommandRejected(f"no job {job_id}")
+    elif "device" in command:
+        device = _known_device(_text(command, "device", 255))
+        job = db.session.get(ProvisioningJob, device.current_job_id) if device.current_job_id else None
+        if job is None:
+            raise CommandRejected(f"device {device.serial!r} has no job")
+    else:
+        raise CommandRejected("job.cancel needs 'job' (a job id) or 'device' (a serial)")
+    try:
+        engine.cancel_job(job, reason)
+    except engine.JobConflict as exc:
+        raise CommandRejected(str(exc)) from exc
+    return f"job {job.id}"
+
+
+def _deliver(device_id: str, subject: str, xml: str) -> None:
+    """DELIVER to the device's live CNS session; rejected when it has none (or did not subscribe to ``subject``)."""
+    from ..cns import deliver
+
+    if not deliver(device_id, subject, xml):
+        raise CommandRejected(f"CNS device {device_id!r} is not connected to this gateway (or has not subscribed to"
+                              f" {subject}): nothing was sent; send the command again once it is connected")
+
+
+def push_config(command: dict[str, Any]) -> str:
+    """``cns.config.push``: a ``config-event`` on ``cisco.mgmt.cns.config.load``, with the configuration or a URL."""
+    from ..cns.messages import CONFIG_LOAD, config_load_pull, config_load_push
+
+    device_id = _text(command, "device", 255)
+    identifier = _text(command, "identifier", MAX_IDENTIFIER)
+    config_id = _text(command, "config_id", 255, required=False) or device_id
+    config = command.get("config")
+    url = command.get("url")
+    mode = command.get("mode") or ("push" if config is not None else "pull")
+    if mode not in ("push", "pull"):
+        raise CommandRejected("cns.config.push: 'mode' must be 'push' or 'pull'")
+    if mode == "push":
+        if url is not None:
+            raise CommandRejected("cns.config.push: a push carries 'config', not 'url'")
+        text = _text(command, "config", MAX_CONFIG_TEXT)
+        xml = config_load_push(identifier, config_id, text)
+    else:
+        if config is not None:
+            raise CommandRejected("cns.config.push: a pull carries 'url' (or nothing), not 'config'")
+        if url is None:
+            url = own_config_url(config_id)
+        elif not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
+            raise CommandRejected("cns.config.push: 'url' must be an http:// or https:// URL")
+        xml = config_load_pull(identifier, config_id, url)
+    _deliver(device_id, CONFIG_LOAD, xml)
+    return f"{device_id} {mode} {identifier}"
+
+
+def run_exec(command: dict[str, Any]) -> str:
+    """``cns.exec``: an ``exec-cmd-event`` on ``cisco.mgmt.cns.exec.cmd`` running one exec command."""
+    from ..cns.messages import EXEC_CMD, exec_cmd
+
+    device_id = _text(command, "device", 255)
+    identifier = _text(command, "identifier", MAX_IDENTIFIER)
+    line = _text(command, "command", MAX_EXEC_COMMAND)
+    if "\n" in line or "\r" in line:
+        raise CommandRejected("cns.exec: 'command' is one exec command line")
+    _deliver(device_id, EXEC_CMD, exec_cmd(identifier, line))
+    return f"{device_id} exec {identifier}"
+
+
+def own_config_url(config_id: str) -> str:
+    """The device's configuration on this gateway's Config Web Service (on the VIP), rendered from its profile."""
+    from ..cns.provision import config_url
+    from ..extension import gateway_state
+
+    settings = gateway_state(current_app._get_current_object()).settings  # type: ignore[attr-defined]
+    # Without an Identifier the service answers with the device's configuration, not one job step's request.
+    return config_url(settings, config_id, "").split("&Identifier=")[0]
+
+
 # Command types of the contract that this gateway applies; others are rejected with a reason.
 HANDLERS: dict[str, CommandHandler] = {
     "profile.upsert": upsert_profile,
     "profile.delete": delete_profile,
+    "device.reprovision": reprovision_device,
+    "job.cancel": cancel_job,
+    "cns.config.push": push_config,
+    "cns.exec": run_exec,
 }
 
 
@@ -116,6 +266,8 @@ def _parse(body: bytes | str) -> tuple[dict[str, Any] | None, str, str]:
         command = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         return None, "", f"not JSON: {exc}"
+    except RecursionError:
+        return None, "", "not JSON: nested too deeply"
     if not isinstance(command, dict):
         return None, "", "not a JSON object"
     command_id = command.get("id")
@@ -168,5 +320,10 @@ def apply_command(body: bytes | str, actor: str = "prime") -> CommandOutcome:
         if db.session.scalar(select(ProcessedCommand.id).where(ProcessedCommand.command_id == command_id)):
             return CommandOutcome("duplicate", command_id, type_)  # applied meanwhile by a redelivery elsewhere
         return _reject(command_id, type_, "the change conflicts with the gateway's data")
+    except Exception as exc:
+        # Never leave a command unacknowledged because of a bug: it would come back for ever (a poison message).
+        log.exception("command %s (%s) failed", command_id, type_)
+        db.session.rollback()
+        return _reject(command_id, type_, f"the gateway could not apply it: {type(exc).__name__}")
     log.info("command %s (%s) applied to %s", command_id, type_, target)
     return CommandOutcome("applied", command_id, type_)
