@@ -3,7 +3,7 @@
 # network namespaces). Installs only what is missing; needs root for that.
 set -eu
 missing=""
-for pkg in postgresql activemq iproute2 openssl chromium; do
+for pkg in postgresql activemq iproute2 openssl chromium keepalived iputils-arping; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
 [ -z "$missing" ] && exit 0

@@ -20,6 +20,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -170,6 +171,8 @@ class HaLab:
         """Stop every process of the lab, PostgreSQL, and remove the namespaces and the bridge (never raises)."""
         for namespace in [n.namespace for n in self.plan.nodes] + [self.plan.devices_namespace]:
             self._kill_namespace(namespace)
+            # The veth pair goes with its outer end at once; a deleted namespace frees it only later.
+            _run("ip", "link", "del", self._outer(namespace), check=False)
             _run("ip", "netns", "del", namespace, check=False)
         _run("ip", "link", "del", self.plan.bridge, check=False)
         self.stop_postgres()
@@ -186,7 +189,7 @@ class HaLab:
         _run("ip", "link", "set", p.bridge, "up")
         members = [(n.namespace, n.address) for n in p.nodes] + [(p.devices_namespace, p.devices_ip)]
         for namespace, address in members:
-            outer = f"{p.prefix}{namespace.rsplit('-', 1)[1]}"  # e.g. pnplaba, on the bridge
+            outer = self._outer(namespace)
             _run("ip", "netns", "add", namespace)
             _run("ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0", "netns", namespace)
             _run("ip", "link", "set", outer, "master", p.bridge)
@@ -195,6 +198,10 @@ class HaLab:
             self.exec(namespace, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
             self.exec(namespace, "ip", "link", "set", "eth0", "up")
             self.exec(namespace, "ip", "route", "add", "default", "via", p.gateway_ip)
+
+    def _outer(self, namespace: str) -> str:
+        """The bridge end of a namespace's veth (pnplab-a -> pnplaba)."""
+        return f"{self.plan.prefix}{namespace.rsplit('-', 1)[1]}"
 
     def exec(self, namespace: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a command inside a lab namespace."""
@@ -211,16 +218,16 @@ class HaLab:
 
     def set_link(self, name: str, up: bool) -> None:
         """Plug or unplug a node's cable (its veth on the bridge)."""
-        node = self.plan.node(name)
-        outer = f"{self.plan.prefix}{node.namespace.rsplit('-', 1)[1]}"
-        _run("ip", "link", "set", outer, "up" if up else "down")
+        _run("ip", "link", "set", self._outer(self.plan.node(name).namespace), "up" if up else "down")
 
     # ---- PostgreSQL ---------------------------------------------------------------------------------------------
     def start_postgres(self) -> None:
-        root = Path(self.plan.root) / "postgres"
-        root.mkdir(parents=True, exist_ok=True)
+        # Its own directory outside the lab's: the lab directory may not be reachable for the postgres user.
+        root = Path(tempfile.mkdtemp(prefix=f"{self.plan.prefix}-pg-"))
         shutil.chown(root, "postgres", "postgres")
         data = root / "data"
+        self.plan.pg_dir = str(data)
+        self.save()  # before it starts: `down` must find the server even if the start fails half way
         as_pg = ("runuser", "-u", "postgres", "--")
         _run(*as_pg, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         with (data / "pg_hba.conf").open("a") as hba:
@@ -228,14 +235,14 @@ class HaLab:
         _run(*as_pg, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "start",
              "-o", f"-p {PG_PORT} -k {root} -c listen_addresses={self.plan.gateway_ip} -c fsync=off "
                    "-c max_connections=400")
-        self.plan.pg_dir = str(data)
-        self.save()
         _run(*as_pg, _pg_bin("createdb"), "-h", self.plan.gateway_ip, "-p", str(PG_PORT), "-U", "postgres", "pnp")
 
     def stop_postgres(self) -> None:
         if self.plan.pg_dir and Path(self.plan.pg_dir).exists():
             _run("runuser", "-u", "postgres", "--", _pg_bin("pg_ctl"), "-D", self.plan.pg_dir, "-m", "immediate",
                  "stop", check=False)
+        if self.plan.pg_dir:
+            shutil.rmtree(Path(self.plan.pg_dir).parent, ignore_errors=True)
         self.plan.pg_dir = ""
 
     def migrate(self) -> None:

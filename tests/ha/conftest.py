@@ -1,0 +1,45 @@
+"""HA fixtures: the lab of :mod:`pnp_integrated.lab` (network namespaces; the tests run as root).
+
+``ha_lab(mover)`` builds a lab for one test under its own prefix and subnet, so it never touches a lab an operator
+built with ``pnpp lab up``, and always takes it down (processes, namespaces, bridge, PostgreSQL), pass or fail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pnp_integrated.lab import HaLab
+
+PREFIX = "pnpt"
+SUBNET = "10.78.0"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds it took for ``condition`` to hold; AssertionError naming ``what`` after ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def ha_lab(tmp_path: Path) -> Iterator[Callable[[str], HaLab]]:
+    built: list[HaLab] = []
+
+    def build(mover: str) -> HaLab:
+        # Leftovers of an interrupted run would make the network build fail.
+        HaLab.create(tmp_path / "stale", prefix=PREFIX, subnet=SUBNET).down()
+        lab = HaLab.create(tmp_path / "lab", prefix=PREFIX, subnet=SUBNET, mover=mover)
+        built.append(lab)
+        lab.up()
+        return lab
+
+    yield build
+    for lab in built:
+        lab.down()
