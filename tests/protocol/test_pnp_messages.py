@@ -37,12 +37,12 @@ from pnp_integrated.pnp.messages import (
 )
 from pnp_integrated.provisioning.engine import Action, ActionKind, ImageRef
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "pnp"
+CAPTURES = Path(__file__).resolve().parents[1] / "data" / "pnp"
 
 UDI = Udi("CSR1000V", "V00", "99CWJ5DOLWQ")
 NS = {"p": "urn:cisco:pnp"}
 
-# The captured CSR1000V 17.3.4a messages (also in the shared test data); kept inline so the suite is self-contained.
+# The captured CSR1000V 17.3.4a messages (the files are in tests/data/pnp); inline copies keep each test readable.
 CSR_WORK_REQUEST = b"""<pnp xmlns="urn:cisco:pnp" version="1.0" udi="PID:CSR1000V,VID:V00,SN:99CWJ5DOLWQ">
   <info xmlns="urn:cisco:pnp:work-info" correlator="CiscoPnP-1.0-R33.200930-I1-P592-T43891-2">
     <deviceId>
@@ -122,13 +122,11 @@ def test_captured_device_info_parses_into_engine_facts() -> None:
     assert outcome.facts.filesystems == {"bootflash:": 5438058496}
 
 
-def test_shared_captures_match_the_inline_copies() -> None:
-    """The files published with the project parse to the same messages as the inline copies."""
-    if not SHARED.is_dir():
-        pytest.fail(f"shared test data missing at {SHARED}")
-    assert parse_device_message((SHARED / "csr1000v-17.3.4a-work-request.xml").read_bytes()) == \
+def test_captured_files_match_the_inline_copies() -> None:
+    """The captured files parse to the same messages as the inline copies."""
+    assert parse_device_message((CAPTURES / "csr1000v-17.3.4a-work-request.xml").read_bytes()) == \
         parse_device_message(CSR_WORK_REQUEST)
-    assert parse_device_message((SHARED / "csr1000v-17.3.4a-device-info-response.xml").read_bytes()) == \
+    assert parse_device_message((CAPTURES / "csr1000v-17.3.4a-device-info-response.xml").read_bytes()) == \
         parse_device_message(CSR_DEVICE_INFO)
 
 
