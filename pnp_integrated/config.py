@@ -61,6 +61,7 @@ class Settings:
     tls_key_file: str = ""
     tls_ca_file: str = ""
     tls_handshake_timeout: float = 10.0
+    http_idle_timeout: float = 60.0  # an HTTPS client that sends nothing for this long is closed
     cns_hello_timeout: float = 10.0
     cns_port_capacity: int = 500
     cns_max_header_bytes: int = 8192
@@ -289,7 +290,7 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
     if len(supplied) == 2 and not missing:
         problems.extend(_check_key_pair(s, origin))
 
-    for name in ("tls_handshake_timeout", "cns_hello_timeout", "drain_timeout"):
+    for name in ("tls_handshake_timeout", "http_idle_timeout", "cns_hello_timeout", "drain_timeout"):
         if not math.isfinite(getattr(s, name)) or getattr(s, name) <= 0:
             bad(name, "must be a positive number of seconds")
     for name in ("cns_port_capacity", "workers"):

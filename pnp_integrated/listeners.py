@@ -93,15 +93,18 @@ class TLSWSGIServer(WSGIServer):
     handler_class = _QuietWSGIHandler
 
     def __init__(self, listener: Any, application: Any, *, context: ssl.SSLContext, handshake_timeout: float,
-                 **kwargs: Any) -> None:
+                 idle_timeout: float = 60.0, **kwargs: Any) -> None:
         self._tls_context = context
         self._handshake_timeout = handshake_timeout
+        self._idle_timeout = idle_timeout
         super().__init__(listener, application, environ={"wsgi.url_scheme": "https"}, log=None, **kwargs)
 
     def handle(self, sock: Any, address: tuple[str, int]) -> None:
         port = self.server_port
         tls = tls_handshake(sock, address, self._tls_context, self._handshake_timeout, port)
         if tls is not None:
+            # A client that goes silent (slowloris) is closed instead of holding its greenlet and socket forever.
+            tls.settimeout(self._idle_timeout)
             super().handle(tls, address)
 
 
@@ -127,10 +130,11 @@ class ListenerController:
     """Starts every listener of a worker; ``start`` returns once all are bound and re-raises bind errors."""
 
     def __init__(self, specs: list[ListenerSpec], *, context: ssl.SSLContext | None, handshake_timeout: float,
-                 max_connections: int = 20000) -> None:
+                 http_idle_timeout: float = 60.0, max_connections: int = 20000) -> None:
         self.specs = specs
         self._context = context
         self._handshake_timeout = handshake_timeout
+        self._http_idle_timeout = http_idle_timeout
         self._pool = Pool(max_connections)
         self.servers: list[StreamServer] = []
 
@@ -139,7 +143,8 @@ class ListenerController:
             if spec.tls:
                 assert self._context is not None
                 return TLSWSGIServer(sock, spec.wsgi_app, context=self._context,
-                                     handshake_timeout=self._handshake_timeout, spawn=self._pool)
+                                     handshake_timeout=self._handshake_timeout,
+                                     idle_timeout=self._http_idle_timeout, spawn=self._pool)
             return WSGIServer(sock, spec.wsgi_app, log=None, spawn=self._pool, handler_class=_QuietWSGIHandler)
         handler = spec.stream_handler or close_at_once
         if spec.tls:

@@ -86,6 +86,7 @@ def start_worker(app: Flask) -> ListenerController:
         raw_listener_specs(app, settings),
         context=server_context(settings, state.certs),
         handshake_timeout=settings.tls_handshake_timeout,
+        http_idle_timeout=settings.http_idle_timeout,
     )
     controller.start()
     state.listeners = controller

@@ -81,8 +81,9 @@ def first_answer(port: int, version: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def default_node(node_launcher: Callable[..., RunningNode], tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[RunningNode]:
-    """A node with the default floor (TLS 1.2) and a 1 s handshake limit."""
-    node = node_launcher(tmp_path_factory.mktemp("tls-default"), tls_handshake_timeout=1, workers=1)
+    """A node with the default floor (TLS 1.2), a 1 s handshake limit and a 2 s HTTPS idle limit."""
+    node = node_launcher(tmp_path_factory.mktemp("tls-default"), tls_handshake_timeout=1, http_idle_timeout=2,
+                         workers=1)
     yield node
     node.stop()
 
@@ -200,3 +201,18 @@ def test_silent_client_is_closed_after_the_handshake_limit_with_one_log_line(def
         time.sleep(0.1)
     assert counts == dict.fromkeys(probes, 1)
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /status HTTP/1.1\r\nHost: x\r\n"], ids=["silent", "half-request"])
+def test_https_client_that_goes_quiet_after_the_handshake_is_closed(default_node: RunningNode, sent: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", default_node.port("https_port")), timeout=10) as raw:
+        with default_node.client_context().wrap_socket(raw) as tls:
+            tls.sendall(sent)
+            started = time.monotonic()
+            try:
+                data = tls.recv(65536)
+            except (ConnectionError, ssl.SSLError):
+                data = b""
+            waited = time.monotonic() - started
+    assert b"200 OK" not in data
+    assert 1.5 <= waited <= 8, f"closed after {waited:.1f}s, the idle limit is 2s"
