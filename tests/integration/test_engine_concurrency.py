@@ -112,3 +112,36 @@ def test_a_restarted_node_continues_the_job(workers: list[Flask], app_factory: C
         assert engine.rendered_config("FDO4", config.correlator) == "hostname FDO4"
         save = engine.report("FDO4", config.correlator, Outcome(True))
         assert engine.report("FDO4", save.correlator, Outcome(True)).kind is ActionKind.DONE
+
+
+def test_a_claim_racing_contacts_gives_one_job_with_the_claimed_profile(app_factory: Callable[..., Flask],
+                                                                       postgres_url: str) -> None:
+    apps = [app_factory(database_url=postgres_url), app_factory(database_url=postgres_url)]
+    with apps[0].app_context():
+        db.session.add(Profile(name="claimed", config_template="hostname {{ serial }}-claimed"))
+        db.session.commit()
+        assert engine.contact(DeviceIdentity(serial="FDO5", protocol="pnp")).kind is ActionKind.UNCLAIMED
+    turn = iter(range(RACERS))
+    lock = threading.Lock()
+
+    def claim_or_contact() -> ActionKind | None:
+        with lock:
+            mine = next(turn)
+        if mine == 0:  # one operator claims while the device keeps asking
+            device = db.session.scalar(select(Device).where(Device.serial == "FDO5"))
+            profile = db.session.scalar(select(Profile).where(Profile.name == "claimed"))
+            assert device is not None and profile is not None
+            engine.claim(device, profile)
+            db.session.commit()
+            return None
+        return engine.contact(DeviceIdentity(serial="FDO5", protocol="pnp")).kind
+
+    kinds = {k for k in race(apps, claim_or_contact) if k is not None}
+    assert kinds <= {ActionKind.UNCLAIMED, ActionKind.IDENTIFY}
+    with apps[1].app_context():
+        identify = engine.contact(DeviceIdentity(serial="FDO5", protocol="pnp"))
+        assert identify.kind is ActionKind.IDENTIFY
+        assert engine.report("FDO5", identify.correlator, Outcome(True)).config_text == "hostname FDO5-claimed"
+        assert db.session.scalar(select(func.count()).select_from(ProvisioningJob)) == 1
+        assert db.session.scalar(select(func.count()).select_from(OutboxEvent)
+                                 .where(OutboxEvent.type == "device.claimed")) == 1
