@@ -60,16 +60,17 @@ class EventStore:
             event = json.loads(body)
             if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"]:
                 raise ValueError("no string 'id'")
-        except ValueError as exc:
+            cur = self._db.execute(
+                "INSERT INTO events (event_id, type, at, gateway, body, received_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (event_id) DO UPDATE SET deliveries = deliveries + 1 RETURNING deliveries",
+                (event["id"], str(event.get("type", "")), str(event.get("at", "")), str(event.get("gateway", "")),
+                 json.dumps(event), now),
+            )
+        except (ValueError, RecursionError) as exc:  # not JSON, nested too deeply, lone surrogates ...
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
             self._db.execute("INSERT INTO rejected (reason, body, received_at) VALUES (?, ?, ?)",
-                             (f"malformed event: {exc}", body, now))
+                             (f"malformed event: {reason}", body, now))
             return False
-        cur = self._db.execute(
-            "INSERT INTO events (event_id, type, at, gateway, body, received_at) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (event_id) DO UPDATE SET deliveries = deliveries + 1 RETURNING deliveries",
-            (event["id"], str(event.get("type", "")), str(event.get("at", "")), str(event.get("gateway", "")),
-             json.dumps(event), now),
-        )
         (deliveries,) = cur.fetchone()
         return bool(deliveries == 1)
 
@@ -111,6 +112,9 @@ class EventSink:
             except StompClientError as exc:
                 if not self._stopping.is_set():
                     log.info("event sink: %s; retrying in %.1fs", exc, delay)
+            except Exception:  # the store failed (disk, lock): the unacknowledged message comes back after a retry
+                if not self._stopping.is_set():
+                    log.exception("event sink failed; retrying in %.1fs", delay)
             self.connected = False
             self._stopping.wait(delay)
             delay = min(delay * 2, self.max_backoff)
