@@ -200,14 +200,18 @@ def start_follower(app: Flask, wake: Callable[[], None]) -> VipFollower | None:
 def became_active(app: Flask, role: NodeRole, *, leader: bool) -> None:
     """The node turned ACTIVE. The worker holding the lease (its bridge already starting) tells Prime and resumes jobs.
 
-    Jobs need no push to resume: their state is in the database and each device's next contact continues its job
-    from the step it reached (see :mod:`pnp_integrated.provisioning.engine`).
+    Job state is in the database and each device's next contact continues its job from the step it reached (see
+    :mod:`pnp_integrated.provisioning.engine`); the pushes only the server can send are sent again by
+    :func:`.resume.resume_unfinished`.
     """
     if not leader:
         return
+    from .resume import resume_unfinished
+
     unfinished = _record_state_event(app, role)
-    log.info("%s is ACTIVE and leads: Prime bridge connecting, %s unfinished jobs continue on device contact",
-             role.settings.node_name, unfinished)
+    log.info("%s is ACTIVE and leads: Prime bridge connecting, %s unfinished jobs", role.settings.node_name,
+             unfinished)
+    resume_unfinished(app)
 
 
 def became_passive(app: Flask, role: NodeRole, *, was_leader: bool) -> None:
