@@ -8,7 +8,9 @@ requests -> done. The ``pnpp simulate cns`` command runs many of them at once an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import socket
 import ssl
 import time
@@ -151,20 +153,36 @@ def connect(host: str, port: int, device_id: str, *, tls: bool = False, config_i
 
 
 # ---- a whole simulated device ---------------------------------------------------------------------------------
+MAX_BOOTS = 3  # a device that is told to install an image again after two reloads gives up
+
+
 @dataclass
 class DeviceReport:
-    """What happened to one simulated device."""
+    """What happened to one simulated device; ``timings`` is the time spent per step (seconds), for benchmarks."""
 
     serial: str
     steps: list[str] = field(default_factory=list)
     ok: bool = False
     detail: str = ""
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - started
 
 
 @dataclass
 class CnsDevice:
-    """A simulated IOS device with CNS agents, configured by ``pnpp bootstrap --protocol cns``."""
+    """A simulated IOS device with CNS agents, configured by ``pnpp bootstrap --protocol cns``.
+
+    Its day 0 is finished when the gateway has had it save the configuration (``write memory``) and the session
+    ended with BYE; anything else is a failure that says where the device was left waiting.
+    """
 
     serial: str
     host: str
@@ -172,50 +190,82 @@ class CnsDevice:
     http_port: int = 80
     tls: bool = False
     timeout: float = 10.0
+    quiet: float | None = None  # how long to wait for the gateway's next request (default: ``timeout``)
     pid: str = "C1111-8P"
     version: str = "16.9.1"
+    image_file: str = ""  # the running image's file name (default: <version>.bin)
     flash_free: int = 1 << 30
+    expect_image: bool = False  # fail unless the gateway had an image installed
     fail_lines: tuple[str, ...] = ()  # config lines this device refuses (to test failure reports)
+    context: ssl.SSLContext | None = None  # TLS client context (default: no server certificate check)
     running_config: list[str] = field(default_factory=list)
+    flash: dict[str, bytes] = field(default_factory=dict)  # images downloaded, by destination
     _pending: list[Frame] = field(default_factory=list)  # frames that arrived while awaiting a RECEIPT
 
     def run(self, max_seconds: float = 60.0) -> DeviceReport:
-        """The day-0 conversation, until the gateway has nothing more for the device or ``max_seconds`` pass."""
+        """The day-0 conversation, until the device saved its configuration or ``max_seconds`` pass."""
         report = DeviceReport(self.serial)
         started = time.monotonic()
         try:
             self._run(report, started + max_seconds)
         except (OSError, CnsProtocolError, LinkClosed, TimeoutError, XmlRefused) as exc:
-            report.detail = f"{type(exc).__name__}: {exc}"
+            report.ok = False
+            report.detail = f"{type(exc).__name__} after {' '.join(report.steps[-2:]) or 'connecting'}: {exc}"
         report.seconds = time.monotonic() - started
         return report
 
     def _run(self, report: DeviceReport, deadline: float) -> None:
-        where = dispatch(self.host, self.dispatcher_port, self.serial, tls=self.tls, timeout=self.timeout)
+        for _boot in range(MAX_BOOTS):
+            link = self._join(report)
+            if link is None:
+                return
+            with link:
+                self._initial_config(link, report)
+                if self._image_agent(report):
+                    report.steps.append("reload")
+                    continue  # the connection drops with the reload; the device starts over on the new image
+                report.ok = self._serve_events(link, report, deadline)
+                if report.ok and self.expect_image and "image:activated" not in report.steps:
+                    report.ok = False
+                    report.detail = "provisioned without the image install it expected (the profile has no image?)"
+                return
+        report.detail = f"told to install an image again after {MAX_BOOTS - 1} reloads"
+
+    def _join(self, report: DeviceReport) -> CnsLink | None:
+        """Dispatcher -> REDIRECT -> HELLO on the gateway port -> WELCOME -> SUBSCRIBE; None (with why) if refused."""
+        with report.timed("dispatch"):
+            where = dispatch(self.host, self.dispatcher_port, self.serial, tls=self.tls, timeout=self.timeout)
         if where.command != "REDIRECT":
             report.detail = f"dispatcher answered {where.command} {where.get('Code', '')} {where.get('Message', '')}"
-            return
+            return None
         port = int(where.get("Port", "0") or 0)
         report.steps.append(f"redirect:{port}")
-        link, answer = connect(where.get("Host") or self.host, port, self.serial, tls=self.tls,
-                               keepalive="5,2", timeout=self.timeout, subjects=DEFAULT_SUBJECTS)
-        with link:
-            if answer.command != "WELCOME":
-                report.detail = f"gateway answered {answer.command} {answer.get('Code', '')}"
-                return
-            report.steps.append("welcome")
-            self._initial_config(link, report)
-            self._image_agent(report)
-            report.ok = self._serve_events(link, report, deadline)
-            link.command("BYE")
+        with report.timed("hello"):
+            link = CnsLink.open(where.get("Host") or self.host, port, tls=self.tls, timeout=self.timeout,
+                                context=self.context)
+            link.send(hello_frame(self.serial, keepalive="60,3"))
+            answer = link.receive()
+        if answer.command != "WELCOME":
+            link.close()
+            report.detail = f"gateway answered {answer.command} {answer.get('Code', '')} {answer.get('Message', '')}"
+            return None
+        report.steps.append("welcome")
+        with report.timed("subscribe"):
+            for subject in DEFAULT_SUBJECTS:
+                token = f"sub-{subject}"
+                link.command("SUBSCRIBE", {"Subject": subject, "Receipt": token})
+                self._await_receipt(link, token)
+        return link
 
     def _initial_config(self, link: CnsLink, report: DeviceReport) -> None:
-        status, text = self.http("GET", f"/cns/config.asp?DeviceID={urllib.parse.quote(self.serial)}")
+        with report.timed("config-pull"):
+            status, text = self.http("GET", f"/cns/config.asp?DeviceID={urllib.parse.quote(self.serial)}")
         if status != 200:
             report.steps.append(f"config.asp:{status}")
             return
         report.steps.append("initial-config")
-        self.apply(link, "", text)
+        with report.timed("config-publish"):
+            self.apply(link, "", text)
 
     def apply(self, link: CnsLink, identifier: str, text: str) -> bool:
         """Apply configuration lines like IOS (stop at the first refused line) and publish the result."""
@@ -235,64 +285,93 @@ class CnsDevice:
     def publish(self, link: CnsLink, subject: str, body: str) -> None:
         token = uuid.uuid4().hex[:8]
         link.command("PUBLISH", {"Subject": subject, "Receipt": token, "Content-Type": "application/xml"}, body)
-        for frame in self._frames_until(link, lambda f: f.command == "RECEIPT" and f.get("Receipt-Id") == token):
-            self._pending.append(frame)
+        self._await_receipt(link, token)
 
-    def _frames_until(self, link: CnsLink, done: Any) -> Iterator[Frame]:
-        """Frames received before the one ``done`` accepts (which is consumed)."""
+    def _await_receipt(self, link: CnsLink, token: str) -> None:
+        """Wait for RECEIPT ``token``, keeping what else arrives meanwhile for later."""
         while True:
             frame = link.receive()
             if frame.command == "ERROR":
                 raise CnsProtocolError(int(frame.get("Code", "400") or 400), frame.get("Message", "") or "")
-            if done(frame):
+            if frame.command == "RECEIPT" and frame.get("Receipt-Id") == token:
                 return
-            yield frame
+            self._pending.append(frame)
 
-    def _image_agent(self, report: DeviceReport) -> None:
-        inventory = (f'<image-inventory device-id="{_esc(self.serial)}"><image name="{self.version}.bin" '
+    def _image_agent(self, report: DeviceReport) -> bool:
+        """Inventory -> instruction -> download and MD5 check -> status; True when the device reloads now."""
+        running = self.image_file or f"{self.version}.bin"
+        version = f' version="{_esc(self.version)}"' if self.version else ""
+        inventory = (f'<image-inventory device-id="{_esc(self.serial)}"><image name="{_esc(running)}"{version} '
                      f'md5=""/><filesystem name="flash:" free="{self.flash_free}"/></image-inventory>')
-        status, text = self.http("POST", "/cns/HttpMsgDispatcher", inventory)
+        with report.timed("inventory"):
+            status, text = self.http("POST", "/cns/HttpMsgDispatcher", inventory)
         if status != 200:
             report.steps.append(f"image-agent:{status}")
-            return
+            return False
         doc = parse_xml(text.encode())
         element = doc.element
         download = element.find("download") if element is not None else None
         if download is None:
             report.steps.append("image:none")
-            return
+            return False
         identifier = doc.attributes.get("identifier", "")
         url = download.get("url", "")
         path = urllib.parse.urlsplit(url).path or url
-        status, data = self.http("GET", path, raw=True)
-        md5 = hashlib.md5(data if isinstance(data, bytes) else b"").hexdigest()
-        ok = status == 200 and md5 == download.get("md5", md5)
-        state = "activated" if ok else "failed"
-        detail = "" if ok else f"download of {url} gave HTTP {status} / md5 {md5}"
-        self.http("POST", "/cns/HttpMsgDispatcher",
-                  f'<image-status device-id="{_esc(self.serial)}" identifier="{_esc(identifier)}">'
-                  f"<state>{state}</state><detail>{_esc(detail)}</detail></image-status>")
-        report.steps.append(f"image:{state}")
+        with report.timed("download"):
+            status, data = self.http("GET", path, raw=True)
+        data = data if isinstance(data, bytes) else b""
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        problem = ""
+        if status != 200:
+            problem = f"download of {url} answered HTTP {status}"
+        elif md5 != download.get("md5", ""):
+            problem = f"MD5 of {url} is {md5}, the instruction said {download.get('md5', '')}"
+        elif str(len(data)) != download.get("size", str(len(data))):
+            problem = f"{url} has {len(data)} bytes, the instruction said {download.get('size')}"
+        state = "failed" if problem else "activated"
+        destination = download.get("destination", "") or f"flash:{path.rsplit('/', 1)[-1]}"
+        with report.timed("image-status"):
+            status, _ = self.http("POST", "/cns/HttpMsgDispatcher",
+                                  f'<image-status device-id="{_esc(self.serial)}" identifier="{_esc(identifier)}">'
+                                  f"<state>{state}</state><detail>{_esc(problem)}</detail></image-status>")
+        report.steps.append(f"image:{state}" if status == 200 else f"image-status:{status}")
+        if problem:
+            return False
+        self.flash[destination] = data
+        reload = element is not None and element.find("activate") is not None
+        if reload:
+            # After the reload the device runs the new file; the gateway knows its version from its repository.
+            self.image_file = destination.split(":", 1)[-1]
+            self.version = ""
+        return reload
 
     def _serve_events(self, link: CnsLink, report: DeviceReport, deadline: float) -> bool:
-        """Answer pushed config and exec requests until the gateway is quiet for a while."""
-        quiet = 3.0
-        while time.monotonic() < deadline:
+        """Answer pushed config and exec requests until the configuration is saved; then BYE."""
+        quiet = self.timeout if self.quiet is None else self.quiet
+        waited = time.perf_counter()
+        while True:
             frame = self._pending.pop(0) if self._pending else None
             if frame is None:
+                limit = min(quiet, deadline - time.monotonic())
                 try:
-                    frame = link.receive(timeout=quiet)
+                    if limit <= 0:
+                        raise TimeoutError
+                    frame = link.receive(timeout=limit)
                 except TimeoutError:
-                    return True
+                    report.detail = self._stalled(report, quiet if limit >= quiet else None)
+                    return False
             if frame.command != "DELIVER":
                 continue
+            report.timings["await-deliver"] = (report.timings.get("await-deliver", 0.0)
+                                               + time.perf_counter() - waited)
             doc = parse_xml(frame.body)
             if frame.get("Subject") == CONFIG_LOAD:
                 identifier = doc.text.get("identifier", "")
                 url = doc.text.get("url", "")
                 if url:  # pull: fetch the configuration from the Config Web Service
                     parts = urllib.parse.urlsplit(url)
-                    status, lines = self.http("GET", f"{parts.path}?{parts.query}")
+                    with report.timed("config-pull"):
+                        status, lines = self.http("GET", f"{parts.path}?{parts.query}")
                     report.steps.append(f"config-pull:{status}")
                     if status != 200:
                         continue
@@ -300,13 +379,37 @@ class CnsDevice:
                     assert doc.element is not None
                     lines = "\n".join(e.text or "" for e in doc.element.iter("cli"))
                     report.steps.append("config-push")
-                self.apply(link, identifier, lines)
+                with report.timed("config-publish"):
+                    self.apply(link, identifier, lines)
             elif frame.get("Subject") == EXEC_CMD:
-                report.steps.append(f"exec:{doc.text.get('cli-exec', '')}")
+                command = doc.text.get("cli-exec", "")
+                report.steps.append(f"exec:{command}")
                 body = (f"<exec-cmd-response><identifier-exec>{_esc(doc.text.get('identifier-exec', ''))}"
                         f"</identifier-exec><status>success</status><response>[OK]</response></exec-cmd-response>")
-                self.publish(link, "cisco.mgmt.cns.exec.rsp", body)
-        return False
+                with report.timed("exec-publish"):
+                    self.publish(link, "cisco.mgmt.cns.exec.rsp", body)
+                if command == "write memory":
+                    return self._goodbye(link, report)
+            waited = time.perf_counter()
+
+    def _goodbye(self, link: CnsLink, report: DeviceReport) -> bool:
+        """BYE and wait for the gateway's: it handles frames in order, so the save has been reported by then."""
+        with report.timed("bye"):
+            link.command("BYE")
+            while True:
+                frame = self._pending.pop(0) if self._pending else link.receive()
+                if frame.command == "BYE":
+                    report.steps.append("bye")
+                    return True
+
+    def _stalled(self, report: DeviceReport, quiet: float | None) -> str:
+        after = report.steps[-1] if report.steps else "connecting"
+        waited = f"the gateway sent no request for {quiet:g}s" if quiet else "out of time"
+        text = f"{waited} after {after}; the configuration was never saved"
+        if "initial-config" not in report.steps and "image:none" in report.steps and not any(
+                s.startswith(("config-", "exec:")) for s in report.steps):
+            text += " (no configuration and no job for it: unclaimed?)"
+        return text
 
     def http(self, method: str, path: str, body: str | None = None, raw: bool = False) -> tuple[int, Any]:
         """One HTTP request to the gateway's web services; (status, text or bytes)."""
@@ -326,38 +429,183 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
+def percentile(values: list[float], fraction: float) -> float:
+    """The ``fraction`` quantile of ``values`` (nearest rank); 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+def step_table(reports: list[DeviceReport]) -> list[str]:
+    """Lines of a p50/p99 table (milliseconds) of the time devices spent in each step."""
+    steps: dict[str, list[float]] = {}
+    for r in reports:
+        for step, seconds in r.timings.items():
+            steps.setdefault(step, []).append(seconds * 1000)
+    lines = [f"{'STEP':<16} {'COUNT':>6} {'P50 ms':>9} {'P99 ms':>9}"]
+    for step, values in steps.items():
+        lines.append(f"{step:<16} {len(values):>6} {percentile(values, 0.5):>9.1f} {percentile(values, 0.99):>9.1f}")
+    return lines
+
+
+# ---- demo profile -----------------------------------------------------------------------------------------------
+DEMO_PROFILE = "devsim-cns"
+DEMO_CONFIG = ("hostname {{ serial }}\nip domain name devsim.example\n"
+               "interface GigabitEthernet0/0/0\n description uplink of {{ serial }}\n")
+DEMO_POST = "ntp server 192.0.2.1\nlogging host 192.0.2.2\nbanner motd ^provisioned by pnp-integrated^\n"
+DEMO_IMAGE = "devsim-universalk9.17.03.04a.SPA.bin"
+DEMO_IMAGE_VERSION = "17.3.4a"
+DEMO_IMAGE_BYTES = 256 * 1024
+
+
+def ensure_demo_profile(serials: list[str], with_image: bool) -> list[str]:
+    """Create or update the demo profile claiming ``serials`` (app context needed); lines saying what was done.
+
+    Devices of these serials whose job already ended are provisioned again from the start, so a demo can be rerun.
+    """
+    from sqlalchemy import select
+
+    from ..models import Device, Image, Profile, ProvisioningJob, db
+    from ..provisioning import engine
+    from ..provisioning.images import store_image
+
+    said: list[str] = []
+    profile = db.session.scalar(select(Profile).where(Profile.name == DEMO_PROFILE))
+    if profile is None:
+        profile = Profile(name=DEMO_PROFILE, match_serials=[])
+        db.session.add(profile)
+        said.append(f"created profile {DEMO_PROFILE}")
+    image = None
+    if with_image:
+        image = db.session.scalar(select(Image).where(Image.name == DEMO_IMAGE))
+        if image is None:
+            # Deterministic content, so its MD5 is the same on every node.
+            content = hashlib.sha256(DEMO_IMAGE.encode()).digest() * (DEMO_IMAGE_BYTES // 32)
+            image = store_image(io.BytesIO(content), DEMO_IMAGE, DEMO_IMAGE_VERSION, actor="pnpp simulate cns")
+            said.append(f"added image {DEMO_IMAGE} (version {DEMO_IMAGE_VERSION}, {image.size} bytes)")
+    known = set(profile.match_serials or [])
+    profile.match_serials = [*(profile.match_serials or []), *(s for s in serials if s not in known)]
+    profile.config_template = DEMO_CONFIG
+    profile.post_template = DEMO_POST
+    profile.image_id = image.id if image is not None else None
+    db.session.commit()
+    rerun = 0
+    for device in db.session.scalars(select(Device).where(Device.serial.in_(serials))):
+        job = db.session.get(ProvisioningJob, device.current_job_id) if device.current_job_id else None
+        if job is not None and job.state in engine.TERMINAL_STATES:  # unclaimed ones are claimed on contact
+            engine.reprovision(device)
+            rerun += 1
+    db.session.commit()
+    said.append(f"profile {DEMO_PROFILE} claims {serials[0]}..{serials[-1]}: configuration template, post-PnP "
+                f"template{', image ' + DEMO_IMAGE if image is not None else ', no image'}")
+    if rerun:
+        said.append(f"{rerun} of these devices were seen before: they are provisioned again from the start")
+    return said
+
+
+def node_view(serials: list[str]) -> dict[str, str]:
+    """What the node's database says about each device (app context needed): unclaimed, job state and detail."""
+    from sqlalchemy import select
+
+    from ..models import Device, ProvisioningJob, db
+
+    view: dict[str, str] = {}
+    for device in db.session.scalars(select(Device).where(Device.serial.in_(serials))):
+        job = db.session.get(ProvisioningJob, device.current_job_id) if device.current_job_id else None
+        if job is None:
+            view[device.serial] = f"{device.state.upper()}: no profile matches it"
+        else:
+            view[device.serial] = f"job {job.id} {job.state} at {job.step}" + (f": {job.detail}" if job.detail else "")
+    return view
+
+
+def unclaimed_serials(serials: list[str]) -> list[str]:
+    """The serials no profile matches (app context needed)."""
+    from ..provisioning.matching import match_profile
+
+    return [s for s in serials if match_profile(s, "") is None]
+
+
 # ---- pnpp simulate cns ----------------------------------------------------------------------------------------
 @click.command("cns")
-@click.option("--devices", "count", type=int, default=1, show_default=True, help="how many devices to simulate")
+@click.option("--devices", "count", type=click.IntRange(1, 100_000), default=1, show_default=True,
+              help="how many devices to simulate")
 @click.option("--serial-prefix", default="SIM", show_default=True, help="serials are <prefix><number>")
 @click.option("--host", default=None, help="gateway address (default: the VIP from the settings)")
 @click.option("--dispatcher-port", type=int, default=None, help="default: cns_port_base + 1 (+2 with --tls)")
 @click.option("--http-port", type=int, default=None, help="default: http_port from the settings")
 @click.option("--tls", is_flag=True, help="use the TLS dispatcher and gateway ports")
-@click.option("--max-seconds", type=float, default=60.0, show_default=True, help="per-device time limit")
+@click.option("--image", "expect_image", is_flag=True,
+              help="devices expect an image upgrade (with --create-profile the demo profile carries an image)")
+@click.option("--create-profile", is_flag=True,
+              help=f"create or update the demo profile {DEMO_PROFILE!r} claiming the simulated serials "
+                   "(needs the node's database, i.e. run on the node)")
+@click.option("--concurrency", type=click.IntRange(1, 2000), default=32, show_default=True,
+              help="devices talking at the same time")
+@click.option("--timeout", type=click.FloatRange(1), default=30.0, show_default=True,
+              help="seconds a device waits for each answer or request of the gateway")
+@click.option("--max-seconds", type=float, default=300.0, show_default=True, help="per-device time limit")
 def simulate_cns(count: int, serial_prefix: str, host: str | None, dispatcher_port: int | None,
-                 http_port: int | None, tls: bool, max_seconds: float) -> None:
-    """Simulate CNS devices doing their day 0 against the gateway; prints one line per device."""
+                 http_port: int | None, tls: bool, expect_image: bool, create_profile: bool, concurrency: int,
+                 timeout: float, max_seconds: float) -> None:
+    """Simulate CNS devices doing their day 0 against the gateway; prints what happened (exit 1 if any failed)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..config import ConfigError, load_settings
+    from ..cli import app_or_exit, settings_or_exit
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    if count < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--devices")
+    settings = settings_or_exit()
+    serials = [f"{serial_prefix}{i:05d}" for i in range(1, count + 1)]
+    app = None
+    if create_profile:
+        app = app_or_exit()
+        with app.app_context():
+            for line in ensure_demo_profile(serials, expect_image):
+                click.echo(line)
+    else:
+        app = _local_app()
+        if app is not None:
+            with app.app_context():
+                unclaimed = unclaimed_serials(serials)
+            if unclaimed:
+                click.echo(f"warning: no profile matches {len(unclaimed)} of the {count} devices ({unclaimed[0]} ...): "
+                           "they will be UNCLAIMED and fail. Add a profile (REST API POST /api/v1/profiles, or Prime) "
+                           "or rerun with --create-profile for a demo profile.", err=True)
     port = dispatcher_port or (settings.dispatcher_tls_port if tls else settings.dispatcher_plain_port)
-    devices = [CnsDevice(f"{serial_prefix}{i:05d}", host or settings.vip, port,
-                         http_port=http_port or settings.http_port, tls=tls) for i in range(1, count + 1)]
-    with ThreadPoolExecutor(max_workers=min(count, 64)) as pool:
+    devices = [CnsDevice(serial, host or settings.vip, port, http_port=http_port or settings.http_port, tls=tls,
+                         expect_image=expect_image, timeout=timeout) for serial in serials]
+    click.echo(f"simulating {count} CNS devices through the {'TLS' if tls else 'plain'} dispatcher "
+               f"{host or settings.vip}:{port} ...")
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=min(count, concurrency)) as pool:
         reports = list(pool.map(lambda d: d.run(max_seconds), devices))
-    click.echo(f"{'SERIAL':<14} {'RESULT':<7} {'SECONDS':>7}  STEPS")
-    for r in reports:
+    elapsed = time.monotonic() - started
+    failed = [r for r in reports if not r.ok]
+    view: dict[str, str] = {}
+    if failed and app is not None:
+        with app.app_context():
+            view = node_view([r.serial for r in failed])
+    shown = reports if count <= 50 else failed
+    if shown:
+        click.echo(f"{'SERIAL':<14} {'RESULT':<7} {'SECONDS':>7}  STEPS")
+    for r in shown:
+        why = "; ".join(x for x in (r.detail, view.get(r.serial, "")) if x)
         click.echo(f"{r.serial:<14} {'ok' if r.ok else 'FAILED':<7} {r.seconds:7.2f}  {' '.join(r.steps)}"
-                   + (f"  ({r.detail})" if r.detail else ""))
-    failed = sum(not r.ok for r in reports)
-    click.echo(f"{len(reports) - failed}/{len(reports)} devices finished")
+                   + (f"  ({why})" if why else ""))
+    if count > 50:
+        for line in step_table(reports):
+            click.echo(line)
+    click.echo(f"{count - len(failed)}/{count} devices finished day 0 in {elapsed:.1f}s "
+               f"({(count - len(failed)) / elapsed:.1f} per second), {len(failed)} failed")
     if failed:
         raise SystemExit(1)
+
+
+def _local_app() -> Any:
+    """An app on the node's database when this host has it (to say which devices will be unclaimed), else None."""
+    from ..extension import create_app
+
+    try:
+        return create_app()
+    except Exception:  # not on the node, or its database is not reachable: simulate blind
+        return None
