@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Stable constraint names keep Alembic batch migrations (SQLite) and PostgreSQL migrations identical.
@@ -147,6 +147,8 @@ class DeviceSession(db.Model):  # type: ignore[name-defined,misc]
     """A live (or ended) device connection; node-wide counts for dispatching come from here."""
 
     __tablename__ = "device_sessions"
+    # The dispatcher counts live sessions per port on every connection: keep that an index scan.
+    __table_args__ = (Index("ix_device_sessions_live_port", "closed_at", "port"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token: Mapped[str] = mapped_column(String(64), unique=True, default=new_uuid)
     device_key: Mapped[str] = mapped_column(String(255), index=True)  # CNS Device-Id / serial
@@ -167,6 +169,8 @@ class OutboxEvent(db.Model):  # type: ignore[name-defined,misc]
     """An event for Prime, written in the same transaction as the change it reports; sent by the leader."""
 
     __tablename__ = "outbox"
+    # The bridge reads unsent events in id order; sent ones pile up behind them.
+    __table_args__ = (Index("ix_outbox_unsent", "sent_at", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid)
     type: Mapped[str] = mapped_column(String(64))

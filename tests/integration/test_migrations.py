@@ -130,3 +130,39 @@ def test_app_refuses_a_database_migrated_by_a_newer_release(tmp_path: Path, data
     assert "at revision f00dfeed, which this version of pnp-integrated does not know" in str(info.value)
     assert "a newer release upgraded it" in str(info.value)
     assert "pnpp db upgrade" not in str(info.value)  # upgrading cannot help here
+
+
+def test_upgrade_from_the_first_release_keeps_every_row(tmp_path: Path, database_url: str) -> None:
+    """A database created by the first migration, in use, upgrades to head with nothing lost."""
+    app = unchecked_app(tmp_path, database_url)
+    with app.app_context():
+        upgrade(revision="0001")
+        seed = {
+            "profiles": "INSERT INTO profiles (name, match_serials, match_pid, is_default, bootstrap_template, "
+                        "config_template, post_template, reload_after_install, credentials, apply_to, variables, "
+                        "created_at, updated_at) VALUES ('branch', '[\"FOC1\"]', '', true, '', 'hostname r1', '', "
+                        "true, '{}', 'running', '{}', '2026-01-01', '2026-01-01')",
+            "devices": "INSERT INTO devices (serial, pid, udi, hostname, protocol, address, software_version, state, "
+                       "variables, first_seen, last_seen) VALUES ('FOC1', 'ISR4331', '', 'r1', 'pnp', '192.0.2.7', "
+                       "'17.3', 'provisioning', '{}', '2026-01-01', '2026-01-01')",
+            "device_sessions": "INSERT INTO device_sessions (token, device_key, protocol, node, worker_pid, port, "
+                               "tls, address, subjects, connected_at, last_frame_at, close_reason) VALUES ('t1', "
+                               "'FOC1', 'cns', 'a', 1, 11013, false, '192.0.2.7', '[]', '2026-01-01', "
+                               "'2026-01-01', '')",
+            "outbox": "INSERT INTO outbox (event_id, type, payload, created_at, attempts) VALUES "
+                      "('e1', 'device.connected', '{\"device\": {\"serial\": \"FOC1\"}}', '2026-01-01', 0)",
+        }
+        for statement in seed.values():
+            db.session.execute(text(statement))
+        db.session.commit()
+        before = {table: db.session.execute(text(f"SELECT * FROM {table}")).all() for table in seed}
+
+        upgrade()
+        assert schema_revisions()[0] == schema_revisions()[1] != "0001"
+        after = {table: db.session.execute(text(f"SELECT * FROM {table}")).all() for table in seed}
+        assert after == before
+        inspector = inspect(db.engine)
+        indexes = {ix["name"] for table in ("device_sessions", "outbox") for ix in inspector.get_indexes(table)}
+        assert {"ix_device_sessions_live_port", "ix_outbox_unsent"} <= indexes
+        db.session.remove()
+        db.engine.dispose()
