@@ -119,7 +119,7 @@ def failback() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="only the last N events")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
 def events(type_prefix: str, limit: int | None, as_json: bool) -> None:
-    """List the gateway events Prime received (one line each, oldest first)."""
+    """List the gateway events Prime received, oldest first: time, gateway, type, device, event id."""
     from .sink import EventStore
 
     settings = _settings()
@@ -133,9 +133,20 @@ def events(type_prefix: str, limit: int | None, as_json: bool) -> None:
                 click.echo(json.dumps(event.body))
             else:
                 repeats = f" (delivered {event.deliveries}x)" if event.deliveries > 1 else ""
-                click.echo(f"{event.at:24} {event.gateway:16} {event.type:22} {event.event_id}{repeats}")
+                click.echo(f"{event.at:24} {event.gateway:16} {event.type:22} {_device_of(event.body):16} "
+                           f"{event.event_id}{repeats}")
     finally:
         store.close()
+
+
+def _device_of(body: dict[str, Any]) -> str:
+    """The serial (or CNS Device-Id) an event is about, ``-`` for events about no device."""
+    device = body.get("device")
+    if not isinstance(device, dict):
+        job = body.get("job")
+        device = job.get("device") if isinstance(job, dict) else None
+    serial = device.get("serial") or device.get("id") if isinstance(device, dict) else None
+    return str(serial) if serial else "-"
 
 
 @prime.command()

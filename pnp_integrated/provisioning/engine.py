@@ -558,6 +558,7 @@ def _contact(identity: DeviceIdentity) -> Action:
     now = utcnow()
     device = _device(identity.serial)
     reported = device is not None and device.state == DEVICE_UNCLAIMED
+    first_contact = device is None or not device.protocol  # unseen, or only known from the API so far
     if device is None:
         device = Device(serial=identity.serial, first_seen=now, state=DEVICE_UNCLAIMED)
         db.session.add(device)
@@ -568,6 +569,9 @@ def _contact(identity: DeviceIdentity) -> Action:
         if value:
             setattr(device, attribute, value[:limit])
     db.session.flush()  # a concurrent first contact of the same serial fails here, and is replayed
+    if first_contact and identity.protocol == "pnp":
+        # Open PnP has no session that comes up (CNS reports its own): Prime hears of the device at first contact.
+        record_event("device.connected", {"device": device_payload(device)})
 
     job = _current_job(device)
     if job is not None:
