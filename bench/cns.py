@@ -204,12 +204,12 @@ class Node:
         except ProcessLookupError:
             pass
 
-    def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/status", timeout=10) as resp:
+    def status(self, timeout: float = 10.0) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/status", timeout=timeout) as resp:
             return json.loads(resp.read())
 
     def worker_pids(self) -> list[int]:
-        for row in self.status()["rows"]:
+        for row in self.status(timeout=120)["rows"]:
             if row["service"].startswith("CNS Gateway Dispatcher") and "pids:" in row["info"]:
                 return [int(p) for p in row["info"].split("pids:")[1].split(";")[0].strip().split(",")]
         raise SystemExit("the node's status does not list its worker pids")
@@ -274,6 +274,9 @@ def sessions_phase(node: Node, count: int, tls: bool, processes: int, concurrenc
     after = worker_rss(pids)
     held = sessions_per_worker(app, node.__dict__, tls)
     stop_children(children)
+    deadline = time.monotonic() + 600
+    while sum(sessions_per_worker(app, node.__dict__, tls).values()) and time.monotonic() < deadline:
+        time.sleep(2)  # the gateway closes the session rows; the next phase must start from an idle node
     per_session = {pid: (after[pid] - before[pid]) / held[pid] for pid in pids if held.get(pid)}
     return {"held": sum(r.get("held", 0) for r in results), "per_worker": held, "count": count,
             "failed": sum(r.get("failed", 0) for r in results),
@@ -388,7 +391,6 @@ def main() -> None:
                 print(f"  held {result['held']}, per worker {result['per_worker']}, RSS MB before/after "
                       f"{ {pid: f'{a:.0f}/{b:.0f}' for pid, (a, b) in result['rss_mb'].items()} }, busy retries "
                       f"{result['busy_retries']}, failed {result['failed']} {result['failures']}", flush=True)
-                time.sleep(5)  # the closed sessions' rows and greenlets go before the next transport
         finally:
             if own:
                 node.stop()
