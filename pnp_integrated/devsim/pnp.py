@@ -62,6 +62,11 @@ ERR_SOURCE_NOT_FOUND = "PnP Service Error 1803"
 ERR_CHECKSUM = "PnP Service Error 1816"
 ERR_COPY_FAILED = "PnP Service Error 1829"
 
+# After a gateway failure the agent tries again: at the server's Retry-After, or backing off from the first to the
+# longest pause (seconds of device time, scaled like every other wait); never faster than the floor (real seconds).
+RETRY_FIRST, RETRY_LONGEST, RETRY_FLOOR = 5.0, 60.0, 0.2
+UNAVAILABLE = 503
+
 PROVISIONED, FAILED, UNCLAIMED, WAITING, ERROR = "provisioned", "failed", "unclaimed", "waiting", "error"
 
 
@@ -131,6 +136,7 @@ class AgentHttp:
         self.context = context
         self.timeout = timeout
         self._conns: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+        self.retry_after: str | None = None  # the Retry-After header of the last answer
 
     def _connection(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
         key = (scheme, host, port)
@@ -158,6 +164,7 @@ class AgentHttp:
             try:
                 conn.request(method, target, body=body, headers=headers or {})
                 resp = conn.getresponse()
+                self.retry_after = resp.getheader("Retry-After")
                 if sink is None:
                     data = resp.read()
                 else:
@@ -210,6 +217,8 @@ class PnpAgent:
         self._next_image = (device.image_file, device.version)  # what the device boots at its next reload
         self._reason = "factory-reset"
         self._streaks: dict[str, int] = {}  # service -> injected errors in a row
+        self._deadline = time.monotonic() + deadline
+        self.gateway_failures = 0  # requests that met a connection error or a 503 and were retried
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> DeviceReport:
@@ -228,6 +237,7 @@ class PnpAgent:
         return self.report
 
     def _run(self, deadline: float) -> None:
+        self._deadline = deadline
         self._hello()
         backoffs = 0
         while True:
@@ -276,14 +286,34 @@ class PnpAgent:
         self.report.latencies.setdefault(name, []).append(time.perf_counter() - started)
         return status, data
 
+    def _persistent(self, name: str, method: str, url: str, **kwargs: Any) -> tuple[int, bytes]:
+        """A request the agent repeats after connection errors and 503 answers (a gateway failing over), until the
+        device's deadline; any other answer is returned."""
+        pause = RETRY_FIRST
+        while True:
+            try:
+                status, data = self._timed(name, method, url, **kwargs)
+                if status != UNAVAILABLE:
+                    return status, data
+                problem: Exception = SimulatorError(f"{name} answered {status}")
+                retry_after = self.http.retry_after or ""
+                wait = float(retry_after) if retry_after.isdigit() else pause
+            except (OSError, http.client.HTTPException) as exc:
+                problem, wait = exc, pause
+            if time.monotonic() + RETRY_FLOOR > self._deadline:
+                raise problem
+            self.gateway_failures += 1
+            time.sleep(max(RETRY_FLOOR, min(self.max_wait, wait * self.time_scale)))
+            pause = min(pause * 2, RETRY_LONGEST)
+
     def _hello(self) -> None:
-        status, _ = self._timed("HELLO", "GET", f"{self.base_url}/pnp/HELLO")
+        status, _ = self._persistent("HELLO", "GET", f"{self.base_url}/pnp/HELLO")
         if status != 200:
             raise SimulatorError(f"HELLO answered {status}")
 
     def _post(self, endpoint: str, body: bytes) -> ServerMessage:
-        status, data = self._timed(endpoint, "POST", f"{self.base_url}/pnp/{endpoint}", body=body,
-                                   headers=XML_HEADERS)
+        status, data = self._persistent(endpoint, "POST", f"{self.base_url}/pnp/{endpoint}", body=body,
+                                        headers=XML_HEADERS)
         if status != 200:
             raise SimulatorError(f"{endpoint} answered {status}: {data[:200].decode(errors='replace').strip()}")
         return parse_server_message(data)
@@ -344,7 +374,10 @@ class PnpAgent:
             if len(head) < 4096:
                 head.extend(chunk[: 4096 - len(head)])
 
-        status, _ = self._timed(name, "GET", url, sink=sink)
+        try:
+            status, _ = self._timed(name, "GET", url, sink=sink)
+        except (OSError, http.client.HTTPException):  # reported as a failed copy; the server asks again
+            return UNAVAILABLE, "", b""
         return status, digest.hexdigest(), bytes(head)
 
     def _image_install(self, request: ImageInstallRequest) -> WorkResponse:
@@ -361,7 +394,7 @@ class PnpAgent:
         return self._response(request)
 
     def _config_upgrade(self, request: ConfigUpgradeRequest) -> WorkResponse:
-        status, data = self._timed("config download", "GET", request.location)
+        status, data = self._persistent("config download", "GET", request.location)
         if status != 200:
             return self._response(request, error=(ERR_SOURCE_NOT_FOUND, f"{request.location}: HTTP {status}"))
         lines = [line for line in data.decode(errors="replace").splitlines() if line.strip()]

@@ -360,14 +360,32 @@ class HaLab:
             except ProcessLookupError:
                 pass
 
-    def simulate(self, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
-        """Run ``pnpp simulate ARGS`` in the devices namespace against the VIP (it may also use the database)."""
+    def devices_env(self) -> dict[str, str]:
+        """The environment of pnpp commands run in the devices namespace: the VIP, and the shared database."""
         p = self.plan
         env = {k: v for k, v in os.environ.items() if not k.startswith("PNP_")}
         env.update(PNP_VIP=p.vip, PNP_DATABASE_URL=p.database_url, PNP_DATA_DIR=str(Path(p.root) / "devices"),
                    PNP_NODE_NAME="devices")
-        return subprocess.run(["ip", "netns", "exec", p.devices_namespace, self._pnpp(), "simulate", *args],
-                              env=env, capture_output=True, text=True, timeout=timeout)
+        return env
+
+    def simulate(self, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+        """Run ``pnpp simulate ARGS`` in the devices namespace against the VIP (it may also use the database)."""
+        return subprocess.run(["ip", "netns", "exec", self.plan.devices_namespace, self._pnpp(), "simulate", *args],
+                              env=self.devices_env(), capture_output=True, text=True, timeout=timeout)
+
+    def start_fleet(self, results: Path, *args: str) -> subprocess.Popen[str]:
+        """Start ``pnpp lab fleet ARGS`` in the devices namespace (see :mod:`.fleet`); returns at once.
+
+        One JSON line per device goes to ``results``; the summary to ``<results>.log``.
+        """
+        log = results.with_suffix(".log").open("w")
+        try:
+            return subprocess.Popen(["ip", "netns", "exec", self.plan.devices_namespace, self._pnpp(), "lab", "fleet",
+                                     "--results", str(results), *args], env=self.devices_env(), stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                    start_new_session=True)
+        finally:
+            log.close()
 
     # ---- observing ----------------------------------------------------------------------------------------------
     def status(self, name: str, timeout: float = 3.0) -> dict[str, Any] | None:

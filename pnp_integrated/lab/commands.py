@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from pathlib import Path
 
 import click
@@ -68,3 +70,57 @@ def lab_status(root: Path) -> None:
     except LabError as exc:
         click.echo(f"pnpp lab: {exc}", err=True)
         sys.exit(1)
+
+
+@lab.command("fleet")
+@click.option("--cns", "cns_count", type=click.IntRange(0, 20_000), default=150, show_default=True,
+              help="CNS devices (event agent through the plain dispatcher)")
+@click.option("--pnp", "pnp_count", type=click.IntRange(0, 20_000), default=150, show_default=True,
+              help="Open PnP devices (HTTP)")
+@click.option("--serial-prefix", default="FLT", show_default=True, help="serials are <prefix>C<n> and <prefix>P<n>")
+@click.option("--ramp", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="seconds over which the devices start")
+@click.option("--deadline", type=click.FloatRange(1), default=150.0, show_default=True,
+              help="seconds every device has to finish its day 0")
+@click.option("--time-scale", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Open PnP backoffs and Retry-After pauses are multiplied by this")
+@click.option("--results", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write one JSON line per device here as it finishes")
+def lab_fleet(cns_count: int, pnp_count: int, serial_prefix: str, ramp: float, deadline: float, time_scale: float,
+              results: Path | None) -> None:
+    """Play CNS and Open PnP devices that ride out gateway failovers (run it in the devices namespace).
+
+    A profile claims the serials first (needs the database). Exit 1 unless every device finished its day 0.
+    """
+    from ..cli import app_or_exit, settings_or_exit
+    from .fleet import FleetResult, ensure_fleet_profile, result_line, run_fleet
+
+    settings = settings_or_exit()
+    cns = [f"{serial_prefix}C{n:05d}" for n in range(1, cns_count + 1)]
+    pnp = [f"{serial_prefix}P{n:05d}" for n in range(1, pnp_count + 1)]
+    with app_or_exit().app_context():
+        ensure_fleet_profile(cns + pnp)
+    lock = threading.Lock()
+    out = results.open("a") if results is not None else None
+
+    def record(result: FleetResult) -> None:
+        if out is not None:
+            with lock:
+                out.write(result_line(result) + "\n")
+                out.flush()
+
+    click.echo(f"{len(cns)} CNS and {len(pnp)} Open PnP devices against {settings.vip} ...", err=True)
+    started = time.monotonic()
+    try:
+        done = run_fleet(cns, pnp, host=settings.vip, dispatcher_port=settings.dispatcher_plain_port,
+                         http_port=settings.http_port, ramp=ramp, deadline=deadline, time_scale=time_scale,
+                         on_result=record)
+    finally:
+        if out is not None:
+            out.close()
+    failed = [r for r in done if not r.ok]
+    for r in failed[:20]:
+        click.echo(f"{r.serial} ({r.protocol}) FAILED after {r.seconds:.1f}s: {r.detail}")
+    click.echo(f"{len(done) - len(failed)}/{len(done)} devices finished day 0 in {time.monotonic() - started:.1f}s, "
+               f"{sum(r.reconnects for r in done)} reconnects or retries, {len(failed)} failed")
+    sys.exit(1 if failed else 0)
