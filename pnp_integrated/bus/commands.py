@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,7 +128,8 @@ def delete_profile(command: dict[str, Any]) -> str:
     return name
 
 
-def _text(command: dict[str, Any], key: str, limit: int, *, required: bool = True) -> str:
+def _text(command: dict[str, Any], key: str, limit: int, *, required: bool = True, strip: bool = True) -> str:
+    """A string field of ``command``, stripped unless ``strip`` is off (configuration keeps its indentation)."""
     value = command.get(key)
     if value is None and not required:
         return ""
@@ -135,7 +137,7 @@ def _text(command: dict[str, Any], key: str, limit: int, *, required: bool = Tru
         raise CommandRejected(f"{command['type']} needs {key!r} (a non-empty string)")
     if len(value) > limit:
         raise CommandRejected(f"{command['type']}: {key!r} is longer than {limit} characters")
-    return value.strip()
+    return value.strip() if strip else value
 
 
 def _known_device(serial: str) -> Device:
@@ -212,7 +214,7 @@ def push_config(command: dict[str, Any]) -> str:
     if mode == "push":
         if url is not None:
             raise CommandRejected("cns.config.push: a push carries 'config', not 'url'")
-        text = _text(command, "config", MAX_CONFIG_TEXT)
+        text = _text(command, "config", MAX_CONFIG_TEXT, strip=False)
         xml = config_load_push(identifier, config_id, text)
     else:
         if config is not None:
@@ -240,13 +242,16 @@ def run_exec(command: dict[str, Any]) -> str:
 
 
 def own_config_url(config_id: str) -> str:
-    """The device's configuration on this gateway's Config Web Service (on the VIP), rendered from its profile."""
-    from ..cns.provision import config_url
+    """The device's configuration on this gateway's Config Web Service (on the VIP), rendered from its profile.
+
+    Without an ``Identifier`` the service answers with the device's configuration, not one job step's request.
+    """
     from ..extension import gateway_state
 
     settings = gateway_state(current_app._get_current_object()).settings  # type: ignore[attr-defined]
-    # Without an Identifier the service answers with the device's configuration, not one job step's request.
-    return config_url(settings, config_id, "").split("&Identifier=")[0]
+    host = f"[{settings.vip}]" if ":" in settings.vip else settings.vip
+    port = "" if settings.http_port == 80 else f":{settings.http_port}"
+    return f"http://{host}{port}/cns/config.asp?{urllib.parse.urlencode({'DeviceID': config_id})}"
 
 
 # Command types of the contract that this gateway applies; others are rejected with a reason.

@@ -161,7 +161,8 @@ def deliveries(link: CnsLink, count: int) -> list[tuple[str, str]]:
 def test_cns_config_push_pull_and_exec_reach_the_device_once(cns_node: CnsNode) -> None:
     link, _ = connect("127.0.0.1", cns_node.plain[0], "R1", subjects=CNS_SUBJECTS)
     leader = bridge_worker(cns_node)
-    push = command("cns.config.push", device="R1", identifier="PUSH-1", config="hostname r1\ninterface Gi1\n")
+    push = command("cns.config.push", device="R1", identifier="PUSH-1",
+                   config="hostname r1\ninterface Gi1\n description uplink\n")
     pull = command("cns.config.push", device="R1", identifier="PULL-1", url="http://prime.example/cfg/r1.txt")
     own = command("cns.config.push", device="R1", identifier="PULL-2", mode="pull")
     run = command("cns.exec", device="R1", identifier="EXEC-1", command="show version")
@@ -172,7 +173,8 @@ def test_cns_config_push_pull_and_exec_reach_the_device_once(cns_node: CnsNode) 
         got = deliveries(link, 4)
         assert got[0] == ("cisco.mgmt.cns.config.load",
                           "<config-event><identifier>PUSH-1</identifier><config-id>R1</config-id><config-data>"
-                          "<cli>hostname r1</cli><cli>interface Gi1</cli></config-data></config-event>")
+                          "<cli>hostname r1</cli><cli>interface Gi1</cli><cli> description uplink</cli></config-data>"
+                          "</config-event>")
         assert got[1][0] == "cisco.mgmt.cns.config.load"
         assert "<identifier>PULL-1</identifier>" in got[1][1]
         assert "<url>http://prime.example/cfg/r1.txt</url>" in got[1][1]
