@@ -404,9 +404,9 @@ class HaLab:
             return None
         return data if isinstance(data, dict) else None
 
-    def state(self, name: str) -> str:
-        """ACTIVE, PASSIVE, or DOWN when the node does not answer."""
-        status = self.status(name)
+    def state(self, name: str, timeout: float = 3.0) -> str:
+        """ACTIVE, PASSIVE, or DOWN when the node does not answer within ``timeout``."""
+        status = self.status(name, timeout)
         return str(status.get("state")) if status else "DOWN"
 
     def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> None:
