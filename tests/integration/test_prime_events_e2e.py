@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.request
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import PNPP, RunningNode
@@ -44,7 +45,7 @@ def serial_of(event: dict[str, Any]) -> str:
     return str(device.get("serial", ""))
 
 
-def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node: Any) -> None:
+def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node: Any, tmp_path: Path) -> None:
     node: RunningNode = running_node()
     create_profile(node, {"name": "branch", "match_serials": [f"PNP{n:06d}" for n in range(1, DEVICES + 1)],
                           "config_template": "hostname {{ serial }}\n"})
@@ -86,3 +87,24 @@ def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node:
     assert all(row[2] == "job.completed" and len(row) == 5 for row in rows)  # no "(delivered Nx)": stored once
     events = prime_events(node)
     assert len({e["id"] for e in events}) == len(events)
+
+    # Prime's commands come back through the same broker: a reprovision (sent twice, applied once), then a cancel.
+    def send(type_: str, command_id: str, fields: dict[str, Any]) -> None:
+        payload = tmp_path / f"{command_id}.json"
+        payload.write_text(json.dumps(fields))
+        sent = pnpp(node, "prime", "send", type_, str(payload), "--id", command_id, timeout=30)
+        assert sent.returncode == 0, sent.stderr
+
+    def jobs_of(serial: str, type_: str) -> set[int]:
+        return {e["job"]["id"] for e in prime_events(node) if e["type"] == type_ and serial_of(e) == serial}
+
+    first_jobs = jobs_of("PNP000001", "job.step")
+    for command_id in ("reprovision-1", "reprovision-1"):
+        send("device.reprovision", command_id, {"device": "PNP000001"})
+    send("job.cancel", "cancel-1", {"device": "PNP000001", "reason": "site not ready"})
+    deadline = time.monotonic() + 30
+    while not jobs_of("PNP000001", "job.failed") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    [cancelled] = jobs_of("PNP000001", "job.failed")
+    assert jobs_of("PNP000001", "job.step") - first_jobs == {cancelled}  # one new job, not two
+    assert not [e for e in prime_events(node) if e["type"] == "command.rejected"]
