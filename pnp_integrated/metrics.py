@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
@@ -73,6 +73,15 @@ class NodeCollector(Collector):
         for state in ("ACTIVE", "PASSIVE", "REFUSED"):
             ha.add_metric([state], 1 if status.get("state") == state else 0)
         yield ha
+        from .ha import EXTENSION_KEY as HA_KEY
+
+        role = self._app.extensions.get(HA_KEY)
+        if role is not None:
+            # Each worker keeps its own role and count; the worker label keeps every series monotonic.
+            transitions = CounterMetricFamily("pnp_ha_transitions", "ACTIVE/PASSIVE changes seen by this worker",
+                                              labels=["worker"])
+            transitions.add_metric([str(os.getpid())], role.transitions)
+            yield transitions
         up = GaugeMetricFamily("pnp_service_up", "1 when a status row is UP", labels=["service", "mode"])
         for row in status["rows"]:
             if row["status"] in ("UP", "DOWN"):
