@@ -61,6 +61,7 @@ class LabPlan:
     workers: int = 2
     nodes: list[LabNode] = field(default_factory=list)
     pg_dir: str = ""
+    node_settings: dict[str, str] = field(default_factory=dict)  # extra PNP_* settings of both nodes
 
     @property
     def bridge(self) -> str:
@@ -118,13 +119,13 @@ class HaLab:
 
     @classmethod
     def create(cls, root: Path, *, prefix: str = "pnplab", subnet: str = "10.77.0", mover: str = "prime",
-               workers: int = 2) -> HaLab:
+               workers: int = 2, node_settings: dict[str, str] | None = None) -> HaLab:
         if mover not in MOVERS:
             raise LabError(f"mover {mover!r} must be one of {', '.join(MOVERS)}")
         if len(prefix) > 8 or not prefix.isalnum():
             raise LabError(f"prefix {prefix!r}: use up to 8 letters and digits (interface names are short)")
         root = root.resolve()
-        plan = LabPlan(str(root), prefix, subnet, mover, workers)
+        plan = LabPlan(str(root), prefix, subnet, mover, workers, node_settings=dict(node_settings or {}))
         for letter, role, host in (("a", "primary", 11), ("b", "secondary", 12)):
             plan.nodes.append(LabNode(f"prime-{letter}", f"{prefix}-{letter}", f"{subnet}.{host}", role,
                                       str(root / f"node-{letter}")))
@@ -268,6 +269,7 @@ class HaLab:
         )
         if p.mover == "prime":
             env.update(PNP_PRIME_PEER=peer.address, PNP_PRIME_VIP_INTERFACE="eth0", PNP_PRIME_VIP_PREFIX="24")
+        env.update(p.node_settings)
         env.update(extra)
         return env
 
