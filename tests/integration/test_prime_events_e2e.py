@@ -11,9 +11,12 @@ import subprocess
 import time
 import urllib.request
 from collections import defaultdict
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+from pnp_integrated.bus.outbox import COMMANDS_QUEUE
+from pnp_integrated.prime.client import StompClient
+from pnp_integrated.prime.sink import EventStore
 from tests.integration.conftest import PNPP, RunningNode
 
 DEVICES = 5
@@ -33,11 +36,16 @@ def create_profile(node: RunningNode, profile: dict[str, Any]) -> None:
         assert response.status == 201
 
 
-def prime_events(node: RunningNode) -> list[dict[str, Any]]:
-    listed = pnpp(node, "prime", "events", "--json", timeout=30)
-    if listed.returncode != 0:
+def stored_events(node: RunningNode) -> list[dict[str, Any]]:
+    """What Prime's event sink stored so far, oldest first (read directly: polling through the CLI is slow)."""
+    path = node.data_dir / "prime" / "events.sqlite3"
+    if not path.exists():
         return []
-    return [json.loads(line) for line in listed.stdout.splitlines()]
+    store = EventStore(path)
+    try:
+        return [e.body for e in store.events()]
+    finally:
+        store.close()
 
 
 def serial_of(event: dict[str, Any]) -> str:
@@ -45,31 +53,38 @@ def serial_of(event: dict[str, Any]) -> str:
     return str(device.get("serial", ""))
 
 
-def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node: Any, tmp_path: Path) -> None:
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node: Any) -> None:
     node: RunningNode = running_node()
     create_profile(node, {"name": "branch", "match_serials": [f"PNP{n:06d}" for n in range(1, DEVICES + 1)],
                           "config_template": "hostname {{ serial }}\n"})
-    pnp = pnpp(node, "simulate", "pnp", "--devices", str(DEVICES), "--serial-prefix", "PNP", "--timeout", "90")
-    assert pnp.returncode == 0, pnp.stdout + pnp.stderr
-    cns = pnpp(node, "simulate", "cns", "--devices", str(DEVICES), "--serial-prefix", "CNS", "--create-profile",
-               "--max-seconds", "90")
-    assert cns.returncode == 0, cns.stdout + cns.stderr
+    # Both fleets at once, as devices of both kinds would boot.
+    runs = [subprocess.Popen([PNPP, "simulate", *args], env=node.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for args in (
+        ("pnp", "--devices", str(DEVICES), "--serial-prefix", "PNP", "--timeout", "90"),
+        ("cns", "--devices", str(DEVICES), "--serial-prefix", "CNS", "--create-profile", "--max-seconds", "90"))]
+    for run in runs:
+        output, _ = run.communicate(timeout=150)
+        assert run.returncode == 0, output
 
     def heard() -> dict[str, list[str]] | None:
         by_device: dict[str, list[str]] = defaultdict(list)
-        for event in prime_events(node):
+        for event in stored_events(node):
             by_device[serial_of(event)].append(event["type"])
         done = {s for s, types in by_device.items() if "device.connected" in types and "job.completed" in types}
         # Each simulator numbers its serials its own way: count them per prefix.
         complete = all(sum(s.startswith(prefix) for s in done) == DEVICES for prefix in ("PNP", "CNS"))
         return by_device if complete else None
 
-    deadline, by_device = time.monotonic() + 60, None
-    while by_device is None and time.monotonic() < deadline:
-        by_device = heard()
-        if by_device is None:
-            time.sleep(0.5)
-    assert by_device is not None, f"Prime did not hear every device:\n{pnpp(node, 'prime', 'events').stdout}"
+    by_device = wait_for(heard, 60, "Prime to hear every device connect and complete")
     serials = sorted(s for s in by_device if s.startswith(("PNP", "CNS")))
     assert len(serials) == 2 * DEVICES
     for serial in serials:
@@ -78,33 +93,35 @@ def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node:
         assert "job.step" in types and "job.failed" not in types, (serial, types)
         assert types.count("job.completed") == 1, (serial, types)
 
-    # The table an operator reads: one line per event with the node as the gateway and the device it is about.
+    # What an operator reads with `pnpp prime events`: the same events, one line each, with the node as the
+    # gateway and the device the event is about.
+    listed = pnpp(node, "prime", "events", "--json")
+    assert listed.returncode == 0, listed.stderr
+    events = [json.loads(line) for line in listed.stdout.splitlines()]
+    later = [e["id"] for e in stored_events(node)]
+    assert [e["id"] for e in events] == later[:len(events)] and len(set(later)) == len(later)
     table = pnpp(node, "prime", "events", "--type", "job.completed")
     assert table.returncode == 0, table.stderr
     rows = [line.split() for line in table.stdout.splitlines()]
-    assert sorted(row[3] for row in rows) == sorted(serials)
+    assert sorted(row[3] for row in rows) == serials
     assert {row[1] for row in rows} == {node.settings.get("node_name") or socket.gethostname()}
     assert all(row[2] == "job.completed" and len(row) == 5 for row in rows)  # no "(delivered Nx)": stored once
-    events = prime_events(node)
-    assert len({e["id"] for e in events}) == len(events)
 
     # Prime's commands come back through the same broker: a reprovision (sent twice, applied once), then a cancel.
-    def send(type_: str, command_id: str, fields: dict[str, Any]) -> None:
-        payload = tmp_path / f"{command_id}.json"
-        payload.write_text(json.dumps(fields))
-        sent = pnpp(node, "prime", "send", type_, str(payload), "--id", command_id, timeout=30)
-        assert sent.returncode == 0, sent.stderr
+    payload = node.data_dir / "reprovision.json"
+    payload.write_text(json.dumps({"device": "PNP000001"}))
+    first_jobs = jobs_of(node, "PNP000001", "job.step")
+    sent = pnpp(node, "prime", "send", "device.reprovision", str(payload), "--id", "reprovision-1")
+    assert sent.returncode == 0, sent.stderr
+    bus = StompClient("127.0.0.1", node.port("bus_port"))
+    with bus:
+        for body in ({"id": "reprovision-1", "type": "device.reprovision", "device": "PNP000001"},  # a redelivery
+                     {"id": "cancel-1", "type": "job.cancel", "device": "PNP000001", "reason": "site not ready"}):
+            bus.send(COMMANDS_QUEUE, json.dumps(body).encode(), {"persistent": "true"})
+    [cancelled] = wait_for(lambda: jobs_of(node, "PNP000001", "job.failed"), 30, "the new job to be cancelled")
+    assert jobs_of(node, "PNP000001", "job.step") - first_jobs == {cancelled}  # one new job, not two
+    assert not [e for e in stored_events(node) if e["type"] == "command.rejected"]
 
-    def jobs_of(serial: str, type_: str) -> set[int]:
-        return {e["job"]["id"] for e in prime_events(node) if e["type"] == type_ and serial_of(e) == serial}
 
-    first_jobs = jobs_of("PNP000001", "job.step")
-    for command_id in ("reprovision-1", "reprovision-1"):
-        send("device.reprovision", command_id, {"device": "PNP000001"})
-    send("job.cancel", "cancel-1", {"device": "PNP000001", "reason": "site not ready"})
-    deadline = time.monotonic() + 30
-    while not jobs_of("PNP000001", "job.failed") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    [cancelled] = jobs_of("PNP000001", "job.failed")
-    assert jobs_of("PNP000001", "job.step") - first_jobs == {cancelled}  # one new job, not two
-    assert not [e for e in prime_events(node) if e["type"] == "command.rejected"]
+def jobs_of(node: RunningNode, serial: str, type_: str) -> set[int]:
+    return {e["job"]["id"] for e in stored_events(node) if e["type"] == type_ and serial_of(e) == serial}
