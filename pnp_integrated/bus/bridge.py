@@ -26,6 +26,7 @@ from typing import Any
 
 import stomp
 from flask import Flask
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ..extension import gateway_state
 from . import outbox
@@ -234,8 +235,12 @@ class PrimeBridge:
                 ack_id, body = self._commands.get_nowait()
             except queue.Empty:
                 break
-            with self.app.app_context():
-                outcome = apply_command(body)
+            try:
+                with self.app.app_context():
+                    outcome = apply_command(body)
+            except (OperationalError, InterfaceError) as exc:
+                # Not acknowledged: the broker delivers it again once we reconnect, by then the database may be back.
+                raise BridgeDown(f"database unavailable while applying a command: {exc.orig or exc}") from exc
             log.debug("command %s: %s", outcome.command_id, outcome.status)
             self._conn.ack(ack_id)  # only after the commit: a crash before this means a redelivery
             worked = True

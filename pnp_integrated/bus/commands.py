@@ -36,7 +36,7 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from ..models import AuditEntry, Device, Image, ProcessedCommand, Profile, ProvisioningJob, db
 from .outbox import record_event
@@ -300,7 +300,11 @@ def _reject(command_id: str, type_: str, reason: str) -> CommandOutcome:
 
 
 def apply_command(body: bytes | str, actor: str = "prime") -> CommandOutcome:
-    """Apply one command message in one transaction (app context required); never raises for bad input."""
+    """Apply one command message in one transaction (app context required).
+
+    Never raises for bad input or a failing handler (the command is rejected); raises when the database cannot be
+    reached, so the caller does not acknowledge the command and the broker delivers it again.
+    """
     command, command_id, problem = _parse(body)
     type_ = str(command.get("type", "")) if command else ""
     if problem:
@@ -325,6 +329,10 @@ def apply_command(body: bytes | str, actor: str = "prime") -> CommandOutcome:
         if db.session.scalar(select(ProcessedCommand.id).where(ProcessedCommand.command_id == command_id)):
             return CommandOutcome("duplicate", command_id, type_)  # applied meanwhile by a redelivery elsewhere
         return _reject(command_id, type_, "the change conflicts with the gateway's data")
+    except (OperationalError, InterfaceError):
+        # The database is unreachable or locked: raise, so the command stays unacknowledged and comes back later.
+        db.session.rollback()
+        raise
     except Exception as exc:
         # Never leave a command unacknowledged because of a bug: it would come back for ever (a poison message).
         log.exception("command %s (%s) failed", command_id, type_)

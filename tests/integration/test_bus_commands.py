@@ -199,3 +199,35 @@ def test_cns_commands_for_an_absent_device_are_rejected(cns_node: CnsNode) -> No
         assert partial.status == "rejected" and "cisco.mgmt.cns.exec.cmd" in partial.reason
     with cns_node.app.app_context():
         assert db.session.scalar(select(func.count()).select_from(AuditEntry)) == 0
+
+
+# ---- failures inside the gateway ------------------------------------------------------------------------------------
+def test_a_command_that_trips_a_gateway_bug_is_rejected_not_redelivered_for_ever(
+        app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pnp_integrated.bus import commands
+
+    def broken(_command: dict[str, Any]) -> str:
+        raise KeyError("oops")
+
+    monkeypatch.setitem(commands.HANDLERS, "job.cancel", broken)
+    outcome = apply(app, command("job.cancel", job=1))
+    assert outcome.status == "rejected" and "could not apply it: KeyError" in outcome.reason
+    assert [e["reason"] for e in outbox(app, "command.rejected")] == [outcome.reason]
+
+
+def test_a_command_met_by_a_database_outage_is_left_for_redelivery(
+        app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from pnp_integrated.bus import commands
+
+    def locked(_command: dict[str, Any]) -> str:
+        raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
+
+    monkeypatch.setitem(commands.HANDLERS, "job.cancel", locked)
+    body = command("job.cancel", job=1)
+    with pytest.raises(OperationalError):  # the bridge does not acknowledge it: the broker delivers it again
+        apply(app, body)
+    assert outbox(app, "command.rejected") == []
+    monkeypatch.setitem(commands.HANDLERS, "job.cancel", lambda _c: "job 1")
+    assert apply(app, body).status == "applied"  # the redelivery, once the database is back
