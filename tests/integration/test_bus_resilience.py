@@ -34,6 +34,7 @@ from pnp_integrated.config import Settings, load_settings
 from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Profile, db
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.server import PrimeProcess, events_path
+from pnp_integrated.prime.stomp import make_frame
 from pnp_integrated.tls import ensure_certificates
 from tests.conftest import node_environment, node_settings
 
@@ -365,16 +366,10 @@ def test_bad_frames_and_bad_json_crash_neither_side(gateway: Flask, prime: Prime
         wait_until(lambda: prime.rejected() >= len(bad_bodies), 20, "the sink to set the bad events aside")
     # The broker still serves new clients on both ports.
     with prime.client() as client:
-        assert client.request(client_frame("SEND", {"destination": "/queue/after-junk"}, b"ok")).command == "RECEIPT"
+        assert client.request(make_frame("SEND", {"destination": "/queue/after-junk"}, b"ok")).command == "RECEIPT"
     client = StompClient("127.0.0.1", prime.settings.broker_port, context=tls, timeout=10)
     assert client.connect().command == "CONNECTED"
     client.disconnect()
-
-
-def client_frame(command: str, headers: dict[str, str], body: bytes) -> Any:
-    from pnp_integrated.prime.stomp import make_frame
-
-    return make_frame(command, headers, body)
 
 
 if __name__ == "__main__":
