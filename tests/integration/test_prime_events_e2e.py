@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -15,6 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pnp_integrated.bus.outbox import COMMANDS_QUEUE
+from pnp_integrated.bus.state import read_state
+from pnp_integrated.config import load_settings
+from pnp_integrated.devsim.cns import CnsLink, connect
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.sink import EventStore
 from tests.integration.conftest import PNPP, RunningNode
@@ -121,6 +125,48 @@ def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node:
     [cancelled] = wait_for(lambda: jobs_of(node, "PNP000001", "job.failed"), 30, "the new job to be cancelled")
     assert jobs_of(node, "PNP000001", "job.step") - first_jobs == {cancelled}  # one new job, not two
     assert not [e for e in stored_events(node) if e["type"] == "command.rejected"]
+
+    # An exec command for CNS devices that stay connected: devices are added until one is held by a worker other
+    # than the leader's, so the push also crosses workers. Their answers reach Prime as cns.event.
+    leader = read_state(load_settings(environ=node.env))
+    assert leader is not None and leader.connected
+    gateway_port = node.port("cns_port_base") + 3
+    links: list[CnsLink] = []
+    try:
+        while len(links) < 12 and set(session_workers(node).values()) <= {leader.pid}:
+            links.append(connect("127.0.0.1", gateway_port, f"LIVE{len(links) + 1}",
+                                 subjects=("cisco.mgmt.cns.exec.cmd",))[0])
+        assert set(session_workers(node).values()) - {leader.pid}, "every session landed on the leader's worker"
+        with StompClient("127.0.0.1", node.port("bus_port")) as prime:
+            for n in range(1, len(links) + 1):
+                prime.send(COMMANDS_QUEUE, json.dumps({"id": f"exec-{n}", "type": "cns.exec", "device": f"LIVE{n}",
+                                                       "identifier": f"E-{n}", "command": "show clock"}).encode())
+        for n, link in enumerate(links, start=1):
+            frame = link.receive(30)
+            assert (frame.command, frame.get("Subject")) == ("DELIVER", "cisco.mgmt.cns.exec.cmd")
+            assert f"<identifier-exec>E-{n}</identifier-exec><cli-exec>show clock</cli-exec>" in frame.body.decode()
+            link.command("PUBLISH", {"Subject": "cisco.mgmt.cns.exec.rsp", "Receipt": f"rsp-{n}"},
+                         f"<exec-cmd-response><identifier-exec>E-{n}</identifier-exec><status>success</status>"
+                         f"<response>12:00:00 UTC</response></exec-cmd-response>")
+            assert link.receive(10).get("Receipt-Id") == f"rsp-{n}"  # recorded for Prime before the receipt
+    finally:
+        for link in links:
+            link.close()
+
+    def exec_answers() -> list[dict[str, Any]] | None:
+        found = [e for e in stored_events(node) if e["type"] == "cns.event" and serial_of(e).startswith("LIVE")]
+        return found if len(found) >= len(links) else None
+
+    answers = wait_for(exec_answers, 30, "the exec answers at Prime")
+    assert sorted(serial_of(e) for e in answers) == sorted(f"LIVE{n}" for n in range(1, len(links) + 1))
+    assert all("<status>success</status>" in e["xml"] for e in answers)
+
+
+def session_workers(node: RunningNode) -> dict[str, int]:
+    """Device-Id -> pid of the gateway worker holding its live CNS session."""
+    with sqlite3.connect(node.data_dir / "pnp.sqlite3", timeout=10) as db:
+        rows = db.execute("SELECT device_key, worker_pid FROM device_sessions WHERE closed_at IS NULL").fetchall()
+    return {key: pid for key, pid in rows}
 
 
 def jobs_of(node: RunningNode, serial: str, type_: str) -> set[int]:
