@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000, help="TLS CNS devices holding sessions")
     parser.add_argument("--per-client", type=int, default=5000, help="devices per client process (max 19,000)")
     parser.add_argument("--fleet", type=int, default=40, help="CNS and as many Open PnP devices mid-provisioning")
-    parser.add_argument("--keepalive", type=float, default=2.0, help="CNS keepalive of the holding devices")
+    parser.add_argument("--keepalive", type=float, default=3.0, help="CNS keepalive of the holding devices")
     parser.add_argument("--mover", choices=("keepalived", "prime"), default="keepalived")
     parser.add_argument("--dir", type=Path, default=None, help="lab directory (default: a temporary one)")
     args = parser.parse_args()
@@ -206,7 +206,7 @@ def main() -> None:
         print(f"{args.devices} TLS CNS devices connecting through {clients} client processes ...", flush=True)
         started = time.monotonic()
         while sum(1 for what, _ in held_sessions(events).values() if what == "up") < args.devices:
-            if time.monotonic() - started > 60 + args.devices / 20:
+            if time.monotonic() - started > 60 + args.devices / 4:
                 up = sum(1 for what, _ in held_sessions(events).values() if what == "up")
                 sys.exit(f"only {up} of {args.devices} sessions came up")
             time.sleep(1)
@@ -220,7 +220,7 @@ def main() -> None:
         killed = time.time()
         lab.kill_node(active)
         print(f"killed every process of {active} and unplugged it", flush=True)
-        back, count = sessions_back(events, killed, args.devices, timeout=120 + args.devices / 50)
+        back, count = sessions_back(events, killed, args.devices, timeout=120 + args.devices / 4)
         time.sleep(3)
         prober.stop()
         fleet.wait(timeout=400)

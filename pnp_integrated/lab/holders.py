@@ -5,7 +5,7 @@ Run as a program only (it patches the process with gevent when imported)::
     python -m pnp_integrated.lab.holders --first 1 --count 5000 --host VIP --dispatcher-port P --tls --events FILE
 
 Each device goes dispatcher -> REDIRECT -> gateway port -> HELLO -> WELCOME and holds the session, sending a PING
-every ``--keepalive`` seconds as the CNS agent does; a session that is reset, refused or unanswered for two
+every ``--keepalive`` seconds as the CNS agent does; a session that is reset, refused or unanswered for three
 keepalives is replaced through the dispatcher after a short jittered back-off. Every session that comes up or goes
 down is written to ``--events`` as ``up|down <serial> <unix time>``. One process holds at most about 19,000 sockets.
 """
@@ -69,7 +69,7 @@ def hold(serial: str, host: str, dispatcher_port: int, tls: bool, keepalive: flo
             up = True
             pause = BACKOFF_FIRST
             silent = 0
-            while silent < 2:  # two keepalives without any frame: the gateway is gone
+            while silent < 3:  # three keepalives without any frame: the gateway is gone
                 try:
                     link.receive(timeout=keepalive)
                     silent = 0
