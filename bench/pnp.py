@@ -52,15 +52,19 @@ def free_ports(count: int) -> int:
     raise RuntimeError("no free block of ports")
 
 
-def start_node(data_dir: Path, workers: int, image_kib: int) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def start_node(data_dir: Path, workers: int, image_kib: int, log_path: Path | None = None,
+               database_url: str | None = None) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     base = free_ports(19)
     settings: dict[str, Any] = {
         "data_dir": str(data_dir / "data"), "cns_port_base": base, "http_port": base + 13, "https_port": base + 14,
         "broker_port": base + 15, "bus_port": base + 16, "health_port": base + 17, "workers": workers,
     }
+    if database_url:
+        settings["database_url"] = database_url
     env = {k: v for k, v in os.environ.items() if not k.startswith("PNP_")}
     env.update({f"PNP_{k.upper()}": str(v) for k, v in settings.items()})
-    log = (data_dir / "node.log").open("wb")
+    log_path = log_path or data_dir / "node.log"
+    log = log_path.open("wb")
     node = subprocess.Popen([str(Path(sys.executable).with_name("pnpp")), "run"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -70,11 +74,38 @@ def start_node(data_dir: Path, workers: int, image_kib: int) -> tuple[subprocess
                 break
         except OSError:
             if node.poll() is not None or time.monotonic() > deadline:
-                tail = (data_dir / "node.log").read_text(errors="replace")[-2000:]
+                tail = log_path.read_text(errors="replace")[-2000:]
                 raise SystemExit(f"node did not start:\n{tail}") from None
             time.sleep(0.3)
     add_profile(settings, image_kib)
     return node, settings
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def gateway_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by the gunicorn processes under ``root`` (Linux /proc).
+
+    The machine may be shared, so wall-clock rates are noisy; CPU per conversation is what sizes a node.
+    """
+    total = 0.0
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        pending.extend(_children(pid))
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"gunicorn" in cmdline:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def add_profile(settings: dict[str, Any], image_kib: int) -> None:
@@ -105,6 +136,9 @@ def main() -> int:
     parser.add_argument("--https", action="store_true", help="talk HTTPS (trusting the node's CA)")
     parser.add_argument("--image-kib", type=int, default=0, help="add an image of this size to the profile")
     parser.add_argument("--url", default=None, help="benchmark a running node instead of starting one")
+    parser.add_argument("--node-log", type=Path, default=None, help="keep the started node's log in this file")
+    parser.add_argument("--database-url", default=os.environ.get("PNP_DATABASE_URL"),
+                        help="an empty database for the started node (default: PNP_DATABASE_URL, else SQLite)")
     args = parser.parse_args()
 
     node = None
@@ -113,7 +147,7 @@ def main() -> int:
         if args.url:
             url = args.url
         else:
-            node, settings = start_node(Path(tmp), args.workers, args.image_kib)
+            node, settings = start_node(Path(tmp), args.workers, args.image_kib, args.node_log, args.database_url)
             port = settings["https_port"] if args.https else settings["http_port"]
             url = f"{'https' if args.https else 'http'}://127.0.0.1:{port}"
             if args.https:
@@ -124,10 +158,21 @@ def main() -> int:
             print(f"{args.devices} agents, {args.concurrency} at a time, against {url}"
                   f"{f' ({args.workers} workers)' if node else ''}", flush=True)
             started = time.monotonic()
+            node_cpu = gateway_cpu_seconds(node.pid) if node is not None else 0.0
+            own_cpu = time.process_time()
             reports = simulate(devices, url, context=context, concurrency=args.concurrency, time_scale=0.0,
                                reload_seconds=0, deadline=600, timeout=120)
             elapsed = time.monotonic() - started
             print(format_reports(reports, elapsed))
+            requests = sum(len(v) for r in reports for v in r.latencies.values())
+            conversations = max(1, sum(1 for r in reports if r.outcome == PROVISIONED))
+            print(f"\n{requests / len(reports):.1f} requests per device; "
+                  f"bench client CPU {1000 * (time.process_time() - own_cpu) / len(reports):.1f} ms per device")
+            if node is not None:
+                used = gateway_cpu_seconds(node.pid) - node_cpu
+                print(f"gateway CPU {used:.1f}s: {1000 * used / conversations:.1f} ms per conversation, "
+                      f"{1000 * used / max(1, requests):.2f} ms per request; at that cost {os.cpu_count()} cores "
+                      f"serve at most {(os.cpu_count() or 1) * conversations / max(used, 1e-9):.0f} conversations/s")
             return 0 if all(r.outcome == PROVISIONED for r in reports) else 1
         finally:
             if node is not None:

@@ -34,7 +34,7 @@ _metrics_dir.mkdir(parents=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 
 bind = [f"fd://{_http_socket.fileno()}"]
-worker_class = "gevent"
+worker_class = "pnp_integrated.listeners.GatewayGeventWorker"  # gevent; accepts new connections in batches
 workers = settings.workers
 worker_connections = 20000
 graceful_timeout = int(settings.drain_timeout) + 5

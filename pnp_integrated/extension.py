@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import fcntl
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import os
+import random
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,7 @@ class GatewayState:
     certs: CertPaths
     migrate: Migrate
     listeners: Any = None  # this process's ListenerController, once started
+    write_turn: SQLiteWriteTurn | None = None  # SQLite only
 
 
 def gateway_state(app: Flask | None = None) -> GatewayState:
@@ -49,6 +56,81 @@ def gateway_state(app: Flask | None = None) -> GatewayState:
 
 def current_settings() -> Settings:
     return gateway_state().settings
+
+
+def sqlite_write_turn() -> Any:
+    """A context manager: the caller's turn to write to a SQLite database (a no-op for PostgreSQL)."""
+    state = current_app.extensions.get(EXTENSION_KEY)
+    if state is None or state.write_turn is None:
+        return nullcontext()
+    return state.write_turn
+
+
+def _kernel_wait(call: Callable[..., Any], *args: Any) -> Any:
+    """Run a call that may block in the kernel; in a gevent worker on its thread pool, so the loop keeps going."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(call, args)
+    return call(*args)
+
+
+class SQLiteWriteTurn:
+    """Takes turns among the engine's writers of a node on SQLite, which has one write lock for the whole file.
+
+    Greenlets of a process queue on a lock (polling SQLite, each would hold a pooled connection while it waits);
+    processes queue on a file lock, waited for on gevent's thread pool: the kernel hands it over the moment it is
+    released, whereas polling SQLite's lock lets the worker that just committed take it again and again, starving
+    the other. A process keeps the file lock for the writers it has queued, up to ``batch_seconds``, so the
+    hand-over between workers (a wake-up of the other worker's loop) is paid once per batch, not per transaction.
+    """
+
+    batch_seconds = 0.05
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._guard = threading.Lock()  # only around creating the per-process objects, never held across a wait
+        self._pid = 0
+        self._local: Any = None
+        self._fd = -1
+        self._queued = 0
+        self._held_since = 0.0  # monotonic time the file lock was taken; 0 while not held
+
+    def _for_this_process(self) -> Any:
+        # A fork must not share the lock or the file description (flock would not exclude the two processes), and
+        # the lock must be created after gevent patched threading, i.e. in the worker.
+        with self._guard:
+            if self._pid != os.getpid():
+                self._local = threading.Lock()
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._held_since = 0.0
+                self._queued = 0
+                self._pid = os.getpid()
+            return self._local
+
+    def __enter__(self) -> None:
+        local = self._for_this_process()
+        self._queued += 1
+        try:
+            local.acquire()
+        finally:
+            self._queued -= 1
+        try:
+            if not self._held_since:
+                _kernel_wait(fcntl.flock, self._fd, fcntl.LOCK_EX)
+                self._held_since = time.monotonic()
+        except BaseException:
+            local.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if not self._queued or time.monotonic() - self._held_since > self.batch_seconds:
+                self._held_since = 0.0
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._local.release()
 
 
 class PnPGateway:
@@ -74,6 +156,8 @@ class PnPGateway:
         db.init_app(app)
         migrate = Migrate(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True, compare_type=True)
         app.extensions[EXTENSION_KEY] = GatewayState(settings=settings, certs=certs, migrate=migrate)
+        if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+            app.extensions[EXTENSION_KEY].write_turn = SQLiteWriteTurn(settings.data_dir / "db-write.lock")
         from .ha import init_app as init_ha  # NodeRole + 503 for HTTP device requests while PASSIVE
 
         init_ha(app)
@@ -105,18 +189,69 @@ class PnPGateway:
         app.register_blueprint(cns_image_blueprint)
 
 
+# How long a statement waits for another connection's (usually the other worker's) SQLite write lock.
+SQLITE_BUSY_PATIENCE = 30.0
+_SQLITE_BUSY = 5  # primary result code; SQLITE_BUSY_SNAPSHOT (517) cannot be cured by waiting
+_SQLITE_BUSY_SNAPSHOT = 517
+
+
+def _wait_for_lock(cursor: sqlite3.Cursor, run: Callable[[], Any]) -> Any:
+    """Run a statement; while the database is locked, wait with ``time.sleep`` and try again.
+
+    sqlite3's own busy_timeout waits inside C, which stalls every greenlet of a gevent worker (its accept loop
+    too) until the other worker commits. ``time.sleep`` is gevent's under gunicorn, so this worker keeps serving.
+    """
+    conn = cursor.connection
+    deadline = 0.0
+    pause = 0.001
+    while True:
+        began = conn.in_transaction
+        try:
+            return run()
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is None or code & 0xFF != _SQLITE_BUSY or code == _SQLITE_BUSY_SNAPSHOT:
+                raise
+            now = time.monotonic()
+            deadline = deadline or now + SQLITE_BUSY_PATIENCE
+            if now > deadline:
+                raise
+            if not began and conn.in_transaction:
+                conn.rollback()  # the driver's implicit BEGIN of this statement: retry from a fresh snapshot
+        time.sleep(random.uniform(0.5, 1.5) * pause)
+        pause = min(pause * 2, 0.02)
+
+
+class _CooperativeCursor(sqlite3.Cursor):
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        return _wait_for_lock(self, lambda: super(_CooperativeCursor, self).execute(sql, parameters))
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> sqlite3.Cursor:
+        return _wait_for_lock(self, lambda: super(_CooperativeCursor, self).executemany(sql, seq_of_parameters))
+
+
+class CooperativeSQLiteConnection(sqlite3.Connection):
+    """A sqlite3 connection whose lock waits yield (see :func:`_wait_for_lock`); its busy_timeout is 0."""
+
+    def cursor(self, factory: Any = None) -> Any:
+        return super().cursor(factory or _CooperativeCursor)
+
+
 def _engine_options(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
-        # Several gevent workers share the file: wait for locks instead of failing at once.
-        return {"connect_args": {"timeout": 30}}
+        # Several gevent workers share the file: lock waits are retried in Python, not inside sqlite3.
+        return {"connect_args": {"timeout": 0, "factory": CooperativeSQLiteConnection}}
     return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
+    # WAL + NORMAL: no fsync per commit (only at checkpoints). A committed transaction survives any crash of the
+    # gateway's processes; only a power cut or kernel crash can undo the last commits before the next checkpoint.
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA busy_timeout=0")
     cur.close()
 
 

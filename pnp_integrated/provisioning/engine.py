@@ -47,6 +47,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
 from ..bus.outbox import record_event
+from ..extension import sqlite_write_turn
 from ..models import Device, Image, JobStep, Profile, ProvisioningJob, db, utcnow
 from .matching import match_profile
 from .templates import TemplateProblem, device_variables, render_template
@@ -515,20 +516,35 @@ def profile_for(device: Device) -> Profile | None:
 # ---- transactions ---------------------------------------------------------------------------------------------------
 
 
+def _begin_write() -> None:
+    """SQLite: take the database's write lock before the unit of work reads anything (``BEGIN IMMEDIATE``).
+
+    The reads then see the latest commit, so SQLite writers never lose a race and never replay; waiting for the lock
+    yields to the worker's other greenlets (see ``extension.CooperativeSQLiteConnection``). PostgreSQL locks rows.
+    """
+    if db.session.get_bind().dialect.name != "sqlite":
+        return
+    raw = db.session.connection().connection.dbapi_connection
+    if raw is not None and not raw.in_transaction:  # a caller that already wrote keeps its own transaction
+        raw.cursor().execute("BEGIN IMMEDIATE")
+
+
 def _transaction(work: Callable[[], _T], busy: Callable[[], _T]) -> _T:
     """Run ``work`` and commit; replay it after a lost race; ``busy()`` answers when the races never stop."""
     for replay in range(MAX_REPLAYS):
         try:
-            result = work()
-            db.session.commit()
-            return result
+            with sqlite_write_turn():
+                try:
+                    _begin_write()
+                    result = work()
+                    db.session.commit()
+                    return result
+                except BaseException:
+                    db.session.rollback()  # before the next writer of this process gets its turn
+                    raise
         except (_Lost, StaleDataError, IntegrityError, OperationalError) as exc:
-            db.session.rollback()
             log.debug("engine transaction lost a race (%s), replay %d", type(exc).__name__, replay + 1)
             time.sleep(random.uniform(0.005, 0.05) * (replay + 1))  # spread the contenders out
-        except BaseException:
-            db.session.rollback()
-            raise
     log.warning("engine transaction still contended after %d replays", MAX_REPLAYS)
     return busy()
 
