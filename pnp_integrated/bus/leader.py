@@ -90,8 +90,18 @@ class LeaderLoop:
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._round()
-            self._wake.wait(self.renew_every)
+            self._wake.wait(self._next_round_in())
             self._wake.clear()
+
+    def _next_round_in(self) -> float:
+        """Seconds to the next round: right after the lease's expiry when only another node's lease keeps this node
+        PASSIVE with the VIP here (its node died: take over at once, not up to a renewal period later)."""
+        role = ha.node_role(self.app) if ha.EXTENSION_KEY in self.app.extensions else None
+        if (role is None or self.term is not None or not role.vip_ok or role.lease_expires is None
+                or role.lease_node == role.settings.node_name):
+            return self.renew_every
+        left = (role.lease_expires - utcnow()).total_seconds()
+        return min(self.renew_every, max(0.05, left + 0.05))
 
     def _round(self) -> None:
         role = ha.node_role(self.app) if ha.EXTENSION_KEY in self.app.extensions else None
