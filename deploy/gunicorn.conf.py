@@ -8,6 +8,11 @@ import os
 import shutil
 import sys
 
+# Validating the settings imports the PostgreSQL driver here, in the master, before gevent patches the workers:
+# psycopg would then pick its C wait function, which blocks a whole gevent worker on every query. wait_poll calls
+# select.poll at each wait, which is gevent's in a worker (see also cooperative_database_waits below).
+os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_poll")
+
 from pnp_integrated.config import ConfigError, load_settings
 
 try:
@@ -48,8 +53,10 @@ loglevel = "info"
 
 def post_worker_init(worker):
     """Start this worker's raw listeners once gevent has patched the process; bind errors stop the node."""
+    from pnp_integrated.extension import cooperative_database_waits
     from pnp_integrated.runtime import start_worker
 
+    cooperative_database_waits()
     start_worker(worker.wsgi)
 
 

@@ -66,6 +66,24 @@ def sqlite_write_turn() -> Any:
     return state.write_turn
 
 
+def cooperative_database_waits() -> None:
+    """In a gevent worker: make every wait of the PostgreSQL driver go through gevent's patched poll and selectors.
+
+    psycopg chooses how to wait when it is imported; the gunicorn master imports it before gevent patches the
+    workers, so the choice is re-made here. Waiting in C (psycopg's default) would block every greenlet of the
+    worker for the whole round trip of each query, and for the connect timeout when the database is unreachable.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    waiting = sys.modules.get("psycopg.waiting")
+    if monkey is None or waiting is None or not monkey.is_module_patched("select"):
+        return  # not a gevent worker, or psycopg not loaded yet (it then chooses after patching)
+    import selectors
+
+    if waiting.wait is getattr(waiting, "wait_c", None):
+        waiting.wait = waiting.wait_poll
+    waiting.DefaultSelector = selectors.DefaultSelector  # connection set-up (wait_conn) uses it
+
+
 def _kernel_wait(call: Callable[..., Any], *args: Any) -> Any:
     """Run a call that may block in the kernel; in a gevent worker on its thread pool, so the loop keeps going."""
     monkey = sys.modules.get("gevent.monkey")
