@@ -29,7 +29,7 @@ from typing import Any
 
 MOVERS = ("prime", "keepalived")
 STATE_FILE = "lab.json"
-PG_PORT = 25432
+PG_PORT = 25432  # the first choice; another is taken when something else listens there
 READY_TIMEOUT = 90.0
 
 
@@ -62,6 +62,7 @@ class LabPlan:
     nodes: list[LabNode] = field(default_factory=list)
     pg_dir: str = ""
     node_settings: dict[str, str] = field(default_factory=dict)  # extra PNP_* settings of both nodes
+    pg_port: int = PG_PORT
 
     @property
     def bridge(self) -> str:
@@ -85,7 +86,7 @@ class LabPlan:
 
     @property
     def database_url(self) -> str:
-        return f"postgresql+psycopg://postgres@{self.gateway_ip}:{PG_PORT}/pnp"
+        return f"postgresql+psycopg://postgres@{self.gateway_ip}:{self.pg_port}/pnp"
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
@@ -125,7 +126,8 @@ class HaLab:
         if len(prefix) > 8 or not prefix.isalnum():
             raise LabError(f"prefix {prefix!r}: use up to 8 letters and digits (interface names are short)")
         root = root.resolve()
-        plan = LabPlan(str(root), prefix, subnet, mover, workers, node_settings=dict(node_settings or {}))
+        plan = LabPlan(str(root), prefix, subnet, mover, workers, node_settings=dict(node_settings or {}),
+                       pg_port=_free_port(PG_PORT))
         for letter, role, host in (("a", "primary", 11), ("b", "secondary", 12)):
             plan.nodes.append(LabNode(f"prime-{letter}", f"{prefix}-{letter}", f"{subnet}.{host}", role,
                                       str(root / f"node-{letter}")))
@@ -234,9 +236,10 @@ class HaLab:
         with (data / "pg_hba.conf").open("a") as hba:
             hba.write(f"host all all {self.plan.subnet}.0/24 trust\n")
         _run(*as_pg, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "start",
-             "-o", f"-p {PG_PORT} -k {root} -c listen_addresses={self.plan.gateway_ip} -c fsync=off "
+             "-o", f"-p {self.plan.pg_port} -k {root} -c listen_addresses={self.plan.gateway_ip} -c fsync=off "
                    "-c max_connections=400")
-        _run(*as_pg, _pg_bin("createdb"), "-h", self.plan.gateway_ip, "-p", str(PG_PORT), "-U", "postgres", "pnp")
+        _run(*as_pg, _pg_bin("createdb"), "-h", self.plan.gateway_ip, "-p", str(self.plan.pg_port), "-U", "postgres",
+             "pnp")
 
     def stop_postgres(self) -> None:
         if self.plan.pg_dir and Path(self.plan.pg_dir).exists():
@@ -431,7 +434,7 @@ class HaLab:
 
     def describe(self) -> str:
         p = self.plan
-        out = [f"HA lab in {p.root} ({p.mover} moves the VIP {p.vip}; PostgreSQL {p.gateway_ip}:{PG_PORT})"]
+        out = [f"HA lab in {p.root} ({p.mover} moves the VIP {p.vip}; PostgreSQL {p.gateway_ip}:{p.pg_port})"]
         holders = self.vip_holders()
         for node in p.nodes:
             out.append(f"  {node.name:8} {node.role:9} netns {node.namespace:10} {node.address:12} "
@@ -439,6 +442,20 @@ class HaLab:
         out.append(f"  devices  netns {p.devices_namespace} {p.devices_ip}: "
                    f"ip netns exec {p.devices_namespace} pnpp simulate cns ...")
         return "\n".join(out)
+
+
+def _free_port(preferred: int) -> int:
+    """``preferred`` when nothing listens there (on any address), else a port the kernel says is free."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise LabError("no free TCP port for the lab's PostgreSQL")
 
 
 def _alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ built with ``pnpp lab up``, and always takes it down (processes, namespaces, bri
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 
 from pnp_integrated.lab import HaLab
 
-PREFIX = "pnpt"
-SUBNET = "10.78.0"
+# Per test process: CI and a developer may run these tests on one host at the same time.
+PREFIX = f"pnpt{os.getpid() % 10000}"
+SUBNET = f"10.78.{os.getpid() % 250}"
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
