@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint system-packages clean
+.PHONY: run test test-fleet lint system-packages clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP)
 test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+## The 300-device failover scenario (network namespaces, root, about six minutes)
+test-fleet: $(STAMP) system-packages
+	$(BIN)/pytest -m fleet tests/ha
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
