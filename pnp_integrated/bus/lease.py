@@ -8,13 +8,37 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import case, or_, select, update
+from flask import current_app
+from sqlalchemy import case, create_engine, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from ..models import LeaderLease, db, utcnow
 
 LEADER = "leader"
+LEASE_ENGINE_KEY = "pnp_lease_engine"
+
+
+@contextmanager
+def _lease_session() -> Iterator[Session]:
+    """The session lease calls run in.
+
+    On PostgreSQL it comes from a small pool of its own: device traffic that exhausts the main pool must never delay
+    a renewal past the lease's expiry (the node would turn PASSIVE under load). SQLite has a single writer anyway,
+    and its cooperative lock waits are set up on the main engine, so it keeps the app's session.
+    """
+    if db.engine.dialect.name != "postgresql":
+        yield db.session
+        return
+    engine = current_app.extensions.get(LEASE_ENGINE_KEY)
+    if engine is None:  # created lazily, so each gunicorn worker gets its own after the fork
+        engine = create_engine(db.engine.url, pool_size=2, max_overflow=0, pool_pre_ping=True)
+        current_app.extensions[LEASE_ENGINE_KEY] = engine
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
 
 
 def holder_id(node_name: str) -> str:
@@ -26,8 +50,13 @@ def try_hold(holder: str, ttl: float, name: str = LEADER) -> int | None:
     """Take or renew the lease for ``ttl`` seconds; the term when held, ``None`` when another holder has it."""
     now = utcnow()
     expires = now + dt.timedelta(seconds=ttl)
+    with _lease_session() as session:
+        return _try_hold(session, holder, name, now, expires)
+
+
+def _try_hold(session: Session, holder: str, name: str, now: dt.datetime, expires: dt.datetime) -> int | None:
     try:
-        result = db.session.execute(
+        result = session.execute(
             update(LeaderLease)
             .where(LeaderLease.name == name, or_(LeaderLease.holder == holder, LeaderLease.expires_at < now))
             .values(
@@ -37,36 +66,43 @@ def try_hold(holder: str, ttl: float, name: str = LEADER) -> int | None:
             )
         )
         if result.rowcount == 1:  # type: ignore[attr-defined]
-            db.session.commit()
-            return db.session.scalar(select(LeaderLease.term).where(LeaderLease.name == name))
-        db.session.rollback()
-        if db.session.get(LeaderLease, name) is not None:
-            db.session.rollback()
+            session.commit()
+            return session.scalar(select(LeaderLease.term).where(LeaderLease.name == name))
+        session.rollback()
+        if session.get(LeaderLease, name) is not None:
+            session.rollback()
             return None
-        db.session.add(LeaderLease(name=name, holder=holder, term=1, expires_at=expires))
-        db.session.commit()
+        session.add(LeaderLease(name=name, holder=holder, term=1, expires_at=expires))
+        session.commit()
         return 1
     except (IntegrityError, OperationalError):
         # Another worker created the row first, or the database was busy: not ours this round.
-        db.session.rollback()
+        session.rollback()
         return None
 
 
 def release(holder: str, name: str = LEADER) -> None:
     """Give the lease up at once (clean shutdown), so another worker need not wait for expiry."""
+    with _lease_session() as session:
+        _release(session, holder, name)
+
+
+def _release(session: Session, holder: str, name: str) -> None:
     try:
-        db.session.execute(
+        session.execute(
             update(LeaderLease)
             .where(LeaderLease.name == name, LeaderLease.holder == holder)
             .values(expires_at=utcnow())
         )
-        db.session.commit()
+        session.commit()
     except OperationalError:
-        db.session.rollback()
+        session.rollback()
 
 
 def current(name: str = LEADER) -> LeaderLease | None:
-    lease = db.session.get(LeaderLease, name)
-    if lease is not None and lease.expires_at < utcnow():
-        return None
-    return lease
+    """The unexpired lease row, or ``None``."""
+    with _lease_session() as session:
+        lease = session.get(LeaderLease, name)
+        if lease is not None and lease.expires_at < utcnow():
+            return None
+        return lease

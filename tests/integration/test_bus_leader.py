@@ -56,3 +56,22 @@ def test_expired_lease_is_taken_and_a_held_one_is_not(app: Flask) -> None:
         assert lease.try_hold("node-b:1", ttl=5) == 2  # expired: taken over, new term
         current = lease.current()
         assert current is not None and current.holder == "node-b:1"
+
+
+def test_lease_is_renewed_while_device_traffic_holds_every_pooled_connection(
+    app_factory: Callable[..., Flask], postgres_url: str
+) -> None:
+    """On PostgreSQL a busy node must keep its lease: renewal never waits for the main pool."""
+    app = app_factory(database_url=postgres_url)
+    with app.app_context():
+        assert lease.try_hold("node-a:1", ttl=30) == 1
+        options = app.config["SQLALCHEMY_ENGINE_OPTIONS"]
+        held = [db.engine.connect() for _ in range(options["pool_size"] + options["max_overflow"])]
+        try:
+            assert lease.try_hold("node-a:1", ttl=30) == 1  # renewed, same term, while the pool is exhausted
+            row = lease.current()
+            assert row is not None and row.holder == "node-a:1"
+        finally:
+            for conn in held:
+                conn.close()
+            db.engine.dispose()
