@@ -156,10 +156,27 @@ def _upgrade(settings: Settings, revision: str, quiet: bool = False) -> None:
     app = create_app(check_schema=False)
     with app.app_context(), migration_lock():
         before, head = schema_revisions()
+        target = head if revision == "head" else revision
+        if settings.ha_mode != "none" and before is not None and before != target:
+            _refuse_unless_leader(settings)
         upgrade(revision=revision)
         after, _ = schema_revisions()
     if not quiet or before != after:
         click.echo(f"database {settings.sqlalchemy_url.split('@')[-1]}: {before or 'empty'} -> {after} (head {head})")
+
+
+def _refuse_unless_leader(settings: Settings) -> None:
+    """In HA only the leader migrates: the other node may be serving devices on the schema it knows."""
+    from .bus import lease
+    from .ha import lease_holder_node
+
+    row = lease.current()
+    leader = lease_holder_node(row.holder) if row is not None else ""
+    if leader and leader != settings.node_name:
+        raise RuntimeError(
+            f"node {leader} leads this database: in HA only the leader migrates. Run `pnpp db upgrade` on {leader} "
+            "(the README's Upgrades section gives the rolling order)"
+        )
 
 
 @db.command("upgrade")

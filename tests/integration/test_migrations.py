@@ -166,3 +166,23 @@ def test_upgrade_from_the_first_release_keeps_every_row(tmp_path: Path, database
         assert {"ix_device_sessions_live_port", "ix_outbox_unsent"} <= indexes
         db.session.remove()
         db.engine.dispose()
+
+
+def test_in_ha_only_the_leader_migrates(tmp_path: Path) -> None:
+    settings = node_settings(tmp_path / "ha", ha_mode="vip", vip="192.0.2.10", node_name="prime-b")
+    env = node_environment(settings)
+    assert pnpp(env, "db", "upgrade", "0001").returncode == 0  # no node leads yet: this one may migrate
+    app = create_app({**settings, "TESTING": True}, check_schema=False)
+    with app.app_context():
+        from pnp_integrated.bus import lease
+
+        assert lease.try_hold("prime-a:4242", ttl=300) == 1
+
+    refused = pnpp(env, "db", "upgrade")
+    assert refused.returncode == 1
+    assert "node prime-a leads this database" in refused.stderr and "only the leader migrates" in refused.stderr
+    assert pnpp(env, "db", "current").stdout.startswith("database: 0001\n")
+
+    leader = node_environment({**settings, "node_name": "prime-a"})
+    assert pnpp(leader, "db", "upgrade").returncode == 0
+    assert pnpp(env, "db", "upgrade").returncode == 0  # already at head: nothing to refuse on the standby
