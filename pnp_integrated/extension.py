@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app, request
 from flask_migrate import Migrate
 from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
@@ -205,6 +206,16 @@ class PnPGateway:
         app.register_blueprint(dashboard_blueprint)
         from .cns.imageservice import blueprint as cns_image_blueprint  # CNS image agent (/cns/HttpMsgDispatcher)
         app.register_blueprint(cns_image_blueprint)
+        app.register_error_handler(sa_exc.TimeoutError, _database_busy)
+        app.register_error_handler(sa_exc.OperationalError, _database_busy)
+
+
+def _database_busy(exc: Exception) -> Any:
+    """Database saturated or briefly away: 503 with Retry-After, so a device backs off and retries; nothing is lost."""
+    log.warning("%s %s answered 503: database busy (%s)", request.method, request.path, type(exc).__name__)
+    db.session.rollback()
+    return Response("gateway busy: database unavailable, retry later\n", status=503, mimetype="text/plain",
+                    headers={"Retry-After": "5"})
 
 
 # How long a statement waits for another connection's (usually the other worker's) SQLite write lock.

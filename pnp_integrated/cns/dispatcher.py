@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
 from ..models import DeviceSession, db
@@ -83,6 +84,12 @@ class Dispatcher:
         with self.app.app_context():
             try:
                 loads = gateway_loads(settings, self.tls)
+            except SQLAlchemyError as exc:
+                # Database saturated or briefly away: the device backs off and comes again, nothing is lost.
+                log.warning("CNS dispatcher %s: cannot count sessions (%s); %s told to retry", self.port,
+                            type(exc).__name__, address[0])
+                send_frame(sock, busy(BUSY_RETRY_AFTER, "gateway busy; retry later"))
+                return
             finally:
                 db.session.remove()
         if decision.receipt is not None:

@@ -1,0 +1,28 @@
+"""A saturated or unreachable database makes devices back off (503 + Retry-After), never a 500."""
+
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import exc
+
+from pnp_integrated.provisioning import engine
+
+WORK_REQUEST = (Path(__file__).resolve().parents[1] / "data" / "pnp" / "csr1000v-17.3.4a-work-request.xml").read_bytes()
+
+
+@pytest.mark.parametrize("error", [exc.TimeoutError("QueuePool limit reached"),
+                                   exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))])
+def test_work_request_during_a_database_outage_is_told_to_retry(client: FlaskClient, monkeypatch: pytest.MonkeyPatch,
+                                                                 error: Exception) -> None:
+    def unavailable(*_args: object) -> None:
+        raise error
+
+    monkeypatch.setattr(engine, "contact", unavailable)
+    response = client.post("/pnp/WORK-REQUEST", data=WORK_REQUEST, content_type="text/xml")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert b"retry later" in response.data
+
+    monkeypatch.undo()  # the database is back: the same device gets an answer
+    assert client.post("/pnp/WORK-REQUEST", data=WORK_REQUEST, content_type="text/xml").status_code == 200
