@@ -24,19 +24,10 @@ from pnp_integrated.config import load_settings
 from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Profile, db
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.server import PrimeProcess, events_path
-from tests.conftest import node_environment
+from tests.conftest import node_environment, wait_until
 
 Node = tuple[Flask, PrimeProcess]
 
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def sink_events(app: Flask) -> list[tuple[str, str, int, dict[str, Any]]]:

@@ -10,15 +10,7 @@ from flask import Flask
 from pnp_integrated.bus import lease
 from pnp_integrated.bus.leader import LeaderLoop
 from pnp_integrated.models import LeaderLease, db
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from tests.conftest import wait_until
 
 
 def worker(app: Flask, name: str) -> LeaderLoop:

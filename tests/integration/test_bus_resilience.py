@@ -36,7 +36,7 @@ from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.server import PrimeProcess, events_path
 from pnp_integrated.prime.stomp import make_frame
 from pnp_integrated.tls import ensure_certificates
-from tests.conftest import node_environment, node_settings
+from tests.conftest import node_environment, node_settings, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGE_OPTIONS: dict[str, Any] = {"receipt_timeout": 3, "connect_timeout": 3, "poll_interval": 0.1,
@@ -93,15 +93,6 @@ def gateway(app_factory: Callable[..., Flask], prime: Prime) -> Flask:
     """A gateway app with its own database, talking to the module's Prime."""
     return app_factory(broker_port=prime.settings.broker_port, bus_port=prime.settings.bus_port)
 
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class BridgeThread:

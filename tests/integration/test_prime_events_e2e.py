@@ -9,10 +9,8 @@ import json
 import socket
 import sqlite3
 import subprocess
-import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 from pnp_integrated.bus.outbox import COMMANDS_QUEUE
@@ -21,6 +19,7 @@ from pnp_integrated.config import load_settings
 from pnp_integrated.devsim.cns import CnsLink, connect
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.sink import EventStore
+from tests.conftest import wait_until as wait_for
 from tests.integration.conftest import PNPP, RunningNode
 
 DEVICES = 5
@@ -56,14 +55,6 @@ def serial_of(event: dict[str, Any]) -> str:
     device = event.get("device") or (event.get("job") or {}).get("device") or {}
     return str(device.get("serial", ""))
 
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node: Any) -> None:

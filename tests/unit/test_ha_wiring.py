@@ -25,6 +25,7 @@ from pnp_integrated.bus.leader import LeaderLoop
 from pnp_integrated.extension import gateway_state
 from pnp_integrated.ha import accepting_devices, node_role, retry_after
 from pnp_integrated.models import OutboxEvent, db
+from tests.conftest import wait_until as wait_for
 
 
 @dataclass
@@ -64,14 +65,6 @@ class FakePrimeHealth:
         self.server.shutdown()
         self.server.server_close()
 
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass
