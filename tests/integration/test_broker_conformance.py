@@ -233,7 +233,8 @@ def test_oversized_frame_gets_an_error_and_the_connection_closes(broker: Setting
     except StompClientError:
         pass
     client.close()
-    assert [f.command for f in answers] == ["ERROR"]
+    # ActiveMQ sometimes repeats its ERROR before closing; what matters is errors only, then the close.
+    assert answers and {f.command for f in answers} == {"ERROR"}
 
 
 def test_frames_before_connect_are_refused(broker: Settings) -> None:
