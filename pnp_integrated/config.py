@@ -70,6 +70,9 @@ class Settings:
     workers: int = 2
     log_format: str = "text"
     drain_timeout: float = 10.0
+    # PostgreSQL ends a transaction of this node that sits idle this long: a node that dies mid-transaction (power,
+    # cable) releases its row locks after this, not when TCP gives up hours later. Also the lock-wait bound.
+    db_dead_peer_timeout: float = 5.0
 
     # ---- derived values -------------------------------------------------------------------------------------
     @property
@@ -290,7 +293,8 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
     if len(supplied) == 2 and not missing:
         problems.extend(_check_key_pair(s, origin))
 
-    for name in ("tls_handshake_timeout", "http_idle_timeout", "cns_hello_timeout", "drain_timeout"):
+    for name in ("tls_handshake_timeout", "http_idle_timeout", "cns_hello_timeout", "drain_timeout",
+                 "db_dead_peer_timeout"):
         if not math.isfinite(getattr(s, name)) or getattr(s, name) <= 0:
             bad(name, "must be a positive number of seconds")
     for name in ("cns_port_capacity", "workers"):

@@ -170,7 +170,8 @@ class PnPGateway:
         certs = ensure_certificates(settings)
 
         app.config.setdefault("SQLALCHEMY_DATABASE_URI", settings.sqlalchemy_url)
-        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",
+                              _engine_options(app.config["SQLALCHEMY_DATABASE_URI"], settings))
         app.config.setdefault("MAX_CONTENT_LENGTH", settings.http_max_body_bytes)
         db.init_app(app)
         migrate = Migrate(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True, compare_type=True)
@@ -208,6 +209,7 @@ class PnPGateway:
         app.register_blueprint(cns_image_blueprint)
         app.register_error_handler(sa_exc.TimeoutError, _database_busy)
         app.register_error_handler(sa_exc.OperationalError, _database_busy)
+        app.register_error_handler(sa_exc.InternalError, _session_ended_or_raise)
 
 
 def _database_busy(exc: Exception) -> Any:
@@ -216,6 +218,13 @@ def _database_busy(exc: Exception) -> Any:
     db.session.rollback()
     return Response("gateway busy: database unavailable, retry later\n", status=503, mimetype="text/plain",
                     headers={"Retry-After": "5"})
+
+
+def _session_ended_or_raise(exc: sa_exc.InternalError) -> Any:
+    """PostgreSQL ended this node's transaction (idle past the dead-peer timeout, e.g. a starved worker): retryable."""
+    if exc.connection_invalidated or type(exc.orig).__name__ == "IdleInTransactionSessionTimeout":
+        return _database_busy(exc)
+    raise exc
 
 
 # How long a statement waits for another connection's (usually the other worker's) SQLite write lock.
@@ -266,11 +275,37 @@ class CooperativeSQLiteConnection(sqlite3.Connection):
         return super().cursor(factory or _CooperativeCursor)
 
 
-def _engine_options(url: str) -> dict[str, Any]:
+def _engine_options(url: str, settings: Settings) -> dict[str, Any]:
     if url.startswith("sqlite"):
         # Several gevent workers share the file: lock waits are retried in Python, not inside sqlite3.
         return {"connect_args": {"timeout": 0, "factory": CooperativeSQLiteConnection}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20,
+            "connect_args": postgres_connect_args(settings.db_dead_peer_timeout)}
+
+
+def postgres_connect_args(dead_peer_timeout: float) -> dict[str, Any]:
+    """libpq parameters that bound what a dead peer can cost, on both ends of each connection.
+
+    Server side (set per session, so no PostgreSQL configuration is needed): a transaction left open by a node that
+    died is ended after ``dead_peer_timeout``, releasing the device rows it had locked, which the surviving node
+    needs at once; TCP keepalives close the dead node's idle connections. A lock wait longer than twice that fails
+    (the device is told to retry) instead of holding a pooled connection. Client side: keepalives and a TCP user
+    timeout notice a database host that vanished.
+    """
+    idle_ms = max(1, round(dead_peer_timeout * 1000))
+    probe = max(1, round(dead_peer_timeout))
+    gucs = {
+        "idle_in_transaction_session_timeout": idle_ms,
+        "lock_timeout": 2 * idle_ms,
+        "tcp_keepalives_idle": probe,
+        "tcp_keepalives_interval": 1,
+        "tcp_keepalives_count": 3,
+    }
+    return {
+        "options": " ".join(f"-c {name}={value}" for name, value in gucs.items()),
+        "keepalives": 1, "keepalives_idle": probe, "keepalives_interval": 1, "keepalives_count": 3,
+        "tcp_user_timeout": idle_ms + 3000,
+    }
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

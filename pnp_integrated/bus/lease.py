@@ -35,7 +35,10 @@ def _lease_session() -> Iterator[Session]:
         return
     engine = current_app.extensions.get(LEASE_ENGINE_KEY)
     if engine is None:  # created lazily, so each gunicorn worker gets its own after the fork
-        engine = create_engine(db.engine.url, pool_size=2, max_overflow=0, pool_pre_ping=True)
+        from ..extension import current_settings, postgres_connect_args
+
+        engine = create_engine(db.engine.url, pool_size=2, max_overflow=0, pool_pre_ping=True,
+                               connect_args=postgres_connect_args(current_settings().db_dead_peer_timeout))
         current_app.extensions[LEASE_ENGINE_KEY] = engine
     with Session(engine, expire_on_commit=False) as session:
         yield session
