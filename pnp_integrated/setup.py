@@ -223,12 +223,18 @@ def run_setup(options: dict[str, Any], advanced: bool) -> None:
     click.echo(f"Wrote {path}. Start the gateway with: PNP_CONFIG={path} pnpp run")
 
 
+def _setting_option(flag: str, **kwargs: Any) -> Any:
+    """A flag for one setting; its PNP_* variable, when set, counts as the flag (it overrides the file anyway)."""
+    return click.option(flag, envvar="PNP_" + flag.lstrip("-").upper().replace("-", "_"), show_envvar=True,
+                        default=None, **kwargs)
+
+
 def _common(func: Any) -> Any:
     for decorator in reversed([
         click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
                      help=f"TOML file to write (default: $PNP_CONFIG, else ./{DEFAULT_CONFIG})"),
-        click.option("--ha-mode", type=click.Choice(HA_MODES), default=None, help="Prime's HA mode"),
-        click.option("--vip", default=None, help="the virtual IP (HA) or the address devices use"),
+        _setting_option("--ha-mode", type=click.Choice(HA_MODES), help="Prime's HA mode"),
+        _setting_option("--vip", help="the virtual IP (HA) or the address devices use"),
         click.option("--yes", "-y", is_flag=True, help="ask nothing: flags, current values and defaults"),
     ]):
         func = decorator(func)
@@ -239,23 +245,37 @@ def _common(func: Any) -> Any:
 @_common
 @click.pass_context
 def setup(ctx: click.Context, **options: Any) -> None:
-    """Configure the gateway: detect Prime's HA mode, confirm the virtual IP, write the TOML file."""
+    """Configure the gateway: detect Prime's HA mode, confirm the virtual IP, write the TOML file.
+
+    A PNP_* variable set in the environment counts as the matching flag: it overrides the file at run time, so
+    setup uses (and validates) the value the gateway will really run with.
+    """
     if ctx.invoked_subcommand is None:
+        _note_environment(ctx)
         run_setup(options, advanced=False)
+
+
+def _note_environment(ctx: click.Context) -> None:
+    for param in ctx.command.params:
+        if param.name and ctx.get_parameter_source(param.name) is click.core.ParameterSource.ENVIRONMENT:
+            envvar = param.envvar if isinstance(param.envvar, str) else "the environment"
+            click.echo(f"{param.name} = {ctx.params[param.name]} comes from {envvar}, which overrides the file")
 
 
 @setup.command("advance")
 @_common
-@click.option("--node-name", default=None)
-@click.option("--node-address", default=None)
-@click.option("--data-dir", default=None)
-@click.option("--database-url", default=None)
-@click.option("--http-port", type=click.IntRange(1, 65535), default=None)
-@click.option("--https-port", type=click.IntRange(1, 65535), default=None)
-@click.option("--cns-port-base", type=click.IntRange(1, 65523), default=None)
-@click.option("--health-port", type=click.IntRange(1, 65535), default=None)
-@click.option("--workers", type=click.IntRange(1, 64), default=None)
-@click.option("--tls-min-version", type=click.Choice(TLS_VERSIONS), default=None)
-def advance(**options: Any) -> None:
+@_setting_option("--node-name")
+@_setting_option("--node-address")
+@_setting_option("--data-dir")
+@_setting_option("--database-url")
+@_setting_option("--http-port", type=click.IntRange(1, 65535))
+@_setting_option("--https-port", type=click.IntRange(1, 65535))
+@_setting_option("--cns-port-base", type=click.IntRange(1, 65523))
+@_setting_option("--health-port", type=click.IntRange(1, 65535))
+@_setting_option("--workers", type=click.IntRange(1, 64))
+@_setting_option("--tls-min-version", type=click.Choice(TLS_VERSIONS))
+@click.pass_context
+def advance(ctx: click.Context, **options: Any) -> None:
     """Configure every setting of the node (addresses, database, ports, TLS), as Prime's `pnp setup advance`."""
+    _note_environment(ctx)
     run_setup(options, advanced=True)

@@ -53,6 +53,16 @@ def test_different_ip_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
     assert code == 2 and "standalone PnP gateway" in out and not path.exists()
 
 
+def test_different_ip_from_the_environment_is_refused_as_the_flag_is(tmp_path: Path) -> None:
+    # PNP_HA_MODE overrides the file at run time, so writing ha_mode = "none" would not change what runs.
+    path = tmp_path / "gw.toml"
+    result = CliRunner().invoke(main, ["setup", "--config", str(path), "--yes"],
+                                env={"PNP_HEALTH_PORT": "1", "PNP_HA_MODE": "different-ip"})
+    assert result.exit_code == 2, result.output
+    assert "ha_mode = different-ip comes from PNP_HA_MODE" in result.output
+    assert "standalone PnP gateway" in result.output and not path.exists()
+
+
 def test_declining_writes_nothing_and_keeps_the_old_file(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
     path.write_text('vip = "192.0.2.1"\nworkers = 3\n')
@@ -77,11 +87,12 @@ def test_advance_asks_every_setting(tmp_path: Path) -> None:
     answers = "\n".join([
         "vip", "10.20.0.100",  # HA mode, VIP
         "prime-b", "10.20.0.12", str(tmp_path / "data"), "postgresql+psycopg://pnp@10.20.0.1/pnp",
-        "8080", "8443", "21010", "8082", "4", "1.3",
+        "8080", "8443", "21010", "4", "1.3",  # no health port question: PNP_HEALTH_PORT is set
         "y",
     ]) + "\n"
     code, out = run(["advance", "--config", str(path)], answers=answers)
     assert code == 0, out
+    assert "health_port = 1 comes from PNP_HEALTH_PORT, which overrides the file" in out
     settings = load_settings(environ={"PNP_CONFIG": str(path)})
     assert (settings.node_name, settings.node_addr, settings.http_port, settings.cns_port_base) == (
         "prime-b", "10.20.0.12", 8080, 21010)
