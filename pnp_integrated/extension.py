@@ -210,6 +210,9 @@ class PnPGateway:
         app.register_error_handler(sa_exc.TimeoutError, _database_busy)
         app.register_error_handler(sa_exc.OperationalError, _database_busy)
         app.register_error_handler(sa_exc.InternalError, _session_ended_or_raise)
+        from .provisioning.engine import EngineBusy
+
+        app.register_error_handler(EngineBusy, _database_busy)
 
 
 def _database_busy(exc: Exception) -> Any:

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT = 30.0  # a device that stops reading must not hold a greenlet forever
 BUSY_RETRY_AFTER = 30
 PASSIVE_RETRY_AFTER = 10
+RESULT_RETRY_AFTER = 5  # a result the database could not take: the device comes back soon
 TOUCH_EVERY = 30.0  # seconds between last_frame_at updates caused by PINGs alone
 
 
@@ -202,8 +203,7 @@ class GatewayConnection:
                     self._carry_out(provision.pending_action(self.app, self.session.hello))
                 return ""
             case Publish():
-                self._publish(decision)
-                return ""
+                return self._publish(decision)
             case Ping():
                 self.send(pong())
                 self._touch()
@@ -286,7 +286,12 @@ class GatewayConnection:
             finally:
                 db.session.remove()
 
-    def _publish(self, event: Publish) -> None:
+    def _publish(self, event: Publish) -> str:
+        """Record the event, let the engine take a result, then RECEIPT: a receipted result is never lost.
+
+        If the engine cannot record the result now, no RECEIPT: ERROR 503 and the connection closes; the device
+        comes back, subscribes, and is given the request again (its result lands then).
+        """
         hello = self.session.hello
         assert hello is not None
         with self.app.app_context():
@@ -303,8 +308,17 @@ class GatewayConnection:
             finally:
                 db.session.remove()
         self._last_touch = time.monotonic()
+        try:
+            action = provision.report(self.app, hello, event.subject, event.document)
+        except provision.ResultNotRecorded as exc:
+            log.warning("CNS device %s: result on %s not recorded (%s); told to send it again", hello.device_id,
+                        event.subject, exc)
+            self.send(refusal(Refuse(503, "gateway busy: the result was not recorded, send it again"),
+                              RESULT_RETRY_AFTER))
+            return "result not recorded (database busy)"
         self._receipt(event.receipt)
-        self._carry_out(provision.report(self.app, hello, event.subject, event.document))
+        self._carry_out(action)
+        return ""
 
     def _carry_out(self, action: Any) -> None:
         """Push what the engine wants done over this connection (post-PnP config, write memory)."""

@@ -96,7 +96,8 @@ def _inventory(device_id: str, doc: Document) -> str:
     action = engine.contact(engine.DeviceIdentity(serial=device_id, protocol="cns", address=address))
     if action.kind == engine.ActionKind.IDENTIFY:
         action = engine.report(device_id, action.correlator, engine.Outcome(success=True, facts=_facts(doc),
-                                                                            raw={"inventory": True}))
+                                                                            raw={"inventory": True}),
+                               must_record=True)
         provision.push(action, device_id, device_id, settings)
     if action.kind == engine.ActionKind.IMAGE_INSTALL and action.image is not None:
         image = action.image
@@ -118,7 +119,7 @@ def _status(device_id: str, doc: Document) -> Response:
         detail = doc.text.get("detail", "")
         outcome = engine.Outcome(success=state == "activated", detail=detail or f"image {state}",
                                  error_code="" if state == "activated" else "image-failed", raw={"state": state})
-        action = engine.report(device_id, identifier, outcome)
+        action = engine.report(device_id, identifier, outcome, must_record=True)  # no <ack/> before it is recorded
         provision.push(action, device_id, device_id, gateway_state().settings)
     log.info("image agent of %s: %s %s", device_id, state, identifier)
     return _xml("<ack/>")

@@ -6,7 +6,9 @@ return an :class:`Action`. Over the event connection the gateway can push two of
 Config Web Service URL) and saving the configuration (``write memory`` as an exec command). Facts (IDENTIFY) and
 images go through the image agent (``/cns/HttpMsgDispatcher``), which needs no push.
 
-An engine failure never breaks a device session: it is logged and the session carries on.
+An engine failure never breaks a device session: it is logged and the session carries on. The one exception is a
+device's result that the database could not record (busy, away, a lock that never came): :func:`report` raises
+:class:`ResultNotRecorded`, and the gateway withholds the RECEIPT, so the device sends the result again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
 from ..models import db
@@ -35,13 +38,27 @@ def _engine_function(name: str) -> Callable[..., Any] | None:
     return function if callable(function) else None
 
 
-def _call(app: Flask, name: str, *args: Any) -> Any:
+class ResultNotRecorded(Exception):
+    """The engine could not record a device's result now: the device must send it again."""
+
+
+def _call(app: Flask, name: str, *args: Any, strict: bool = False, **kwargs: Any) -> Any:
+    """Call engine function ``name`` in an app context; ``strict``: database failures raise ResultNotRecorded."""
     function = _engine_function(name)
     if function is None:
         return None
+    from ..provisioning.engine import EngineBusy
+
     with app.app_context():
         try:
-            return function(*args)
+            return function(*args, **kwargs)
+        except (SQLAlchemyError, EngineBusy) as exc:
+            db.session.rollback()
+            if strict:
+                raise ResultNotRecorded(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            log.warning("provisioning engine %s for %s: database unavailable (%s)", name, args[0] if args else "",
+                        type(exc).__name__)
+            return None
         except Exception:
             log.exception("provisioning engine %s failed for %s", name, args[0] if args else "")
             db.session.rollback()
@@ -62,15 +79,18 @@ def contact(app: Flask, hello: Hello, address: str) -> Any:
     return _call(app, "contact", identity(hello, address))
 
 
-def pending_action(app: Flask, hello: Hello | None) -> Any:
+def pending_action(app: Flask, hello: Hello | None, *, strict: bool = False) -> Any:
     """The Action the engine is waiting on for this device, if any."""
     if hello is None:
         return None
-    return _call(app, "pending", hello.config_id)
+    return _call(app, "pending", hello.config_id, strict=strict)
 
 
 def report(app: Flask, hello: Hello, subject: str, document: Document) -> Any:
-    """Report a config/exec result to the engine; the next Action, or ``None`` for other events."""
+    """Report a config/exec result to the engine; the next Action, or ``None`` for other events.
+
+    Raises :class:`ResultNotRecorded` when the database could not take the result.
+    """
     from ..provisioning.engine import Outcome
 
     result = device_result(subject, document)
@@ -80,13 +100,13 @@ def report(app: Flask, hello: Hello, subject: str, document: Document) -> Any:
     if not correlator:
         # The day-0 initial configuration is pulled without an identifier: it answers a CONFIG step in progress
         # (the Config Web Service served that step's text), and nothing else.
-        pending = pending_action(app, hello)
+        pending = pending_action(app, hello, strict=True)
         if str(getattr(pending, "kind", "")) != "config":
             return None
         correlator = getattr(pending, "correlator", "") or ""
     outcome = Outcome(success=result.success, detail=result.detail, error_code=result.error_code,
                       raw={"subject": subject, "root": document.root, **document.text})
-    return _call(app, "report", hello.config_id, correlator, outcome)
+    return _call(app, "report", hello.config_id, correlator, outcome, strict=True, must_record=True)
 
 
 def config_url(settings: Settings, config_id: str, identifier: str) -> str:

@@ -155,6 +155,10 @@ class JobConflict(Exception):
     """An operator request does not fit the job's state (cancel a finished job, retry a running one)."""
 
 
+class EngineBusy(Exception):
+    """The database stayed contended or away: the report was not recorded; the device must send it again."""
+
+
 class _Lost(Exception):
     """Another worker changed the device or job first: roll back and replay."""
 
@@ -549,6 +553,10 @@ def _transaction(work: Callable[[], _T], busy: Callable[[], _T]) -> _T:
     return busy()
 
 
+def _raise_busy() -> Action:
+    raise EngineBusy("the database stayed contended; the result was not recorded")
+
+
 def _busy() -> Action:
     return Action(ActionKind.WAIT, wait_seconds=BUSY_WAIT_SECONDS, detail="the gateway is busy, ask again")
 
@@ -623,14 +631,16 @@ def _claim(device: Device, job: ProvisioningJob, previous: int | None) -> None:
     set_committed_value(device, "current_job_id", job.id)
 
 
-def report(serial: str, correlator: str, outcome: Outcome) -> Action:
+def report(serial: str, correlator: str, outcome: Outcome, *, must_record: bool = False) -> Action:
     """The device's result for the request ``correlator``; returns what it should do next.
 
     A report with a stale or unknown correlator changes nothing (it is recorded in the job's history) and returns
-    the current request.
+    the current request. When the database stays contended the answer is WAIT (the device asks again and is given
+    the same request); with ``must_record`` (a caller that acknowledges the result to the device only once it is
+    recorded) the database's failures and contention raise, :class:`EngineBusy` for contention.
     """
     _check_serial(serial)
-    return _transaction(lambda: _report(serial, correlator, outcome), _busy)
+    return _transaction(lambda: _report(serial, correlator, outcome), _raise_busy if must_record else _busy)
 
 
 def _report(serial: str, correlator: str, outcome: Outcome) -> Action:
