@@ -22,7 +22,7 @@ test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-## The 300-device failover scenario (network namespaces, root, about six minutes)
+## The 300-device failover scenario alone (network namespaces, root, about a minute and a half; part of `make test`)
 test-fleet: $(STAMP) system-packages
 	$(BIN)/pytest -m fleet tests/ha
 

@@ -18,11 +18,11 @@ from pnp_integrated.lab import HaLab
 from tests.ha.conftest import wait_for
 from tests.ha.test_failover import outbox, sink_event_ids, states
 
-# Six minutes of 300 devices: run with `make test-fleet` (not part of `make test`, see the README).
+# Part of `make test`; `make test-fleet` runs it alone.
 pytestmark = pytest.mark.fleet
 
 CNS_DEVICES = PNP_DEVICES = 150
-# Generous functional bounds: a loaded CI box runs 300 devices through one gateway node in about two minutes.
+# Generous functional bounds: 300 devices take about a minute on a quiet two-core box.
 DEVICE_DEADLINE = 330
 
 
