@@ -1,7 +1,9 @@
 """Dispatcher ports: read the device's HELLO, hand it to the least-loaded gateway port of the same transport, close.
 
 Loads are live session rows in the database, so the choice is the same whichever worker the kernel gave the
-connection to.
+connection to. Each worker reads them at most once per :data:`LOADS_FRESH_FOR` and counts its own redirects in
+between: when thousands of devices come back at once (a failover), one count query per device would hold a pooled
+connection each and starve the admissions themselves. The choice only balances; the gateway port enforces capacity.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from .worker import node_is_passive
 
 log = logging.getLogger(__name__)
 
+LOADS_FRESH_FOR = 1.0  # seconds a worker's reading of the session counts is used before it reads them again
+LOADS_USABLE_FOR = 30.0  # while the database is busy, an older reading still beats telling every device to retry
+
 
 def gateway_loads(settings: Settings, tls: bool) -> dict[int, int]:
     """Live sessions per gateway port of one transport on this node (needs an application context)."""
@@ -42,6 +47,31 @@ def choose_gateway_port(loads: dict[int, int], capacity: int) -> int | None:
     return min(open_ports)[1] if open_ports else None
 
 
+class LoadView:
+    """One worker's view of the gateway ports' loads: a database reading plus the redirects made since."""
+
+    def __init__(self) -> None:
+        self.loads: dict[int, int] = {}
+        self.read_at = float("-inf")  # monotonic time of the last attempt to read the database
+        self.good_at = float("-inf")  # ... and of the last one that succeeded
+
+    def current(self, read: Any, now: float) -> dict[int, int]:
+        """The loads, read again with ``read()`` once stale; raises when they cannot be read and are too old."""
+        if now - self.read_at >= LOADS_FRESH_FOR:
+            self.read_at = now  # the other greenlets keep using the current reading meanwhile
+            try:
+                self.loads, self.good_at = read(), now
+            except SQLAlchemyError:
+                if now - self.good_at > LOADS_USABLE_FOR:
+                    self.read_at = float("-inf")
+                    raise
+                self.read_at = now - LOADS_FRESH_FOR / 2  # try the database again soon, not for every device
+        return self.loads
+
+    def redirected(self, port: int) -> None:
+        self.loads[port] = self.loads.get(port, 0) + 1
+
+
 class Dispatcher:
     """The connection handler of one dispatcher port in this worker."""
 
@@ -49,6 +79,7 @@ class Dispatcher:
         self.app = app
         self.port = port
         self.tls = tls
+        self.view = LoadView()
 
     def __call__(self, sock: Any, address: tuple[str, int]) -> None:
         try:
@@ -83,7 +114,7 @@ class Dispatcher:
             return
         with self.app.app_context():
             try:
-                loads = gateway_loads(settings, self.tls)
+                loads = self.view.current(lambda: gateway_loads(settings, self.tls), time.monotonic())
             except SQLAlchemyError as exc:
                 # Database saturated or briefly away: the device backs off and comes again, nothing is lost.
                 log.warning("CNS dispatcher %s: cannot count sessions (%s); %s told to retry", self.port,
@@ -99,5 +130,6 @@ class Dispatcher:
             send_frame(sock, busy(BUSY_RETRY_AFTER, "every gateway port is at capacity"))
             log.warning("CNS dispatcher %s: every gateway port is full, %s told to retry", self.port, address[0])
             return
+        self.view.redirected(port)
         send_frame(sock, redirect(settings.vip, port))
         log.debug("CNS device %s from %s sent to port %s", decision.hello.device_id, address[0], port)
