@@ -50,6 +50,7 @@ def note_attempt(ids: list[int]) -> None:
     if ids:
         db.session.execute(
             update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(attempts=OutboxEvent.attempts + 1)
+            .execution_options(synchronize_session=False)  # no objects of the session to bring up to date
         )
         db.session.commit()
 
@@ -57,7 +58,8 @@ def note_attempt(ids: list[int]) -> None:
 def mark_sent(ids: list[int]) -> None:
     """Mark events sent (the broker confirmed each with a RECEIPT)."""
     if ids:
-        db.session.execute(update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(sent_at=utcnow()))
+        db.session.execute(update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(sent_at=utcnow())
+                           .execution_options(synchronize_session=False))
         db.session.commit()
 
 

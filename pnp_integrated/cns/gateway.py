@@ -17,10 +17,10 @@ from typing import Any
 import gevent
 from flask import Flask
 from gevent.lock import RLock
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from ..bus.outbox import record_event
-from ..models import DeviceSession, db, utcnow
+from ..models import DeviceSession, db
 from . import provision
 from .codec import CLOSED, DEVICE_COMMANDS, NEED_DATA, CnsProtocolError, Frame, FrameReader, error_frame, serialize
 from .messages import CONFIG_LOAD, EXEC_CMD
@@ -48,7 +48,6 @@ SEND_TIMEOUT = 30.0  # a device that stops reading must not hold a greenlet fore
 BUSY_RETRY_AFTER = 30
 PASSIVE_RETRY_AFTER = 10
 RESULT_RETRY_AFTER = 5  # a result the database could not take: the device comes back soon
-TOUCH_EVERY = 30.0  # seconds between last_frame_at updates caused by PINGs alone
 
 
 class FrameTimeout(Exception):
@@ -115,7 +114,6 @@ class GatewayConnection:
         self.token = ""
         self.ended_by: str = ""  # set when another greenlet ended this session
         self._lock = RLock()
-        self._last_touch = 0.0
         self._pushed: set[str] = set()
 
     # ---- used by other greenlets ----------------------------------------------------------------------------
@@ -188,6 +186,7 @@ class GatewayConnection:
     def _decide(self, frame: Frame) -> str:
         """Carry out the state machine's decision; a non-empty close reason ends the connection."""
         decision = self.session.receive(frame)
+        self._touch()
         match decision:
             case Refuse(code=code, message=message, close=close):
                 self.send(refusal(decision))
@@ -206,7 +205,6 @@ class GatewayConnection:
                 return self._publish(decision)
             case Ping():
                 self.send(pong())
-                self._touch()
             case Goodbye():
                 self._receipt(decision.receipt)
                 from .session import bye
@@ -239,13 +237,13 @@ class GatewayConnection:
                     DeviceSession.id < row.id)))
                 close_sessions(older, "replaced by a newer session")
                 record_event("device.connected", {"device": session_device(row)})
+                self.token, row_id = row.token, row.id  # read before the commit expires them (a query each)
                 db.session.commit()
-                self.token = row.token
                 # Admission is decided after the insert: the first `capacity` live rows of the port (by id) win,
                 # so two workers admitting at once cannot both take the last place.
                 ahead = db.session.scalar(select(func.count()).select_from(DeviceSession).where(
                     DeviceSession.port == self.port, DeviceSession.node == settings.node_name,
-                    DeviceSession.closed_at.is_(None), DeviceSession.id <= row.id)) or 0
+                    DeviceSession.closed_at.is_(None), DeviceSession.id <= row_id)) or 0
                 if ahead > settings.cns_port_capacity:
                     close_sessions([row], "port at capacity")
                     db.session.commit()
@@ -264,27 +262,10 @@ class GatewayConnection:
 
     # ---- subscriptions, events ------------------------------------------------------------------------------
     def _store_subjects(self) -> None:
-        subjects = sorted(self.session.bus_subject(s) for s in self.session.subjects)
-        with self.app.app_context():
-            try:
-                db.session.execute(update(DeviceSession).where(DeviceSession.token == self.token)
-                                   .values(subjects=subjects, last_frame_at=utcnow()))
-                db.session.commit()
-            finally:
-                db.session.remove()
-        self._last_touch = time.monotonic()
+        self.worker.note_subjects(self.token, sorted(self.session.bus_subject(s) for s in self.session.subjects))
 
     def _touch(self) -> None:
-        if time.monotonic() - self._last_touch < TOUCH_EVERY:
-            return
-        self._last_touch = time.monotonic()
-        with self.app.app_context():
-            try:
-                db.session.execute(update(DeviceSession).where(DeviceSession.token == self.token)
-                                   .values(last_frame_at=utcnow()))
-                db.session.commit()
-            finally:
-                db.session.remove()
+        self.worker.note_activity(self.token)
 
     def _publish(self, event: Publish) -> str:
         """Record the event, let the engine take a result, then RECEIPT: a receipted result is never lost.
@@ -302,12 +283,9 @@ class GatewayConnection:
                                "address": self.address, "port": self.port},
                     "xml": event.xml,
                 })
-                db.session.execute(update(DeviceSession).where(DeviceSession.token == self.token)
-                                   .values(last_frame_at=utcnow()))
                 db.session.commit()  # durable before the RECEIPT: a receipted event cannot be lost
             finally:
                 db.session.remove()
-        self._last_touch = time.monotonic()
         try:
             action = provision.report(self.app, hello, event.subject, event.document)
         except provision.ResultNotRecorded as exc:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from ..bus.outbox import record_event
 from ..config import Settings
@@ -39,6 +39,9 @@ MAILBOX_TIMEOUT = 5.0
 MAX_MAILBOX_REQUEST = 4 * 1024 * 1024  # a DELIVER body (1 MiB) once JSON-escaped, with room to spare
 # A unix socket path must fit in sockaddr_un (108 octets); longer paths are reached through the directory's fd.
 MAX_UNIX_PATH = 100
+# How often a worker writes its sessions' activity (last frame, subscriptions) to their rows, in one statement each:
+# a write per PING or SUBSCRIBE would cost a pooled connection per device exactly when thousands return at once.
+ACTIVITY_FLUSH_EVERY = 30.0
 
 
 def run_dir(settings: Settings) -> Path:
@@ -98,6 +101,9 @@ class CnsWorker:
         self.pid = os.getpid()
         self.connections: dict[str, GatewayConnection] = {}
         self._mailbox: Any = None
+        self._active: set[str] = set()  # tokens with a frame since the last activity flush
+        self._subjects: dict[str, list[str]] = {}  # tokens whose subscriptions changed since then
+        self._flusher: Any = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,12 +120,22 @@ class CnsWorker:
         listener.setblocking(False)  # gevent's accept loop needs it when the process is not monkey-patched
         self._mailbox = StreamServer(listener, self._serve_mailbox)
         self._mailbox.start()
+        import gevent
+
+        self._flusher = gevent.spawn(self._flush_activity_forever)
         try:
             self.sweep_stale_sessions()
         except Exception as exc:  # the database may be busy at start; a later sweep or replacement cleans up
             log.warning("could not sweep stale CNS sessions: %s", exc)
 
     def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.kill(block=False)
+            self._flusher = None
+        try:
+            self.flush_activity()
+        except Exception as exc:  # stopping anyway; the rows keep their older activity
+            log.info("could not record CNS session activity at stop: %s", exc)
         if self._mailbox is not None:
             self._mailbox.close()
             self._mailbox = None
@@ -139,6 +155,55 @@ class CnsWorker:
                     log.info("closed %d CNS sessions left by ended workers", len(stale))
             finally:
                 db.session.remove()
+
+    # ---- session activity -----------------------------------------------------------------------------------
+    def note_activity(self, token: str) -> None:
+        """A frame arrived on session ``token``: its row's ``last_frame_at`` is brought up to date at the next flush."""
+        if token:
+            self._active.add(token)
+
+    def note_subjects(self, token: str, subjects: list[str]) -> None:
+        if token:
+            self._active.add(token)
+            self._subjects[token] = subjects
+
+    def flush_activity(self) -> None:
+        """Write the noted activity: one UPDATE for the last-frame times, one executemany for the subscriptions."""
+        active, subjects = self._active, self._subjects
+        if not active:
+            return
+        self._active, self._subjects = set(), {}
+        with self.app.app_context():
+            try:
+                tokens = sorted(active)
+                now = utcnow()
+                for start in range(0, len(tokens), 1000):
+                    db.session.execute(update(DeviceSession).where(DeviceSession.token.in_(tokens[start:start + 1000]))
+                                       .values(last_frame_at=now).execution_options(synchronize_session=False))
+                if subjects:
+                    table = DeviceSession.__table__
+                    db.session.execute(
+                        table.update().where(table.c.token == bindparam("t")).values(subjects=bindparam("s")),
+                        [{"t": token, "s": value} for token, value in subjects.items()])
+                db.session.commit()
+            except Exception:
+                db.session.rollback()
+                self._active |= active  # kept for the next flush: activity is a hint, a late one is still true
+                self._subjects = {**subjects, **self._subjects}
+                raise
+            finally:
+                db.session.remove()
+
+    def _flush_activity_forever(self) -> None:
+        import gevent
+
+        while True:
+            gevent.sleep(ACTIVITY_FLUSH_EVERY)
+            try:
+                self.flush_activity()
+            except Exception as exc:
+                log.warning("could not record CNS session activity (%s); trying again in %gs", exc,
+                            ACTIVITY_FLUSH_EVERY)
 
     # ---- local operations -----------------------------------------------------------------------------------
     def end_local(self, token: str, code: int, message: str) -> bool:

@@ -328,8 +328,12 @@ def test_oversized_head_and_body_are_413(node_factory: Callable[..., CnsNode]) -
 def test_subscribe_maps_subjects_per_device_and_deliver_respects_them(node: CnsNode) -> None:
     link, _ = connect(HOST, node.plain[0], "SUB1", subjects=("cisco.mgmt.cns.config.load",))
     other_process = create_app({**node.app.config["PNP_SETTINGS"], "TESTING": True})
+    worker = node.app.extensions["pnp_cns"]
     with link:
-        assert node.live_rows()[0].subjects == ["cisco.mgmt.cns.config.load.SUB1"]
+        connected_at = node.live_rows()[0].last_frame_at
+        worker.flush_activity()  # the worker writes activity in batches, not one statement per frame
+        row = node.live_rows()[0]
+        assert row.subjects == ["cisco.mgmt.cns.config.load.SUB1"] and row.last_frame_at > connected_at
         with other_process.app_context():
             assert deliver("SUB1", "cisco.mgmt.cns.config.load", "<config-event/>") is True
             assert deliver("SUB1", "cisco.mgmt.cns.exec.cmd", "<exec-cmd-event/>") is False
@@ -340,6 +344,7 @@ def test_subscribe_maps_subjects_per_device_and_deliver_respects_them(node: CnsN
         assert frame.get("Message-Id")
         link.command("UNSUBSCRIBE", {"Subject": "cisco.mgmt.cns.config.load", "Receipt": "u"})
         assert link.receive().get("Receipt-Id") == "u"
+        worker.flush_activity()
         assert node.live_rows()[0].subjects == []
         with other_process.app_context():
             assert deliver("SUB1", "cisco.mgmt.cns.config.load.SUB1", "<config-event/>") is False
