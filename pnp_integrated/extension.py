@@ -282,7 +282,9 @@ def _engine_options(url: str, settings: Settings) -> dict[str, Any]:
     if url.startswith("sqlite"):
         # Several gevent workers share the file: lock waits are retried in Python, not inside sqlite3.
         return {"connect_args": {"timeout": 0, "factory": CooperativeSQLiteConnection}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20,
+    # No pre-ping: it costs a round trip per checkout, i.e. per device request. A connection the server dropped
+    # fails its first statement instead (the device gets a 503 and retries) and SQLAlchemy then discards the pool.
+    return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 3600,
             "connect_args": postgres_connect_args(settings.db_dead_peer_timeout)}
 
 
