@@ -24,6 +24,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import re
 import resource
 import socket
@@ -116,6 +117,21 @@ class Prober:
             if at > killed and ok:
                 return at - killed
         return None
+
+
+def gateway_cpu_seconds(namespace: str) -> float:
+    """CPU time (user + system) used so far by the gateway processes (gunicorn) of the node in ``namespace``."""
+    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+    total = 0.0
+    for pid in pids:
+        try:
+            if b"gunicorn" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def held_sessions(events: list[Path]) -> dict[str, tuple[str, float]]:
@@ -217,10 +233,13 @@ def main() -> None:
         time.sleep(8)  # mid-provisioning
         prober.start()
         time.sleep(2)
+        standby_namespace = lab.plan.node(standby).namespace
+        cpu_before = gateway_cpu_seconds(standby_namespace)
         killed = time.time()
         lab.kill_node(active)
         print(f"killed every process of {active} and unplugged it", flush=True)
         back, count = sessions_back(events, killed, args.devices, timeout=120 + args.devices / 4)
+        cpu_per_session = (gateway_cpu_seconds(standby_namespace) - cpu_before) / max(1, count)
         time.sleep(3)
         prober.stop()
         fleet.wait(timeout=400)
@@ -246,10 +265,13 @@ def main() -> None:
         print(f"{'MEASURE':<34}{'RESULT':>16}  {'TARGET':<20}MET")
         for name, value, target, met in rows:
             print(f"{name:<34}{value:>16}  {target:<20}{'yes' if met else 'NO'}")
-        print(f"\nmover {args.mover}, keepalive of the holding devices {args.keepalive:g}s, "
+        print(f"\ngateway CPU per re-established session (standby node, all its workers, the mixed fleet included): "
+              f"{cpu_per_session * 1000:.1f} ms; {os.cpu_count()} cores shared with PostgreSQL and the devices")
+        print(f"mover {args.mover}, keepalive of the holding devices {args.keepalive:g}s, "
               f"fleet exit code {fleet.returncode}; lab in {root}")
         print(json.dumps({"to_active": to_active, "outage_cns": prober.outage("cns", killed),
-                          "outage_pnp": prober.outage("pnp", killed), "sessions_back": back}))
+                          "outage_pnp": prober.outage("pnp", killed), "sessions_back": back,
+                          "gateway_cpu_ms_per_session": round(cpu_per_session * 1000, 2)}))
     finally:
         prober.stop()
         for process in holders:

@@ -2,6 +2,11 @@
 
 Taking and renewing are single conditional UPDATEs (atomic on SQLite and PostgreSQL): the row changes only when it is
 ours or has expired. ``term`` grows each time the holder changes, so a stale leader can tell it was replaced.
+
+In HA a node that has the VIP may also take a lease whose holder stopped renewing ``stale_after`` seconds ago (its
+renewals come every second): the VIP only moves when the other node stopped answering VRRP or the health monitor, so
+waiting out the whole expiry would only lengthen the outage. A holder that still renews (a node whose keepalived
+crashed with the VIP left on it) keeps its lease, which is what stops two nodes from both being ACTIVE.
 """
 
 from __future__ import annotations
@@ -49,19 +54,29 @@ def holder_id(node_name: str) -> str:
     return f"{node_name}:{os.getpid()}"
 
 
-def try_hold(holder: str, ttl: float, name: str = LEADER) -> int | None:
-    """Take or renew the lease for ``ttl`` seconds; the term when held, ``None`` when another holder has it."""
+def try_hold(holder: str, ttl: float, name: str = LEADER, *, stale_after: float | None = None) -> int | None:
+    """Take or renew the lease for ``ttl`` seconds; the term when held, ``None`` when another holder has it.
+
+    ``stale_after``: also take it from a holder whose last renewal is older than that (renewals set the expiry to
+    renewal time + ``ttl``, the same ``ttl`` for every holder).
+    """
     now = utcnow()
     expires = now + dt.timedelta(seconds=ttl)
+    stale_if_before = None if stale_after is None else expires - dt.timedelta(seconds=stale_after)
     with _lease_session() as session:
-        return _try_hold(session, holder, name, now, expires)
+        return _try_hold(session, holder, name, now, expires, stale_if_before)
 
 
-def _try_hold(session: Session, holder: str, name: str, now: dt.datetime, expires: dt.datetime) -> int | None:
+def _try_hold(session: Session, holder: str, name: str, now: dt.datetime, expires: dt.datetime,
+              stale_if_before: dt.datetime | None = None) -> int | None:
+    takeable = or_(LeaderLease.holder == holder, LeaderLease.expires_at < now)
+    if stale_if_before is not None:
+        # expires_at = last renewal + ttl, so "renewed before now - stale_after" is "expires before this".
+        takeable = or_(takeable, LeaderLease.expires_at < stale_if_before)
     try:
         result = session.execute(
             update(LeaderLease)
-            .where(LeaderLease.name == name, or_(LeaderLease.holder == holder, LeaderLease.expires_at < now))
+            .where(LeaderLease.name == name, takeable)
             .values(
                 holder=holder,
                 expires_at=expires,

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT = 30.0  # a device that stops reading must not hold a greenlet forever
 BUSY_RETRY_AFTER = 30
 PASSIVE_RETRY_AFTER = 10
+ADMISSION_RETRY_AFTER = 5  # waited a whole HELLO timeout for an admission slot: come back shortly
 RESULT_RETRY_AFTER = 5  # a result the database could not take: the device comes back soon
 
 
@@ -223,6 +224,18 @@ class GatewayConnection:
         if node_is_passive(self.app):
             self.send(refusal(Refuse(503, "node is passive (standby); retry later"), PASSIVE_RETRY_AFTER))
             return "node passive"
+        # A bounded number of admissions run at once per worker; the rest wait their turn without using CPU, so a
+        # fleet returning after a failover cannot delay the PONGs of held sessions or the leader lease renewal.
+        slots = self.worker.admission_slots
+        if not slots.acquire(timeout=self.settings.cns_hello_timeout):
+            self.send(busy(ADMISSION_RETRY_AFTER, "gateway busy admitting other devices; retry later"))
+            return "admission queue full"
+        try:
+            return self._admit_now(hello)
+        finally:
+            slots.release()
+
+    def _admit_now(self, hello: Hello) -> str:
         settings = self.settings
         with self.app.app_context():
             try:

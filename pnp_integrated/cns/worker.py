@@ -42,6 +42,9 @@ MAX_UNIX_PATH = 100
 # How often a worker writes its sessions' activity (last frame, subscriptions) to their rows, in one statement each:
 # a write per PING or SUBSCRIBE would cost a pooled connection per device exactly when thousands return at once.
 ACTIVITY_FLUSH_EVERY = 30.0
+# Admissions (session row, event, engine contact) a worker runs at once: below the pool size (10 + 20), so the
+# web services keep connections too.
+ADMISSION_SLOTS = 16
 
 
 def run_dir(settings: Settings) -> Path:
@@ -104,6 +107,9 @@ class CnsWorker:
         self._active: set[str] = set()  # tokens with a frame since the last activity flush
         self._subjects: dict[str, list[str]] = {}  # tokens whose subscriptions changed since then
         self._flusher: Any = None
+        from gevent.lock import BoundedSemaphore
+
+        self.admission_slots = BoundedSemaphore(ADMISSION_SLOTS)
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:

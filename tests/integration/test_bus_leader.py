@@ -50,6 +50,19 @@ def test_expired_lease_is_taken_and_a_held_one_is_not(app: Flask) -> None:
         assert current is not None and current.holder == "node-b:1"
 
 
+def test_a_holder_that_stopped_renewing_loses_the_lease_to_the_vip_holder_before_it_expires(app: Flask) -> None:
+    with app.app_context():
+        assert lease.try_hold("node-a:1", ttl=8) == 1
+        # Renewing every round: nobody takes it early.
+        assert lease.try_hold("node-b:1", ttl=8, stale_after=0.3) is None
+        time.sleep(0.4)  # node-a missed its renewals; its lease has 7.6 s left
+        assert lease.try_hold("node-b:1", ttl=8) is None  # without the VIP's say-so, the expiry is waited out
+        assert lease.try_hold("node-b:1", ttl=8, stale_after=0.3) == 2
+        assert lease.try_hold("node-a:1", ttl=8) is None  # node-a, back, finds it replaced
+        current = lease.current()
+        assert current is not None and current.holder == "node-b:1"
+
+
 def test_lease_is_renewed_while_device_traffic_holds_every_pooled_connection(
     app_factory: Callable[..., Flask], postgres_url: str
 ) -> None:
