@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from flask import current_app
-from sqlalchemy import case, create_engine, or_, select, update
+from sqlalchemy import and_, case, create_engine, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -71,8 +71,11 @@ def _try_hold(session: Session, holder: str, name: str, now: dt.datetime, expire
               stale_if_before: dt.datetime | None = None) -> int | None:
     takeable = or_(LeaderLease.holder == holder, LeaderLease.expires_at < now)
     if stale_if_before is not None:
-        # expires_at = last renewal + ttl, so "renewed before now - stale_after" is "expires before this".
-        takeable = or_(takeable, LeaderLease.expires_at < stale_if_before)
+        # expires_at = last renewal + ttl, so "renewed before now - stale_after" is "expires before this". Only from
+        # another node: a sibling worker slowed down by load is not a dead node, and leadership stays where it is.
+        node = holder.rsplit(":", 1)[0]
+        takeable = or_(takeable, and_(LeaderLease.expires_at < stale_if_before,
+                                      ~LeaderLease.holder.startswith(node + ":", autoescape=True)))
     try:
         result = session.execute(
             update(LeaderLease)

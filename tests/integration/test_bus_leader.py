@@ -59,6 +59,8 @@ def test_a_holder_that_stopped_renewing_loses_the_lease_to_the_vip_holder_before
         assert lease.try_hold("node-b:1", ttl=8) is None  # without the VIP's say-so, the expiry is waited out
         assert lease.try_hold("node-b:1", ttl=8, stale_after=0.3) == 2
         assert lease.try_hold("node-a:1", ttl=8) is None  # node-a, back, finds it replaced
+        time.sleep(0.4)
+        assert lease.try_hold("node-b:2", ttl=8, stale_after=0.3) is None  # never from a sibling worker
         current = lease.current()
         assert current is not None and current.holder == "node-b:1"
 
