@@ -57,8 +57,9 @@ class LoadView:
 
     def current(self, read: Any, now: float) -> dict[int, int]:
         """The loads, read again with ``read()`` once stale; raises when they cannot be read and are too old."""
-        if now - self.read_at >= LOADS_FRESH_FOR:
-            self.read_at = now  # the other greenlets keep using the current reading meanwhile
+        if now - self.read_at >= LOADS_FRESH_FOR or self.good_at == float("-inf"):
+            # The other greenlets keep using the current reading meanwhile, once there is one to use.
+            self.read_at = now
             try:
                 self.loads, self.good_at = read(), now
             except SQLAlchemyError:

@@ -322,6 +322,9 @@ class HaLab:
                 os.killpg(node.keepalived_pid, signal.SIGKILL if crash else signal.SIGTERM)
             except ProcessLookupError:
                 pass
+            # Gone before returning: a keepalived started again meanwhile would find the old one running (its pid
+            # file) and exit at once ("daemon is already running").
+            _wait_group_gone(node.keepalived_pid, timeout=15.0)
             node.keepalived_pid = 0
             self.save()
 
@@ -470,3 +473,19 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Wait until no process of group ``pgid`` is left (reaping the leader if it is our child); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pgid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False

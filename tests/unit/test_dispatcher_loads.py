@@ -54,3 +54,18 @@ def test_a_busy_database_falls_back_on_a_recent_reading_and_fails_without_one() 
     assert view.current(database.read, 103.1) == {11013: 1}  # not one failing query per device
     with pytest.raises(OperationalError):
         view.current(database.read, 101.0 + LOADS_USABLE_FOR + 1)
+
+
+def test_until_a_first_reading_exists_no_device_is_told_that_every_port_is_full() -> None:
+    view = LoadView()
+    database = Database({11013: 0})
+    seen: list[dict[int, int]] = []
+
+    def slow_first_read() -> dict[int, int]:
+        # Another device arrives while this worker's very first reading is still on its way.
+        seen.append(view.current(database.read, 100.0))
+        return database.read()
+
+    view.current(slow_first_read, 100.0)
+    assert seen == [{11013: 0}]  # it read for itself instead of taking an empty reading for "all ports full"
+    assert choose_gateway_port(seen[0], capacity=500) == 11013
