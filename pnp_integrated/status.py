@@ -25,13 +25,25 @@ blueprint = Blueprint("status", __name__)
 COLUMNS = ("SERVICE", "MODE", "STATUS", "ADDITIONAL INFO")
 
 
+# The scan below walks every socket and every process's descriptors: with thousands of device sessions open it costs
+# tens of milliseconds, and /status, each /metrics scrape and each dashboard refresh ask for it.
+LISTENING_FRESH_FOR = 2.0
+_listening_cache: tuple[float, int, dict[int, list[int]]] = (float("-inf"), 0, {})
+
+
 def listening_pids() -> dict[int, list[int]]:
-    """Port -> pids of processes listening on it (all addresses)."""
+    """Port -> pids of processes listening on it (all addresses); read again at most every couple of seconds."""
+    global _listening_cache
+    read_at, pid, ports = _listening_cache
+    if time.monotonic() - read_at < LISTENING_FRESH_FOR and pid == os.getpid():
+        return ports
     out: dict[int, set[int]] = defaultdict(set)
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.pid:
             out[conn.laddr.port].add(conn.pid)
-    return {port: sorted(pids) for port, pids in out.items()}
+    ports = {port: sorted(pids) for port, pids in out.items()}
+    _listening_cache = (time.monotonic(), os.getpid(), ports)
+    return ports
 
 
 def live_sessions_by_port() -> dict[int, int]:
