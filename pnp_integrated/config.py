@@ -73,6 +73,7 @@ class Settings:
     # PostgreSQL ends a transaction of this node that sits idle this long: a node that dies mid-transaction (power,
     # cable) releases its row locks after this, not when TCP gives up hours later. Also the lock-wait bound.
     db_dead_peer_timeout: float = 5.0
+    retention_days: float = 7.0  # closed device sessions and events already sent to Prime are kept this long
 
     # ---- derived values -------------------------------------------------------------------------------------
     @property
@@ -294,7 +295,7 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
         problems.extend(_check_key_pair(s, origin))
 
     for name in ("tls_handshake_timeout", "http_idle_timeout", "cns_hello_timeout", "drain_timeout",
-                 "db_dead_peer_timeout"):
+                 "db_dead_peer_timeout", "retention_days"):
         if not math.isfinite(getattr(s, name)) or getattr(s, name) <= 0:
             bad(name, "must be a positive number of seconds")
     for name in ("cns_port_capacity", "workers"):

@@ -22,8 +22,8 @@ from flask import Flask
 
 from .. import ha
 from ..extension import gateway_state
-from ..models import utcnow
-from . import lease
+from ..models import db, utcnow
+from . import lease, retention
 from .bridge import PrimeBridge
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ class LeaderLoop:
         self._follower: Any = None
         self._was_leading = False
         self._acted_state = ha.node_role(app).state if ha.EXTENSION_KEY in app.extensions else "ACTIVE"
+        self._purged_at = time.monotonic()  # the first purge an hour after start, not during start-up
+        self._purge_thread: threading.Thread | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -137,6 +139,28 @@ class LeaderLoop:
         if role is not None and role.settings.ha_mode != "none":
             self._observe_lease(role, term)
             self._act_on(role)
+        if term is not None and time.monotonic() - self._purged_at > retention.PURGE_EVERY:
+            self._start_purge()
+
+    def _start_purge(self) -> None:
+        """Delete old history on a thread (a greenlet under gevent) of its own: the round must stay short."""
+        if self._purge_thread is not None and self._purge_thread.is_alive():
+            return
+        self._purged_at = time.monotonic()
+        days = gateway_state(self.app).settings.retention_days
+
+        def purge() -> None:
+            with self.app.app_context():
+                try:
+                    retention.purge_history(days)
+                except Exception as exc:  # tried again at the next purge
+                    db.session.rollback()
+                    log.warning("retention purge failed: %s", exc)
+                finally:
+                    db.session.remove()
+
+        self._purge_thread = threading.Thread(target=purge, name="pnp-retention", daemon=True)
+        self._purge_thread.start()
 
     def _release(self) -> None:
         self._stop_bridge()
