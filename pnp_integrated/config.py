@@ -61,7 +61,7 @@ class Settings:
     tls_key_file: str = ""
     tls_ca_file: str = ""
     tls_handshake_timeout: float = 10.0
-    http_idle_timeout: float = 60.0  # an HTTPS client that sends nothing for this long is closed
+    http_idle_timeout: float = 60.0  # an HTTP(S) client that sends nothing for this long is closed
     cns_hello_timeout: float = 10.0
     cns_port_capacity: int = 500
     cns_max_header_bytes: int = 8192

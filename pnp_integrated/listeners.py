@@ -118,6 +118,12 @@ class GatewayHTTPServer(PyWSGIServer):
     """
 
     max_accept = 32
+    idle_timeout = 60.0  # set from PNP_HTTP_IDLE_TIMEOUT when the worker starts (runtime.start_worker)
+
+    def handle(self, sock: Any, address: tuple[str, int]) -> None:
+        # As on HTTPS: a client that connects and goes silent is closed instead of holding a greenlet forever.
+        sock.settimeout(self.idle_timeout)
+        super().handle(sock, address)
 
 
 class GatewayGeventWorker(GeventPyWSGIWorker):

@@ -216,3 +216,17 @@ def test_https_client_that_goes_quiet_after_the_handshake_is_closed(default_node
             waited = time.monotonic() - started
     assert b"200 OK" not in data
     assert 1.5 <= waited <= 8, f"closed after {waited:.1f}s, the idle limit is 2s"
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /status HTTP/1.1\r\nHost: x\r\n"], ids=["silent", "half-request"])
+def test_plain_http_client_that_goes_quiet_is_closed_too(default_node: RunningNode, sent: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", default_node.port("http_port")), timeout=10) as sock:
+        sock.sendall(sent)
+        started = time.monotonic()
+        try:
+            data = sock.recv(65536)
+        except ConnectionError:
+            data = b""
+        waited = time.monotonic() - started
+    assert b"200 OK" not in data
+    assert 1.5 <= waited <= 8, f"closed after {waited:.1f}s, the idle limit is 2s"
