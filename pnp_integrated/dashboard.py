@@ -35,7 +35,7 @@ def dashboard_data() -> dict[str, Any]:
         .order_by(ProvisioningJob.updated_at.desc()).limit(ROWS_SHOWN)
     ).all()
     data = {
-        "status": build_status(gateway_state().settings),
+        "status": build_status(gateway_state().settings, cached_ports=True),
         "devices": [
             {"serial": d.serial, "pid": d.pid, "protocol": d.protocol, "address": d.address, "state": d.state,
              "last_seen": _when(d.last_seen)}

@@ -68,7 +68,7 @@ class NodeCollector(Collector):
         depth = db.session.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.sent_at.is_(None)))
         yield GaugeMetricFamily("pnp_outbox_depth", "Events waiting to be sent to Prime", value=depth or 0)
 
-        status = build_status(settings)
+        status = build_status(settings, cached_ports=True)
         ha = GaugeMetricFamily("pnp_ha_state", "1 for the gateway's current HA state", labels=["state"])
         for state in ("ACTIVE", "PASSIVE", "REFUSED"):
             ha.add_metric([state], 1 if status.get("state") == state else 0)

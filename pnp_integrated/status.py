@@ -26,16 +26,17 @@ COLUMNS = ("SERVICE", "MODE", "STATUS", "ADDITIONAL INFO")
 
 
 # The scan below walks every socket and every process's descriptors: with thousands of device sessions open it costs
-# tens of milliseconds, and /status, each /metrics scrape and each dashboard refresh ask for it.
+# tens of milliseconds. /status (an operator asking) reads afresh; /metrics scrapes and dashboard refreshes, which
+# come by themselves every few seconds, take a reading up to 2 s old.
 LISTENING_FRESH_FOR = 2.0
 _listening_cache: tuple[float, int, dict[int, list[int]]] = (float("-inf"), 0, {})
 
 
-def listening_pids() -> dict[int, list[int]]:
-    """Port -> pids of processes listening on it (all addresses); read again at most every couple of seconds."""
+def listening_pids(*, cached: bool = False) -> dict[int, list[int]]:
+    """Port -> pids of processes listening on it (all addresses); ``cached``: a reading up to 2 s old will do."""
     global _listening_cache
     read_at, pid, ports = _listening_cache
-    if time.monotonic() - read_at < LISTENING_FRESH_FOR and pid == os.getpid():
+    if cached and time.monotonic() - read_at < LISTENING_FRESH_FOR and pid == os.getpid():
         return ports
     out: dict[int, set[int]] = defaultdict(set)
     for conn in psutil.net_connections(kind="tcp"):
@@ -86,13 +87,13 @@ def web_service_rows(settings: Settings, pids: dict[int, list[int]], routes: set
     return rows
 
 
-def build_status(settings: Settings) -> dict[str, Any]:
-    """The node's status, measured now, in the row order of Prime's ``pnpp status``."""
+def build_status(settings: Settings, *, cached_ports: bool = False) -> dict[str, Any]:
+    """The node's status, in the row order of Prime's ``pnpp status``; measured now unless ``cached_ports``."""
     from flask import current_app
 
     from .bus.state import status_rows as broker_rows
 
-    pids = listening_pids()
+    pids = listening_pids(cached=cached_ports)
     sessions = live_sessions_by_port()
     broker = {row["service"]: row for row in broker_rows(settings, pids)}
     port_rows: dict[str, list[dict[str, str]]] = defaultdict(list)
