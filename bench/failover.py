@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
+from bench.proc import gateway_cpu_seconds  # noqa: E402
 from pnp_integrated.config import Settings  # noqa: E402
 from pnp_integrated.devsim.cns import CnsLink, dispatch, hello_frame  # noqa: E402
 from pnp_integrated.lab import HaLab  # noqa: E402
@@ -117,21 +118,6 @@ class Prober:
             if at > killed and ok:
                 return at - killed
         return None
-
-
-def gateway_cpu_seconds(namespace: str) -> float:
-    """CPU time (user + system) used so far by the gateway processes (gunicorn) of the node in ``namespace``."""
-    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
-    total = 0.0
-    for pid in pids:
-        try:
-            if b"gunicorn" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def held_sessions(events: list[Path]) -> dict[str, tuple[str, float]]:
@@ -240,13 +226,13 @@ def main() -> None:
         time.sleep(8)  # mid-provisioning
         prober.start()
         time.sleep(2)
-        standby_namespace = lab.plan.node(standby).namespace
-        cpu_before = gateway_cpu_seconds(standby_namespace)
+        standby_pid = lab.plan.node(standby).pid  # its `pnpp run`, above the gunicorn workers
+        cpu_before = gateway_cpu_seconds(standby_pid)
         killed = time.time()
         lab.kill_node(active)
         print(f"killed every process of {active} and unplugged it", flush=True)
         back, count = sessions_back(events, killed, args.devices, timeout=120 + args.devices / 4)
-        cpu_per_session = (gateway_cpu_seconds(standby_namespace) - cpu_before) / max(1, count)
+        cpu_per_session = (gateway_cpu_seconds(standby_pid) - cpu_before) / max(1, count)
         noticed = first_loss(events, killed)
         rebuilt = back + killed - noticed if back is not None and noticed is not None else None
         time.sleep(3)

@@ -27,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.proc import gateway_cpu_seconds  # noqa: E402
 from pnp_integrated.devsim.pnp import PROVISIONED, SimulatedDevice, format_reports, simulate  # noqa: E402
 
 PID = "C9300-24U"
@@ -79,33 +80,6 @@ def start_node(data_dir: Path, workers: int, image_kib: int, log_path: Path | No
             time.sleep(0.3)
     add_profile(settings, image_kib)
     return node, settings
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def gateway_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) used so far by the gunicorn processes under ``root`` (Linux /proc).
-
-    The machine may be shared, so wall-clock rates are noisy; CPU per conversation is what sizes a node.
-    """
-    total = 0.0
-    pending = [root]
-    while pending:
-        pid = pending.pop()
-        pending.extend(_children(pid))
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if b"gunicorn" in cmdline:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def add_profile(settings: dict[str, Any], image_kib: int) -> None:
