@@ -14,11 +14,21 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy.exc
 from flask import Flask
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from pnp_integrated.models import Device, db
 
 pytestmark = pytest.mark.postgres
+
+
+def lock_device_row(serial: str) -> Connection:
+    """A new device row, and a connection of the app's engine that holds its row lock (app context needed)."""
+    db.session.add(Device(serial=serial))
+    db.session.commit()
+    holder = db.engine.connect()
+    holder.begin()
+    holder.execute(text("SELECT id FROM devices WHERE serial = :serial FOR UPDATE"), {"serial": serial})
+    return holder
 
 
 def test_a_dead_nodes_row_locks_are_released_after_the_dead_peer_timeout(
@@ -26,12 +36,7 @@ def test_a_dead_nodes_row_locks_are_released_after_the_dead_peer_timeout(
 ) -> None:
     app = app_factory(database_url=postgres_url, db_dead_peer_timeout=1.5)
     with app.app_context():
-        db.session.add(Device(serial="DEAD0001"))
-        db.session.commit()
-        dead = db.engine.connect()
-        dead.begin()
-        dead.execute(text("SELECT id FROM devices WHERE serial = 'DEAD0001' FOR UPDATE"))
-        # ... and the node holding that lock is gone.
+        dead = lock_device_row("DEAD0001")  # ... and the node holding that lock is gone.
 
         started = time.monotonic()
         with db.engine.begin() as survivor:
@@ -50,11 +55,7 @@ def test_a_lock_wait_longer_than_twice_the_timeout_fails_instead_of_hanging(
 ) -> None:
     app = app_factory(database_url=postgres_url, db_dead_peer_timeout=1.0)
     with app.app_context():
-        db.session.add(Device(serial="SLOW0001"))
-        db.session.commit()
-        holder = db.engine.connect()
-        holder.begin()
-        holder.execute(text("SELECT id FROM devices WHERE serial = 'SLOW0001' FOR UPDATE"))
+        holder = lock_device_row("SLOW0001")
 
         def keep_busy() -> None:  # a live holder that keeps talking, so only the lock-wait bound can end the wait
             for _ in range(12):
