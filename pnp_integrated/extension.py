@@ -223,9 +223,12 @@ def _database_busy(exc: Exception) -> Any:
                     headers={"Retry-After": "5"})
 
 
+IDLE_IN_TRANSACTION_SESSION_TIMEOUT = "25P03"  # PostgreSQL's SQLSTATE when it ends an idle transaction
+
+
 def _session_ended_or_raise(exc: sa_exc.InternalError) -> Any:
     """PostgreSQL ended this node's transaction (idle past the dead-peer timeout, e.g. a starved worker): retryable."""
-    if exc.connection_invalidated or type(exc.orig).__name__ == "IdleInTransactionSessionTimeout":
+    if exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) == IDLE_IN_TRANSACTION_SESSION_TIMEOUT:
         return _database_busy(exc)
     raise exc
 

@@ -42,6 +42,7 @@ MAX_UNIX_PATH = 100
 # How often a worker writes its sessions' activity (last frame, subscriptions) to their rows, in one statement each:
 # a write per PING or SUBSCRIBE would cost a pooled connection per device exactly when thousands return at once.
 ACTIVITY_FLUSH_EVERY = 30.0
+ACTIVITY_BATCH = 1000  # tokens per UPDATE ... WHERE token IN (...)
 # Admissions (session row, event, engine contact) a worker runs at once: below the pool size (10 + 20), so the
 # web services keep connections too.
 ADMISSION_SLOTS = 16
@@ -183,8 +184,9 @@ class CnsWorker:
             try:
                 tokens = sorted(active)
                 now = utcnow()
-                for start in range(0, len(tokens), 1000):
-                    db.session.execute(update(DeviceSession).where(DeviceSession.token.in_(tokens[start:start + 1000]))
+                for start in range(0, len(tokens), ACTIVITY_BATCH):
+                    batch = tokens[start:start + ACTIVITY_BATCH]
+                    db.session.execute(update(DeviceSession).where(DeviceSession.token.in_(batch))
                                        .values(last_frame_at=now).execution_options(synchronize_session=False))
                 if subjects:
                     table = DeviceSession.__table__
