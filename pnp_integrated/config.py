@@ -297,7 +297,7 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
     for name in ("tls_handshake_timeout", "http_idle_timeout", "cns_hello_timeout", "drain_timeout",
                  "db_dead_peer_timeout", "retention_days"):
         if not math.isfinite(getattr(s, name)) or getattr(s, name) <= 0:
-            bad(name, "must be a positive number of seconds")
+            bad(name, f"must be a positive number of {'days' if name.endswith('_days') else 'seconds'}")
     for name in ("cns_port_capacity", "workers"):
         if getattr(s, name) < 1:
             bad(name, "must be at least 1")
