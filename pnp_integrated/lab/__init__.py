@@ -475,8 +475,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait_group_gone(pgid: int, timeout: float) -> bool:
-    """Wait until no process of group ``pgid`` is left (reaping the leader if it is our child); False on timeout."""
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Wait until no process of group ``pgid`` is left (reaping the leader if it is our child), at most ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -486,6 +486,5 @@ def _wait_group_gone(pgid: int, timeout: float) -> bool:
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
-            return True
+            return
         time.sleep(0.05)
-    return False
