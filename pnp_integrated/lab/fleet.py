@@ -52,12 +52,25 @@ class FleetResult:
     reconnects: int = 0
 
 
+@dataclass(frozen=True)
+class Published:
+    """A result the device published; ``saved`` marks the answer to ``write memory`` (its day 0 ends with it)."""
+
+    subject: str
+    body: str
+    saved: bool = False
+
+
 @dataclass
 class FailoverCnsDevice:
     """A CNS device (event, config and image agents) whose event agent reconnects after a gateway failure.
 
     ``quiet`` plays the CNS keepalive: a connection without any frame for that long is taken for dead (a killed
     node's connections die silently) and replaced by a new one through the dispatcher.
+
+    A result published without a RECEIPT coming back is published again on the next session: the RECEIPT is the
+    gateway's word that the result is recorded, and a node can die between recording it and sending the RECEIPT.
+    The gateway receipts a result it already has without applying it twice (same correlator, job moved on).
     """
 
     serial: str
@@ -68,6 +81,7 @@ class FailoverCnsDevice:
     quiet: float = 20.0
     running_config: list[str] = field(default_factory=list)
     initial_applied: bool = False
+    unreceipted: list[Published] = field(default_factory=list)  # sent again at the start of the next session
     _pending: list[Frame] = field(default_factory=list)
 
     def run(self, deadline: float) -> FleetResult:
@@ -107,10 +121,15 @@ class FailoverCnsDevice:
             for subject in (CONFIG_LOAD, EXEC_CMD):
                 link.command("SUBSCRIBE", {"Subject": subject, "Receipt": f"sub-{subject}"})
                 self._await_receipt(link, f"sub-{subject}")
+            for result in list(self.unreceipted):
+                self._publish(link, result)
+                if result.saved:
+                    link.command("BYE")
+                    return True
             if not self.initial_applied:
                 text = self._http("GET", f"/cns/config.asp?DeviceID={urllib.parse.quote(self.serial)}")
-                self._apply(link, "", text)
                 self.initial_applied = True
+                self._apply(link, "", text)
             # The image agent reports its inventory at every start; it is what answers the job's identify step.
             self._http("POST", "/cns/HttpMsgDispatcher",
                        f'<image-inventory device-id="{self.serial}"><image name="16.9.1.bin" version="16.9.1" '
@@ -136,10 +155,11 @@ class FailoverCnsDevice:
                 self._apply(link, doc.text.get("identifier", ""), text)
             elif frame.get("Subject") == EXEC_CMD:
                 command = doc.text.get("cli-exec", "")
-                self._publish(link, "cisco.mgmt.cns.exec.rsp",
-                              f"<exec-cmd-response><identifier-exec>{doc.text.get('identifier-exec', '')}"
-                              "</identifier-exec><status>success</status><response>[OK]</response>"
-                              "</exec-cmd-response>")
+                self._publish(link, Published(
+                    "cisco.mgmt.cns.exec.rsp",
+                    f"<exec-cmd-response><identifier-exec>{doc.text.get('identifier-exec', '')}</identifier-exec>"
+                    "<status>success</status><response>[OK]</response></exec-cmd-response>",
+                    saved=command == "write memory"))
                 if command == "write memory":
                     link.command("BYE")
                     return True
@@ -148,13 +168,17 @@ class FailoverCnsDevice:
     def _apply(self, link: CnsLink, identifier: str, text: str) -> None:
         self.running_config.extend(line for line in text.splitlines() if line.strip())
         ident = f"<identifier>{identifier}</identifier>" if identifier else ""
-        self._publish(link, "cisco.mgmt.cns.config.complete",
-                      f"<config-success>{ident}<config-id>{self.serial}</config-id></config-success>")
+        self._publish(link, Published("cisco.mgmt.cns.config.complete",
+                                      f"<config-success>{ident}<config-id>{self.serial}</config-id></config-success>"))
 
-    def _publish(self, link: CnsLink, subject: str, body: str) -> None:
+    def _publish(self, link: CnsLink, result: Published) -> None:
+        if result not in self.unreceipted:
+            self.unreceipted.append(result)
         token = uuid.uuid4().hex[:8]
-        link.command("PUBLISH", {"Subject": subject, "Receipt": token, "Content-Type": "application/xml"}, body)
-        self._await_receipt(link, token)  # no RECEIPT, no durable event: publish again on the next session
+        link.command("PUBLISH", {"Subject": result.subject, "Receipt": token, "Content-Type": "application/xml"},
+                     result.body)
+        self._await_receipt(link, token)
+        self.unreceipted.remove(result)
 
     def _await_receipt(self, link: CnsLink, token: str) -> None:
         while True:

@@ -19,8 +19,8 @@ from sqlalchemy import select
 
 from pnp_integrated import create_app
 from pnp_integrated.devsim.cns import CnsLink
-from pnp_integrated.lab.fleet import FailoverCnsDevice, GatewayLost, ensure_fleet_profile
-from pnp_integrated.models import Device, ProvisioningJob, db
+from pnp_integrated.lab.fleet import FailoverCnsDevice, GatewayLost, Published, ensure_fleet_profile
+from pnp_integrated.models import Device, JobStep, ProvisioningJob, db
 from tests.integration.conftest import RunningNode
 
 pytestmark = pytest.mark.postgres
@@ -33,14 +33,14 @@ class DeviceRowLockedOnSave(FailoverCnsDevice):
     database: str = ""
     refusals: list[str] = field(default_factory=list)
 
-    def _publish(self, link: CnsLink, subject: str, body: str) -> None:
-        if subject != "cisco.mgmt.cns.exec.rsp" or self.refusals:
-            super()._publish(link, subject, body)
+    def _publish(self, link: CnsLink, result: Published) -> None:
+        if not result.saved or self.refusals:
+            super()._publish(link, result)
             return
         with psycopg.connect(self.database) as holder:
             holder.execute("SELECT id FROM devices WHERE serial = %s FOR UPDATE", (self.serial,))
             try:
-                super()._publish(link, subject, body)
+                super()._publish(link, result)
             except GatewayLost as exc:
                 self.refusals.append(str(exc))
                 raise
@@ -69,3 +69,48 @@ def test_a_result_the_database_cannot_take_is_refused_and_asked_for_again(
         assert job is not None and job.state == "completed"
     assert "result on cisco.mgmt.cns.exec.rsp not recorded" in node.log_path.read_text()
 
+
+
+@dataclass
+class ReceiptLostOnSave(FailoverCnsDevice):
+    """Its first ``write memory`` answer is recorded, but the RECEIPT never reaches it (the node died in between)."""
+
+    lost: list[str] = field(default_factory=list)
+
+    def _publish(self, link: CnsLink, result: Published) -> None:
+        if not result.saved or self.lost:
+            super()._publish(link, result)
+            return
+        self.unreceipted.append(result)
+        token = "lost-on-the-way"
+        link.command("PUBLISH", {"Subject": result.subject, "Receipt": token, "Content-Type": "application/xml"},
+                     result.body)
+        self._await_receipt(link, token)  # the gateway recorded it; the device never sees this RECEIPT
+        self.lost.append(token)
+        raise GatewayLost("connection lost before the RECEIPT")
+
+
+def test_a_recorded_result_whose_receipt_was_lost_is_sent_again_and_ends_the_day0(
+    running_node: Callable[..., RunningNode], postgres_url: str
+) -> None:
+    node = running_node(workers=1, database_url=postgres_url)
+    observer = create_app({**node.settings, "TESTING": True})
+    with observer.app_context():
+        ensure_fleet_profile(["LOST0001"])
+    # The job is complete after the first answer, so the gateway has nothing left to push: a device waiting for a
+    # push would wait forever (`quiet` short so that failure shows within the deadline).
+    device = ReceiptLostOnSave("LOST0001", "127.0.0.1", node.port("cns_port_base") + 1,
+                               http_port=node.port("http_port"), quiet=3.0)
+    result = device.run(deadline=time.monotonic() + 30)
+
+    assert device.lost, "the device never answered write memory"
+    assert result.ok, result.detail
+    assert result.reconnects == 1
+    assert device.unreceipted == []
+    with observer.app_context():
+        row = db.session.scalar(select(Device).where(Device.serial == "LOST0001"))
+        assert row is not None and row.current_job_id is not None
+        job = db.session.get(ProvisioningJob, row.current_job_id)
+        assert job is not None and job.state == "completed"
+        saves = db.session.scalars(select(JobStep).where(JobStep.job_id == job.id, JobStep.step == "save")).all()
+        assert [s.state for s in saves].count("succeeded") == 1  # the second answer did not save twice
