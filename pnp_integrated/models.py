@@ -2,6 +2,10 @@
 
 Schema changes go through Alembic (``migrations/``): add a revision with ``flask --app wsgi db migrate`` and apply
 it with ``pnpp db upgrade``.
+
+Sessions: each application context has its own ``db.session``, and Flask-SQLAlchemy removes it when the context
+ends (rolling back whatever was not committed, and handing the connection back). Work outside a request (device
+sockets, background loops) therefore runs in ``with app.app_context():`` and needs no cleanup of its own.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from flask import Flask
 
 from .. import ha
 from ..extension import gateway_state
-from ..models import db, utcnow
+from ..models import utcnow
 from . import lease, retention
 from .bridge import PrimeBridge
 
@@ -150,14 +150,11 @@ class LeaderLoop:
         days = gateway_state(self.app).settings.retention_days
 
         def purge() -> None:
-            with self.app.app_context():
-                try:
+            try:
+                with self.app.app_context():
                     retention.purge_history(days)
-                except Exception as exc:  # tried again at the next purge
-                    db.session.rollback()
-                    log.warning("retention purge failed: %s", exc)
-                finally:
-                    db.session.remove()
+            except Exception as exc:  # tried again at the next purge
+                log.warning("retention purge failed: %s", exc)
 
         self._purge_thread = threading.Thread(target=purge, name="pnp-retention", daemon=True)
         self._purge_thread.start()

@@ -113,17 +113,15 @@ class Dispatcher:
         if node_is_passive(self.app):
             send_frame(sock, refusal(Refuse(503, "node is passive (standby); retry later"), PASSIVE_RETRY_AFTER))
             return
-        with self.app.app_context():
-            try:
+        try:
+            with self.app.app_context():
                 loads = self.view.current(lambda: gateway_loads(settings, self.tls), time.monotonic())
-            except SQLAlchemyError as exc:
-                # Database saturated or briefly away: the device backs off and comes again, nothing is lost.
-                log.warning("CNS dispatcher %s: cannot count sessions (%s); %s told to retry", self.port,
-                            type(exc).__name__, address[0])
-                send_frame(sock, busy(BUSY_RETRY_AFTER, "gateway busy; retry later"))
-                return
-            finally:
-                db.session.remove()
+        except SQLAlchemyError as exc:
+            # Database saturated or briefly away: the device backs off and comes again, nothing is lost.
+            log.warning("CNS dispatcher %s: cannot count sessions (%s); %s told to retry", self.port,
+                        type(exc).__name__, address[0])
+            send_frame(sock, busy(BUSY_RETRY_AFTER, "gateway busy; retry later"))
+            return
         if decision.receipt is not None:
             send_frame(sock, receipt(decision.receipt))
         port = choose_gateway_port(loads, settings.cns_port_capacity)

@@ -238,35 +238,32 @@ class GatewayConnection:
     def _admit_now(self, hello: Hello) -> str:
         settings = self.settings
         with self.app.app_context():
-            try:
-                row = DeviceSession(device_key=hello.device_id, protocol="cns", node=settings.node_name,
-                                    worker_pid=self.worker.pid, port=self.port, tls=self.tls, address=self.address,
-                                    subjects=[])
-                db.session.add(row)
-                db.session.flush()
-                older = list(db.session.scalars(select(DeviceSession).where(
-                    DeviceSession.device_key == hello.device_id, DeviceSession.closed_at.is_(None),
-                    DeviceSession.node == settings.node_name, DeviceSession.protocol == "cns",
-                    DeviceSession.id < row.id)))
-                close_sessions(older, "replaced by a newer session")
-                record_event("device.connected", {"device": session_device(row)})
-                self.token, row_id = row.token, row.id  # read before the commit expires them (a query each)
+            row = DeviceSession(device_key=hello.device_id, protocol="cns", node=settings.node_name,
+                                worker_pid=self.worker.pid, port=self.port, tls=self.tls, address=self.address,
+                                subjects=[])
+            db.session.add(row)
+            db.session.flush()
+            older = list(db.session.scalars(select(DeviceSession).where(
+                DeviceSession.device_key == hello.device_id, DeviceSession.closed_at.is_(None),
+                DeviceSession.node == settings.node_name, DeviceSession.protocol == "cns",
+                DeviceSession.id < row.id)))
+            close_sessions(older, "replaced by a newer session")
+            record_event("device.connected", {"device": session_device(row)})
+            self.token, row_id = row.token, row.id  # read before the commit expires them (a query each)
+            db.session.commit()
+            # Admission is decided after the insert: the first `capacity` live rows of the port (by id) win,
+            # so two workers admitting at once cannot both take the last place.
+            ahead = db.session.scalar(select(func.count()).select_from(DeviceSession).where(
+                DeviceSession.port == self.port, DeviceSession.node == settings.node_name,
+                DeviceSession.closed_at.is_(None), DeviceSession.id <= row_id)) or 0
+            if ahead > settings.cns_port_capacity:
+                close_sessions([row], "port at capacity")
                 db.session.commit()
-                # Admission is decided after the insert: the first `capacity` live rows of the port (by id) win,
-                # so two workers admitting at once cannot both take the last place.
-                ahead = db.session.scalar(select(func.count()).select_from(DeviceSession).where(
-                    DeviceSession.port == self.port, DeviceSession.node == settings.node_name,
-                    DeviceSession.closed_at.is_(None), DeviceSession.id <= row_id)) or 0
-                if ahead > settings.cns_port_capacity:
-                    close_sessions([row], "port at capacity")
-                    db.session.commit()
-                    self.token = ""
-                    self.send(busy(BUSY_RETRY_AFTER, f"port {self.port} is at capacity"))
-                    return "port at capacity"
-                for old in older:
-                    end_session(settings, old, 409, "replaced by a newer session of the same Device-Id")
-            finally:
-                db.session.remove()
+                self.token = ""
+                self.send(busy(BUSY_RETRY_AFTER, f"port {self.port} is at capacity"))
+                return "port at capacity"
+            for old in older:
+                end_session(settings, old, 409, "replaced by a newer session of the same Device-Id")
         self.worker.connections[self.token] = self
         self.send(welcome(self.token, hello.keepalive))
         log.info("CNS device %s connected on port %s from %s", hello.device_id, self.port, self.address)
@@ -289,16 +286,13 @@ class GatewayConnection:
         hello = self.session.hello
         assert hello is not None
         with self.app.app_context():
-            try:
-                record_event("cns.event", {
-                    "subject": event.bus_subject,
-                    "device": {"id": hello.device_id, "serial": hello.config_id, "protocol": "cns",
-                               "address": self.address, "port": self.port},
-                    "xml": event.xml,
-                })
-                db.session.commit()  # durable before the RECEIPT: a receipted event cannot be lost
-            finally:
-                db.session.remove()
+            record_event("cns.event", {
+                "subject": event.bus_subject,
+                "device": {"id": hello.device_id, "serial": hello.config_id, "protocol": "cns",
+                           "address": self.address, "port": self.port},
+                "xml": event.xml,
+            })
+            db.session.commit()  # durable before the RECEIPT: a receipted event cannot be lost
         try:
             action = provision.report(self.app, hello, event.subject, event.document)
         except provision.ResultNotRecorded as exc:
@@ -331,15 +325,13 @@ class GatewayConnection:
         close_socket(self.sock)
         if not self.token:
             return
-        with self.app.app_context():
-            try:
+        try:
+            with self.app.app_context():
                 rows = list(db.session.scalars(select(DeviceSession).where(DeviceSession.token == self.token)))
                 close_sessions(rows, self.ended_by or reason)
                 db.session.commit()
-            except Exception as exc:  # the device is gone either way; a stale row is swept on the next start
-                log.warning("could not close CNS session %s: %s", self.token, exc)
-            finally:
-                db.session.remove()
+        except Exception as exc:  # the device is gone either way; a stale row is swept on the next start
+            log.warning("could not close CNS session %s: %s", self.token, exc)
         log.info("CNS device %s disconnected from port %s: %s", self.session.device_id, self.port,
                  self.ended_by or reason)
 

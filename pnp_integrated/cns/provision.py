@@ -22,7 +22,6 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
-from ..models import db
 from .messages import CONFIG_LOAD, EXEC_CMD, Document, config_load_pull, config_load_push, device_result, exec_cmd
 from .session import Hello
 
@@ -49,22 +48,18 @@ def _call(app: Flask, name: str, *args: Any, strict: bool = False, **kwargs: Any
         return None
     from ..provisioning.engine import EngineBusy
 
-    with app.app_context():
-        try:
+    try:
+        with app.app_context():
             return function(*args, **kwargs)
-        except (SQLAlchemyError, EngineBusy) as exc:
-            db.session.rollback()
-            if strict:
-                raise ResultNotRecorded(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
-            log.warning("provisioning engine %s for %s: database unavailable (%s)", name, args[0] if args else "",
-                        type(exc).__name__)
-            return None
-        except Exception:
-            log.exception("provisioning engine %s failed for %s", name, args[0] if args else "")
-            db.session.rollback()
-            return None
-        finally:
-            db.session.remove()
+    except (SQLAlchemyError, EngineBusy) as exc:
+        if strict:
+            raise ResultNotRecorded(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        log.warning("provisioning engine %s for %s: database unavailable (%s)", name, args[0] if args else "",
+                    type(exc).__name__)
+        return None
+    except Exception:
+        log.exception("provisioning engine %s failed for %s", name, args[0] if args else "")
+        return None
 
 
 def identity(hello: Hello, address: str) -> Any:

@@ -151,17 +151,14 @@ class CnsWorker:
     def sweep_stale_sessions(self) -> None:
         """Close live rows of this node whose worker is gone (crash, restart): they would skew the port counts."""
         with self.app.app_context():
-            try:
-                rows = list(db.session.scalars(select(DeviceSession).where(
-                    DeviceSession.closed_at.is_(None), DeviceSession.node == self.settings.node_name,
-                    DeviceSession.protocol == "cns")))
-                stale = [r for r in rows if r.worker_pid == self.pid or not mailbox_alive(self.settings, r.worker_pid)]
-                if stale:
-                    close_sessions(stale, "gateway worker ended")
-                    db.session.commit()
-                    log.info("closed %d CNS sessions left by ended workers", len(stale))
-            finally:
-                db.session.remove()
+            rows = list(db.session.scalars(select(DeviceSession).where(
+                DeviceSession.closed_at.is_(None), DeviceSession.node == self.settings.node_name,
+                DeviceSession.protocol == "cns")))
+            stale = [r for r in rows if r.worker_pid == self.pid or not mailbox_alive(self.settings, r.worker_pid)]
+            if stale:
+                close_sessions(stale, "gateway worker ended")
+                db.session.commit()
+                log.info("closed %d CNS sessions left by ended workers", len(stale))
 
     # ---- session activity -----------------------------------------------------------------------------------
     def note_activity(self, token: str) -> None:
@@ -180,8 +177,8 @@ class CnsWorker:
         if not active:
             return
         self._active, self._subjects = set(), {}
-        with self.app.app_context():
-            try:
+        try:
+            with self.app.app_context():
                 tokens = sorted(active)
                 now = utcnow()
                 for start in range(0, len(tokens), ACTIVITY_BATCH):
@@ -194,13 +191,10 @@ class CnsWorker:
                         table.update().where(table.c.token == bindparam("t")).values(subjects=bindparam("s")),
                         [{"t": token, "s": value} for token, value in subjects.items()])
                 db.session.commit()
-            except Exception:
-                db.session.rollback()
-                self._active |= active  # kept for the next flush: activity is a hint, a late one is still true
-                self._subjects = {**subjects, **self._subjects}
-                raise
-            finally:
-                db.session.remove()
+        except Exception:
+            self._active |= active  # kept for the next flush: activity is a hint, a late one is still true
+            self._subjects = {**subjects, **self._subjects}
+            raise
 
     def _flush_activity_forever(self) -> None:
         import gevent

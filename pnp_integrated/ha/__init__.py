@@ -255,7 +255,6 @@ def _record_state_event(app: Flask, role: NodeRole) -> int:
                                            "node": settings.node_name, "reason": role.reason,
                                            "unfinished_jobs": unfinished})
             db.session.commit()
-            db.session.remove()
         return unfinished
     except Exception:  # the database is unreachable: the state change itself has happened regardless
         log.exception("could not record the gateway.state event")

@@ -39,8 +39,8 @@ def resume_unfinished(app: Flask) -> ResumeSummary:
 
     settings = gateway_state(app).settings
     pushed = 0
-    with app.app_context():
-        try:
+    try:
+        with app.app_context():
             unfinished = list(db.session.execute(
                 select(ProvisioningJob.id, Device.serial, ProvisioningJob.protocol)
                 .join(Device, Device.id == ProvisioningJob.device_id)
@@ -57,12 +57,9 @@ def resume_unfinished(app: Flask) -> ResumeSummary:
                 # The session's Device-Id is the device key; simulated and bootstrapped devices use it as ConfigID.
                 if delivery is not None and deliver(serial, *delivery):
                     pushed += 1
-        except Exception:  # a job left here still continues at its device's next contact
-            log.exception("could not resume the unfinished jobs")
-            db.session.rollback()
-            unfinished = []
-        finally:
-            db.session.remove()
+    except Exception:  # a job left here still continues at its device's next contact
+        log.exception("could not resume the unfinished jobs")
+        unfinished = []
     summary = ResumeSummary(unfinished=len(unfinished), pushed=pushed, waiting=len(unfinished) - pushed)
     log.info("%s resumes %d unfinished jobs: %d CNS pushes sent again, %d continue at the device's next contact",
              settings.node_name, summary.unfinished, summary.pushed, summary.waiting)
