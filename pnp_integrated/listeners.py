@@ -11,6 +11,7 @@ own ``ssl_context`` server option would log a traceback per refused handshake.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -118,7 +119,10 @@ class GatewayHTTPServer(PyWSGIServer):
     """
 
     max_accept = 32
-    idle_timeout = 60.0  # set from PNP_HTTP_IDLE_TIMEOUT when the worker starts (runtime.start_worker)
+
+    def __init__(self, *args: Any, idle_timeout: float = 60.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle_timeout = idle_timeout
 
     def handle(self, sock: Any, address: tuple[str, int]) -> None:
         # As on HTTPS: a client that connects and goes silent is closed instead of holding a greenlet forever.
@@ -127,9 +131,18 @@ class GatewayHTTPServer(PyWSGIServer):
 
 
 class GatewayGeventWorker(GeventPyWSGIWorker):
-    """The gunicorn worker class of a node (``deploy/gunicorn.conf.py``): gevent, with :class:`GatewayHTTPServer`."""
+    """The gunicorn worker class of a node (``deploy/gunicorn.conf.py``): gevent, with :class:`GatewayHTTPServer`.
 
-    server_class = GatewayHTTPServer
+    gunicorn builds the plain HTTP server in :meth:`run`, after the application is loaded: the server gets the
+    node's ``PNP_HTTP_IDLE_TIMEOUT`` from the application's settings.
+    """
+
+    def run(self) -> None:
+        from .extension import gateway_state
+
+        idle_timeout = gateway_state(self.wsgi).settings.http_idle_timeout
+        self.server_class = functools.partial(GatewayHTTPServer, idle_timeout=idle_timeout)
+        super().run()
 
 
 @dataclass

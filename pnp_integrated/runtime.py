@@ -90,9 +90,6 @@ def start_worker(app: Flask) -> ListenerController:
     )
     controller.start()
     state.listeners = controller
-    from .listeners import GatewayHTTPServer
-
-    GatewayHTTPServer.idle_timeout = settings.http_idle_timeout  # gunicorn builds the plain HTTP server after this
     from .bus import start_leader_loop  # every worker competes for the lease; the leader runs the Prime bridge
 
     start_leader_loop(app)
