@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -25,26 +26,34 @@ blueprint = Blueprint("status", __name__)
 COLUMNS = ("SERVICE", "MODE", "STATUS", "ADDITIONAL INFO")
 
 
-# The scan below walks every socket and every process's descriptors: with thousands of device sessions open it costs
-# tens of milliseconds. /status (an operator asking) reads afresh; /metrics scrapes and dashboard refreshes, which
-# come by themselves every few seconds, take a reading up to 2 s old.
-LISTENING_FRESH_FOR = 2.0
-_listening_cache: tuple[float, int, dict[int, list[int]]] = (float("-inf"), 0, {})
-
-
-def listening_pids(*, cached: bool = False) -> dict[int, list[int]]:
-    """Port -> pids of processes listening on it (all addresses); ``cached``: a reading up to 2 s old will do."""
-    global _listening_cache
-    read_at, pid, ports = _listening_cache
-    if cached and time.monotonic() - read_at < LISTENING_FRESH_FOR and pid == os.getpid():
-        return ports
+def listening_pids() -> dict[int, list[int]]:
+    """Port -> pids of processes listening on it (all addresses)."""
     out: dict[int, set[int]] = defaultdict(set)
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.pid:
             out[conn.laddr.port].add(conn.pid)
-    ports = {port: sorted(pids) for port, pids in out.items()}
-    _listening_cache = (time.monotonic(), os.getpid(), ports)
-    return ports
+    return {port: sorted(pids) for port, pids in out.items()}
+
+
+# The scan walks every socket and every process's descriptors: with thousands of device sessions open it costs tens
+# of milliseconds. /status (an operator asking) reads afresh; /metrics scrapes and dashboard refreshes, which come by
+# themselves every few seconds, take a reading up to 2 s old.
+LISTENING_FRESH_FOR = 2.0
+SCAN_KEY = "pnp_integrated.listening"
+
+
+@dataclass
+class ListeningScan:
+    """This worker's last :func:`listening_pids` reading (kept in ``app.extensions``)."""
+
+    read_at: float = float("-inf")
+    ports: dict[int, list[int]] = field(default_factory=dict)
+
+    def read(self, *, fresh_for: float = 0.0) -> dict[int, list[int]]:
+        """A reading at most ``fresh_for`` seconds old (0: a new one)."""
+        if time.monotonic() - self.read_at >= fresh_for:
+            self.ports, self.read_at = listening_pids(), time.monotonic()
+        return self.ports
 
 
 def live_sessions_by_port() -> dict[int, int]:
@@ -93,7 +102,8 @@ def build_status(settings: Settings, *, cached_ports: bool = False) -> dict[str,
 
     from .bus.state import status_rows as broker_rows
 
-    pids = listening_pids(cached=cached_ports)
+    scan: ListeningScan = current_app.extensions.setdefault(SCAN_KEY, ListeningScan())
+    pids = scan.read(fresh_for=LISTENING_FRESH_FOR if cached_ports else 0.0)
     sessions = live_sessions_by_port()
     broker = {row["service"]: row for row in broker_rows(settings, pids)}
     port_rows: dict[str, list[dict[str, str]]] = defaultdict(list)
