@@ -24,15 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pnp_integrated.devsim.node import RunningNode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -139,28 +140,12 @@ def stop_children(children: list[subprocess.Popen[str]]) -> None:
 
 
 # ---- the node -------------------------------------------------------------------------------------------------------
-def free_block(count: int) -> int:
-    """A base port with ``count`` consecutive free ports, below the ephemeral range."""
-    for base in range(21000, 31000, 50):
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise SystemExit("no free block of ports")
-
-
 class Node:
     """A node to measure: started here (``pnpp run``) or described by an env file."""
 
-    def __init__(self, env: dict[str, str], process: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(self, env: dict[str, str], running: RunningNode | None = None) -> None:
         self.env = env
-        self.process = process
+        self.running = running
         self.settings = {k[4:].lower(): v for k, v in env.items() if k.startswith("PNP_")}
         self.host = self.settings.get("vip", "127.0.0.1")
         self.base = int(self.settings.get("cns_port_base", 11010))
@@ -168,41 +153,17 @@ class Node:
 
     @classmethod
     def start(cls, data_dir: Path, workers: int, capacity: int) -> Node:
-        base = free_block(19)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PNP_")}
-        env.update({"PNP_DATA_DIR": str(data_dir), "PNP_HTTP_PORT": str(base + 13), "PNP_HTTPS_PORT": str(base + 14),
-                    "PNP_CNS_PORT_BASE": str(base), "PNP_BROKER_PORT": str(base + 15),
-                    "PNP_BUS_PORT": str(base + 16), "PNP_HEALTH_PORT": str(base + 17), "PNP_WORKERS": str(workers),
-                    "PNP_CNS_PORT_CAPACITY": str(capacity)})
-        data_dir.mkdir(parents=True, exist_ok=True)
-        log = (data_dir / "node.log").open("wb")
-        process = subprocess.Popen([str(Path(sys.executable).with_name("pnpp")), "run"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        node = cls(env, process)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(f"the node exited with {process.returncode}; see {data_dir / 'node.log'}")
-            try:
-                node.status()
-                return node
-            except OSError:
-                time.sleep(0.5)
-        node.stop()
-        raise SystemExit("the node did not answer /status within 90s")
+        from pnp_integrated.devsim.node import NodeDidNotStart, start_node  # not in the gevent-patched children
+
+        try:
+            running = start_node(data_dir, workers=workers, cns_port_capacity=capacity)
+        except NodeDidNotStart as exc:
+            raise SystemExit(f"the node did not start: {str(exc)[-2000:]}") from None
+        return cls(running.env, running)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if self.running is not None:
+            self.running.stop(timeout=60)
 
     def status(self, timeout: float = 10.0) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/status", timeout=timeout) as resp:

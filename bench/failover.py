@@ -39,13 +39,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 
 from bench.proc import gateway_cpu_seconds  # noqa: E402
 from pnp_integrated.config import Settings  # noqa: E402
 from pnp_integrated.devsim.cns import CnsLink, dispatch, hello_frame  # noqa: E402
 from pnp_integrated.lab import HaLab  # noqa: E402
-from pnp_integrated.prime.sink import EventStore  # noqa: E402
 
 PREFIX, SUBNET = "pnpb", "10.76.0"
 PORTS = Settings()  # the lab's nodes keep the default ports
@@ -154,21 +152,9 @@ def sessions_back(events: list[Path], killed: float, count: int, timeout: float)
 
 def lost_work(lab: HaLab, prefix: str) -> tuple[int, int, int]:
     """(jobs not completed, outbox events not in any Prime sink, fleet devices)."""
-    url = lab.plan.database_url.replace("postgresql+psycopg", "postgresql")
-    with psycopg.connect(url) as conn:
-        jobs = conn.execute("SELECT COALESCE(j.state, 'none') FROM devices d LEFT JOIN jobs j "
-                            "ON j.id = d.current_job_id WHERE d.serial LIKE %s", (prefix + "%",)).fetchall()
-        ids = {str(i) for (i,) in conn.execute("SELECT event_id FROM outbox").fetchall()}
-    received: set[str] = set()
-    for node in lab.plan.nodes:
-        path = Path(node.data_dir) / "prime" / "events.sqlite3"
-        if path.exists():
-            store = EventStore(path)
-            try:
-                received.update(e.event_id for e in store.events())
-            finally:
-                store.close()
-    return sum(1 for (s,) in jobs if s != "completed"), len(ids - received), len(jobs)
+    jobs = lab.job_states(prefix)
+    not_in_prime = {event_id for event_id, _ in lab.outbox()} - lab.prime_event_ids()
+    return sum(1 for state in jobs.values() if state != "completed"), len(not_in_prime), len(jobs)
 
 
 def main() -> None:

@@ -13,14 +13,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import signal
-import socket
-import ssl
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.proc import gateway_cpu_seconds  # noqa: E402
+from pnp_integrated.devsim.node import NodeDidNotStart, RunningNode, start_node  # noqa: E402
 from pnp_integrated.devsim.pnp import PROVISIONED, SimulatedDevice, format_reports, simulate  # noqa: E402
 
 PID = "C9300-24U"
@@ -35,51 +32,16 @@ CONFIG = "hostname {{ serial }}\ninterface Vlan1\n ip address dhcp\n"
 POST = "ntp server 192.0.2.1\nlogging host 192.0.2.2\n"
 
 
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports below the ephemeral range."""
-    for start in range(20000, 30000, count + 7):
-        try:
-            socks = []
-            for port in range(start, start + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return start
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of ports")
-
-
-def start_node(data_dir: Path, workers: int, image_kib: int, log_path: Path | None = None,
-               database_url: str | None = None) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    base = free_ports(19)
-    settings: dict[str, Any] = {
-        "data_dir": str(data_dir / "data"), "cns_port_base": base, "http_port": base + 13, "https_port": base + 14,
-        "broker_port": base + 15, "bus_port": base + 16, "health_port": base + 17, "workers": workers,
-    }
+def start_bench_node(data_dir: Path, workers: int, image_kib: int, database_url: str | None) -> RunningNode:
+    overrides: dict[str, Any] = {"workers": workers}
     if database_url:
-        settings["database_url"] = database_url
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PNP_")}
-    env.update({f"PNP_{k.upper()}": str(v) for k, v in settings.items()})
-    log_path = log_path or data_dir / "node.log"
-    log = log_path.open("wb")
-    node = subprocess.Popen([str(Path(sys.executable).with_name("pnpp")), "run"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{settings['http_port']}/status", timeout=2):
-                break
-        except OSError:
-            if node.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                raise SystemExit(f"node did not start:\n{tail}") from None
-            time.sleep(0.3)
-    add_profile(settings, image_kib)
-    return node, settings
+        overrides["database_url"] = database_url
+    try:
+        node = start_node(data_dir, **overrides)
+    except NodeDidNotStart as exc:
+        raise SystemExit(f"node did not start: {str(exc)[-2000:]}") from None
+    add_profile(node.settings, image_kib)
+    return node
 
 
 def add_profile(settings: dict[str, Any], image_kib: int) -> None:
@@ -121,18 +83,16 @@ def main() -> int:
         if args.url:
             url = args.url
         else:
-            node, settings = start_node(Path(tmp), args.workers, args.image_kib, args.node_log, args.database_url)
-            port = settings["https_port"] if args.https else settings["http_port"]
-            url = f"{'https' if args.https else 'http'}://127.0.0.1:{port}"
+            node = start_bench_node(Path(tmp), args.workers, args.image_kib, args.database_url)
+            url = node.url("", tls=args.https)
             if args.https:
-                context = ssl.create_default_context(cafile=str(Path(settings["data_dir"]) / "certs" / "ca.pem"))
-                context.check_hostname = False
+                context = node.client_context()
         try:
             devices = [SimulatedDevice(serial=f"BENCH{n:06d}", pid=PID) for n in range(args.devices)]
             print(f"{args.devices} agents, {args.concurrency} at a time, against {url}"
                   f"{f' ({args.workers} workers)' if node else ''}", flush=True)
             started = time.monotonic()
-            node_cpu = gateway_cpu_seconds(node.pid) if node is not None else 0.0
+            node_cpu = gateway_cpu_seconds(node.process.pid) if node is not None else 0.0
             own_cpu = time.process_time()
             reports = simulate(devices, url, context=context, concurrency=args.concurrency, time_scale=0.0,
                                reload_seconds=0, deadline=600, timeout=120)
@@ -143,18 +103,16 @@ def main() -> int:
             print(f"\n{requests / len(reports):.1f} requests per device; "
                   f"bench client CPU {1000 * (time.process_time() - own_cpu) / len(reports):.1f} ms per device")
             if node is not None:
-                used = gateway_cpu_seconds(node.pid) - node_cpu
+                used = gateway_cpu_seconds(node.process.pid) - node_cpu
                 print(f"gateway CPU {used:.1f}s: {1000 * used / conversations:.1f} ms per conversation, "
                       f"{1000 * used / max(1, requests):.2f} ms per request; at that cost {os.cpu_count()} cores "
                       f"serve at most {(os.cpu_count() or 1) * conversations / max(used, 1e-9):.0f} conversations/s")
             return 0 if all(r.outcome == PROVISIONED for r in reports) else 1
         finally:
             if node is not None:
-                node.send_signal(signal.SIGTERM)
-                try:
-                    node.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(node.pid, signal.SIGKILL)
+                node.stop()
+                if args.node_log:
+                    shutil.copyfile(node.log_path, args.node_log)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,8 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from pnp_integrated import create_app
-
-PNP_ENV_PREFIX = "PNP_"
+from pnp_integrated.devsim.node import PNP_ENV_PREFIX, free_port_block, node_settings
 
 
 @pytest.fixture(autouse=True)
@@ -39,54 +36,6 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def free_port_block(count: int = 1) -> int:
-    """The first of ``count`` consecutive TCP ports that are free on 127.0.0.1 right now.
-
-    Blocks are drawn at random below the kernel's ephemeral range (32768+), so the client sockets of a busy test run
-    cannot take a port of a node between the moment it is chosen and the moment the node binds it.
-    """
-    rng = random.SystemRandom()
-    for _ in range(200):
-        start = rng.randrange(20000, 32700 - count)
-        socks = []
-        try:
-            for port in range(start, start + count):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                socks.append(s)
-            return start
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of ports")
-
-
-def node_settings(data_dir: Path, **overrides: Any) -> dict[str, Any]:
-    """Settings of a test node: private data dir, every port moved to a free block."""
-    base = free_port_block(19)
-    settings: dict[str, Any] = {
-        "data_dir": str(data_dir),
-        "http_port": base + 13,
-        "https_port": base + 14,
-        "cns_port_base": base,
-        "broker_port": base + 15,
-        "bus_port": base + 16,
-        "health_port": base + 17,
-        "drain_timeout": 2,
-    }
-    settings.update(overrides)
-    return settings
-
-
-def node_environment(settings: dict[str, Any]) -> dict[str, str]:
-    """The same settings as PNP_* variables, for subprocesses (``pnpp run``, gunicorn)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PNP_ENV_PREFIX)}
-    env.update({f"PNP_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
 
 
 def upgrade_database(app: Flask) -> None:

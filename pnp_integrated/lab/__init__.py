@@ -219,6 +219,40 @@ class HaLab:
                 holders.append(node.name)
         return holders
 
+    # ---- what the lab's database and Prime sinks hold (tests and benchmarks read them) ----------------------------
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of one SQL statement on the lab's PostgreSQL."""
+        import psycopg
+
+        with psycopg.connect(self.plan.database_url.replace("postgresql+psycopg", "postgresql")) as conn:
+            return [tuple(row) for row in conn.execute(sql, params or None).fetchall()]
+
+    def job_states(self, serial_prefix: str) -> dict[str, str]:
+        """serial -> state of the device's current job ("none" before its first contact)."""
+        rows = self.query("SELECT d.serial, COALESCE(j.state, 'none') FROM devices d LEFT JOIN jobs j "
+                           "ON j.id = d.current_job_id WHERE d.serial LIKE %s", serial_prefix + "%")
+        return {str(serial): str(state) for serial, state in rows}
+
+    def outbox(self) -> list[tuple[str, bool]]:
+        """(event id, sent to Prime) of every outbox row, oldest first."""
+        rows = self.query("SELECT event_id, sent_at IS NOT NULL FROM outbox ORDER BY id")
+        return [(str(event_id), bool(sent)) for event_id, sent in rows]
+
+    def prime_event_ids(self) -> set[str]:
+        """Ids of the events the Prime sinks of both nodes received."""
+        from ..prime.sink import EventStore
+
+        ids: set[str] = set()
+        for node in self.plan.nodes:
+            path = Path(node.data_dir) / "prime" / "events.sqlite3"
+            if path.exists():
+                store = EventStore(path)
+                try:
+                    ids.update(e.event_id for e in store.events())
+                finally:
+                    store.close()
+        return ids
+
     def set_link(self, name: str, up: bool) -> None:
         """Plug or unplug a node's cable (its veth on the bridge)."""
         _run("ip", "link", "set", self._outer(self.plan.node(name).namespace), "up" if up else "down")

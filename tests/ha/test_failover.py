@@ -13,10 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
-
 from pnp_integrated.lab import HaLab
-from pnp_integrated.prime.sink import EventStore
 from tests.ha.conftest import wait_for
 
 
@@ -72,26 +69,6 @@ def test_vip_move_makes_the_other_node_active_and_a_crashed_mover_never_gives_tw
     assert "leader lease held by " + passive in ha_row(lab, active, "PnP Gateway HA state")["info"]
 
 
-def sink_event_ids(lab: HaLab) -> set[str]:
-    ids: set[str] = set()
-    for node in lab.plan.nodes:
-        path = Path(node.data_dir) / "prime" / "events.sqlite3"
-        if path.exists():
-            store = EventStore(path)
-            try:
-                ids.update(e.event_id for e in store.events())
-            finally:
-                store.close()
-    return ids
-
-
-def outbox(lab: HaLab) -> list[tuple[str, bool]]:
-    url = lab.plan.database_url.replace("postgresql+psycopg", "postgresql")
-    with psycopg.connect(url) as conn:
-        return [(str(event_id), sent) for event_id, sent in
-                conn.execute("SELECT event_id, sent_at IS NOT NULL FROM outbox ORDER BY id").fetchall()]
-
-
 def test_hard_killed_active_node_is_replaced_and_every_event_reaches_prime(ha_lab: Callable[[str], HaLab]) -> None:
     lab = ha_lab("prime")
     wait_for(lambda: states(lab) == ("ACTIVE", "PASSIVE"), 30, "the primary's gateway to be ACTIVE")
@@ -112,8 +89,8 @@ def test_hard_killed_active_node_is_replaced_and_every_event_reaches_prime(ha_la
     assert after.returncode == 0, after.stdout + after.stderr
 
     def all_delivered() -> bool:
-        rows = outbox(lab)
-        return bool(rows) and all(sent for _, sent in rows) and {i for i, _ in rows} <= sink_event_ids(lab)
+        rows = lab.outbox()
+        return bool(rows) and all(sent for _, sent in rows) and {i for i, _ in rows} <= lab.prime_event_ids()
 
     wait_for(all_delivered, 30, "every outbox event to reach a Prime sink")
     assert {"device.connected", "job.completed", "gateway.state"} <= _event_types(lab)
@@ -133,6 +110,4 @@ def test_hard_killed_active_node_is_replaced_and_every_event_reaches_prime(ha_la
 
 
 def _event_types(lab: HaLab) -> set[str]:
-    url = lab.plan.database_url.replace("postgresql+psycopg", "postgresql")
-    with psycopg.connect(url) as conn:
-        return {str(t) for (t,) in conn.execute("SELECT DISTINCT type FROM outbox").fetchall()}
+    return {str(t) for (t,) in lab.query("SELECT DISTINCT type FROM outbox")}

@@ -11,12 +11,11 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from pnp_integrated.lab import HaLab
 from tests.ha.conftest import wait_for
-from tests.ha.test_failover import outbox, sink_event_ids, states
+from tests.ha.test_failover import states
 
 # Part of `make test`; `make test-fleet` runs it alone.
 pytestmark = pytest.mark.fleet
@@ -26,20 +25,9 @@ CNS_DEVICES = PNP_DEVICES = 150
 DEVICE_DEADLINE = 330
 
 
-def job_states(lab: HaLab, prefix: str) -> dict[str, str]:
-    """serial -> state of the device's current job ("none" before its first contact)."""
-    url = lab.plan.database_url.replace("postgresql+psycopg", "postgresql")
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT d.serial, COALESCE(j.state, 'none') FROM devices d LEFT JOIN jobs j "
-                            "ON j.id = d.current_job_id WHERE d.serial LIKE %s", (prefix + "%",)).fetchall()
-    return {str(serial): str(state) for serial, state in rows}
-
-
 def job_events(lab: HaLab, prefix: str) -> dict[str, dict[str, str]]:
     """serial -> {event id: type} of the outbox events about that device's job."""
-    url = lab.plan.database_url.replace("postgresql+psycopg", "postgresql")
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT event_id, type, payload FROM outbox WHERE type LIKE 'job.%'").fetchall()
+    rows = lab.query("SELECT event_id, type, payload FROM outbox WHERE type LIKE 'job.%'")
     by_serial: dict[str, dict[str, str]] = {}
     for event_id, kind, payload in rows:
         body = payload if isinstance(payload, dict) else json.loads(payload)
@@ -57,11 +45,11 @@ def test_hard_kill_mid_provisioning_every_device_completes(ha_lab: Callable[[str
                             "--deadline", str(DEVICE_DEADLINE), "--serial-prefix", "FO")
     try:
         def mid_provisioning() -> bool:
-            jobs = list(job_states(lab, "FO").values())
+            jobs = list(lab.job_states("FO").values())
             return jobs.count("completed") >= 20 and jobs.count("running") >= 100
 
         wait_for(mid_provisioning, 120, "20 devices done and 100 mid-provisioning")
-        before = job_states(lab, "FO")
+        before = lab.job_states("FO")
         lab.kill_node("prime-a")  # every process of the node, and its cable
         # Its monitoring port answers slowly while every device comes back at once.
         wait_for(lambda: lab.state("prime-b", timeout=20) == "ACTIVE", 60, "prime-b to become ACTIVE")
@@ -79,20 +67,20 @@ def test_hard_kill_mid_provisioning_every_device_completes(ha_lab: Callable[[str
     assert all(r["ok"] for r in played), summary
     assert sum(1 for s in before.values() if s == "running") >= 100  # the failover hit them mid-way
 
-    jobs = job_states(lab, "FO")
+    jobs = lab.job_states("FO")
     assert len(jobs) == CNS_DEVICES + PNP_DEVICES
     assert set(jobs.values()) == {"completed"}, {s: n for s, n in jobs.items() if n != "completed"}
     # Exactly one ACTIVE node: the dead one does not answer at all.
     assert (lab.state("prime-a"), lab.state("prime-b", timeout=20)) == ("DOWN", "ACTIVE")
 
     def every_event_in_prime() -> bool:
-        rows = outbox(lab)
-        return all(sent for _, sent in rows) and {i for i, _ in rows} <= sink_event_ids(lab)
+        rows = lab.outbox()
+        return all(sent for _, sent in rows) and {i for i, _ in rows} <= lab.prime_event_ids()
 
     wait_for(every_event_in_prime, 60, "every outbox event to reach a Prime sink")
     events = job_events(lab, "FO")
     assert len(events) == CNS_DEVICES + PNP_DEVICES
     assert all(list(kinds.values()).count("job.completed") == 1 for kinds in events.values())
-    received = sink_event_ids(lab)
+    received = lab.prime_event_ids()
     missing = {serial: sorted(set(kinds) - received) for serial, kinds in events.items() if set(kinds) - received}
     assert missing == {}

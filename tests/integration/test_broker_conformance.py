@@ -19,11 +19,11 @@ import psutil
 import pytest
 
 from pnp_integrated.config import Settings, load_settings
+from pnp_integrated.devsim.node import node_environment, node_settings
 from pnp_integrated.prime.client import StompClient, StompClientError
 from pnp_integrated.prime.server import PrimeProcess
 from pnp_integrated.prime.stomp import Frame, make_frame
 from pnp_integrated.tls import ensure_certificates
-from tests.conftest import node_environment, node_settings
 
 
 @pytest.fixture(scope="module", params=["embedded", "activemq"])

@@ -21,10 +21,11 @@ from sqlalchemy import func, select
 from pnp_integrated.bus.bridge import PrimeBridge
 from pnp_integrated.bus.outbox import COMMANDS_QUEUE
 from pnp_integrated.config import load_settings
+from pnp_integrated.devsim.node import node_environment
 from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Profile, db
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.server import PrimeProcess, events_path
-from tests.conftest import node_environment, wait_until
+from tests.conftest import wait_until
 
 Node = tuple[Flask, PrimeProcess]
 

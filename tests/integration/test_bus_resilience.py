@@ -31,12 +31,13 @@ from pnp_integrated.bus import record_event
 from pnp_integrated.bus.bridge import BridgeTarget, PrimeBridge
 from pnp_integrated.bus.outbox import COMMANDS_QUEUE, EVENTS_QUEUE
 from pnp_integrated.config import Settings, load_settings
+from pnp_integrated.devsim.node import node_environment, node_settings
 from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Profile, db
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.server import PrimeProcess, events_path
 from pnp_integrated.prime.stomp import make_frame
 from pnp_integrated.tls import ensure_certificates
-from tests.conftest import node_environment, node_settings, wait_until
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGE_OPTIONS: dict[str, Any] = {"receipt_timeout": 3, "connect_timeout": 3, "poll_interval": 0.1,

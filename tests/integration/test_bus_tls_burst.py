@@ -13,10 +13,10 @@ import pytest
 import stomp
 
 from pnp_integrated.config import Settings, load_settings
+from pnp_integrated.devsim.node import node_environment, node_settings
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.server import PrimeProcess
 from pnp_integrated.tls import ensure_certificates
-from tests.conftest import node_environment, node_settings
 
 
 @pytest.fixture

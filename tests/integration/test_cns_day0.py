@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from pnp_integrated import create_app
 from pnp_integrated.devsim.cns import CnsDevice, DeviceReport
+from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.models import Device, OutboxEvent, Profile, ProvisioningJob, db
-from tests.integration.conftest import PNPP, RunningNode
 
 POST_TEMPLATE = "hostname {{ serial }}\nntp server 192.0.2.1\n"
 

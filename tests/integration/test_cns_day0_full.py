@@ -19,9 +19,9 @@ from sqlalchemy import select
 
 from pnp_integrated import create_app
 from pnp_integrated.devsim.cns import DEMO_PROFILE, CnsDevice, DeviceReport
+from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.models import Device, JobStep, Profile, ProvisioningJob, db
 from pnp_integrated.provisioning.images import store_image
-from tests.integration.conftest import PNPP, RunningNode
 
 CONFIG_TEMPLATE = "hostname {{ serial }}\ninterface GigabitEthernet0/0/0\n description {{ site }} uplink\n"
 POST_TEMPLATE = "ntp server 192.0.2.1\nlogging host 192.0.2.2\n"

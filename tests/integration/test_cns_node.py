@@ -14,8 +14,8 @@ from sqlalchemy import select
 from pnp_integrated import create_app
 from pnp_integrated.cns import deliver
 from pnp_integrated.devsim.cns import CnsLink, connect, dispatch
+from pnp_integrated.devsim.node import RunningNode
 from pnp_integrated.models import DeviceSession, db
-from tests.integration.conftest import RunningNode
 
 HOST = "127.0.0.1"
 CONFIG_LOAD = "cisco.mgmt.cns.config.load"

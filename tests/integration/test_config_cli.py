@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import node_environment, node_settings
-from tests.integration.conftest import PNPP
+from pnp_integrated.devsim.node import PNPP, node_environment, node_settings
 
 
 def pnpp(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

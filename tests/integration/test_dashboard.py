@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
+from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.devsim.pnp import SimulatedDevice, simulate
-from tests.integration.conftest import PNPP, RunningNode
 
 CHROMIUM = "/usr/bin/chromium"
 # Chromium's background services try to reach the internet; this machine's network is closed, so switch them off.

@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import node_environment, node_settings
-from tests.integration.conftest import PNPP, port_accepts
+from pnp_integrated.devsim.node import PNPP, node_environment, node_settings, port_accepts
 
 ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))

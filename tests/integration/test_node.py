@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import node_environment, node_settings
-from tests.integration.conftest import PNPP, RunningNode, port_accepts
+from pnp_integrated.devsim.node import PNPP, RunningNode, node_environment, node_settings, port_accepts
 
 DRAIN = 2.0
 GRACE = 5.0  # gunicorn kills workers still alive PNP_DRAIN_TIMEOUT + 5 s after SIGTERM (deploy/gunicorn.conf.py)

@@ -7,8 +7,8 @@ import subprocess
 import urllib.request
 from collections.abc import Callable
 
+from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.devsim.pnp import SimulatedDevice, simulate
-from tests.integration.conftest import PNPP, RunningNode
 from tests.integration.test_dashboard import create_default_profile
 
 

@@ -19,6 +19,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from pnp_integrated import create_app
+from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.devsim.pnp import PROVISIONED, UNCLAIMED, SimulatedDevice, simulate
 from pnp_integrated.models import Device, Image, OutboxEvent, Profile, ProvisioningJob, db
 from pnp_integrated.pnp.messages import (
@@ -30,7 +31,6 @@ from pnp_integrated.pnp.messages import (
     encode,
     parse_server_message,
 )
-from tests.integration.conftest import PNPP, RunningNode
 
 FLEET_PID = "C9300-24U"
 NEW_VERSION = "17.6.1"

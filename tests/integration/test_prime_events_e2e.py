@@ -17,10 +17,10 @@ from pnp_integrated.bus.outbox import COMMANDS_QUEUE
 from pnp_integrated.bus.state import read_state
 from pnp_integrated.config import load_settings
 from pnp_integrated.devsim.cns import CnsLink, connect
+from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.sink import EventStore
 from tests.conftest import wait_until as wait_for
-from tests.integration.conftest import PNPP, RunningNode
 
 DEVICES = 5
 

@@ -14,8 +14,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from pnp_integrated.devsim.node import PNPP, RunningNode, start_node
 from pnp_integrated.devsim.pnp import PROVISIONED, UNCLAIMED, DeviceReport, PnpAgent, SimulatedDevice, simulate
-from tests.integration.conftest import PNPP, RunningNode, start_node
 
 NEW_VERSION = "17.09.04a"  # as IOS-XE reports it, and as the file name says
 IMAGE_NAME = "c8000v-universalk9.17.09.04a.SPA.bin"

@@ -12,9 +12,9 @@ import threading
 import urllib.request
 from collections.abc import Callable
 
+from pnp_integrated.devsim.node import RunningNode
 from pnp_integrated.devsim.pnp import SimulatedDevice
 from pnp_integrated.pnp.messages import Backoff, WorkRequest, encode, parse_server_message
-from tests.integration.conftest import RunningNode
 
 XML = {"Content-Type": "text/xml; charset=utf-8"}
 

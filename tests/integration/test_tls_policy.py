@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RunningNode
+from pnp_integrated.devsim.node import RunningNode
 
 TLS10, TLS11, TLS12, TLS13 = "1.0", "1.1", "1.2", "1.3"
 with warnings.catch_warnings():

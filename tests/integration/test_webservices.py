@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from pnp_integrated import create_app
+from pnp_integrated.devsim.node import RunningNode
 from pnp_integrated.models import Device, Image, OutboxEvent, Profile, db
-from tests.integration.conftest import RunningNode
 
 IMAGE = bytes(range(256)) * 64 + b"tail"
 IMAGE_MD5 = hashlib.md5(IMAGE).hexdigest()

@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 
 from pnp_integrated import create_app
 from pnp_integrated.config import ConfigError
+from pnp_integrated.devsim.node import node_settings
 from pnp_integrated.extension import EXTENSION_KEY, GatewayState, PnPGateway, SchemaError, gateway_state
-from tests.conftest import node_settings
 
 
 def bare_app(tmp_path: Path, **overrides: object) -> Flask:

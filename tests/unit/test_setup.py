@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from pnp_integrated.cli import main
 from pnp_integrated.config import load_settings
+from pnp_integrated.devsim.node import node_environment, node_settings
 from pnp_integrated.prime.server import PrimeProcess
-from tests.conftest import node_environment, node_settings
 
 PNPP = str(Path(sys.executable).with_name("pnpp"))
 
