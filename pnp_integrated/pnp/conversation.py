@@ -1,8 +1,10 @@
 """Between the provisioning engine and the Open PnP wire (sans-IO): Action -> service request, response -> Outcome.
 
-The engine's correlator names each request: it goes out on the ``<request>`` and the device copies it onto its
-WORK-RESPONSE, which is how the engine tells a current answer from a stale one. Replies that answer no engine request
-(backoffs, bye) echo the device's own correlator verbatim.
+Correlators: the device names each WORK-REQUEST with a correlator of its own, and, as every known PnP server does, the
+reply carries it back verbatim (a request, a backoff alike); the device's WORK-RESPONSE carries it again. The engine
+names its requests differently (a new name per attempt, which the Config Web Service URL carries), so the view hands
+it the device's correlator with each WORK-REQUEST (``engine.contact(device_correlator=...)``), and a report under that
+name answers the request it was given under it. A device that sends no correlator gets the engine's.
 """
 
 from __future__ import annotations
@@ -66,13 +68,13 @@ def cli_lines(text: str) -> tuple[str, ...]:
 def reply_to_work_request(action: Action, message: WorkRequest, urls: ServerUrls) -> ServiceRequest:
     """The one request that answers a WORK-REQUEST, given what the engine wants from the device."""
     udi = message.udi
-    correlator = action.correlator
+    correlator = message.correlator or action.correlator
     # Credentials only go to a device that asked for them (it has a configuration with a login already).
     credentials = action.credentials if message.auth_required and action.credentials else None
     kind = action.kind
-    if kind == ActionKind.IDENTIFY and correlator:
+    if kind == ActionKind.IDENTIFY and action.correlator:
         return DeviceInfoRequest(udi, correlator, "all", credentials)
-    if kind == ActionKind.IMAGE_INSTALL and correlator and action.image is not None:
+    if kind == ActionKind.IMAGE_INSTALL and action.correlator and action.image is not None:
         image = action.image
         filename = image.path.rstrip("/").rsplit("/", 1)[-1] or image.name
         filesystem = image.filesystem or DEFAULT_FILESYSTEM
@@ -80,13 +82,13 @@ def reply_to_work_request(action: Action, message: WorkRequest, urls: ServerUrls
             filesystem += ":"
         return ImageInstallRequest(udi, correlator, urls.file(image.path), image.md5, f"{filesystem}{filename}",
                                    reload=image.reload, credentials=credentials)
-    if kind == ActionKind.CONFIG and correlator:
-        return ConfigUpgradeRequest(udi, correlator, urls.config(udi.serial, correlator),
+    if kind == ActionKind.CONFIG and action.correlator:
+        return ConfigUpgradeRequest(udi, correlator, urls.config(udi.serial, action.correlator),
                                     apply_to=action.apply_to or "running", credentials=credentials)
-    if kind == ActionKind.POST_CONFIG and correlator:
+    if kind == ActionKind.POST_CONFIG and action.correlator:
         return CliConfigRequest(udi, correlator, cli_lines(action.config_text), action_on_fail="stop",
                                 credentials=credentials)
-    if kind == ActionKind.SAVE and correlator:
+    if kind == ActionKind.SAVE and action.correlator:
         return CliExecRequest(udi, correlator, SAVE_COMMAND, credentials=credentials)
     echo = message.correlator
     if kind == ActionKind.DONE:

@@ -58,7 +58,7 @@ def hello() -> Response:
 def work_request() -> Response:
     """A device asks for work."""
     message = parse_work_request(_body(), current_settings().http_max_body_bytes)
-    action = engine.contact(identity_of(message, request.remote_addr or ""))
+    action = engine.contact(identity_of(message, request.remote_addr or ""), device_correlator=message.correlator)
     reply = reply_to_work_request(action, message, _urls())
     log.debug("pnp %s: %s -> %s", message.udi.serial, action.kind.value, type(reply).__name__)
     return _xml(encode(reply))

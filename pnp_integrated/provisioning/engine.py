@@ -20,6 +20,9 @@ recorded as skipped. Each step sends one request to the device, identified by a 
 in the job (``correlator``, ``pending_request``), so a device that repeats its question gets the very same request
 and the job never advances twice. Only a report carrying the current correlator moves the job: success goes to the
 next step, failure retries the step (a new correlator) until ``max_attempts``, then fails the job with the reason.
+Open PnP devices name each WORK-REQUEST with a correlator of their own, and servers copy it onto the request they
+answer with; :func:`contact` records those *device correlators* with the pending request, so a report carrying one
+of them answers that request too (and one carrying a device correlator of an earlier request is stale).
 
 Concurrency: every call locks the device row first (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises
 writers), job updates are guarded by the job's ``version`` column, and creating a job is a compare-and-set on
@@ -132,6 +135,7 @@ log = logging.getLogger(__name__)
 UNCLAIMED_WAIT_SECONDS = 120  # an unclaimed device asks again this often; a profile may have appeared meanwhile
 BUSY_WAIT_SECONDS = 5  # the database stayed contended: the device asks again shortly
 MAX_REPLAYS = 6
+DEVICE_CORRELATORS_KEPT = 8  # per pending request: a device that asked several times may answer any of them
 
 # Job states; the last three are terminal.
 RUNNING, COMPLETED, FAILED, CANCELLED = "running", "completed", "failed", "cancelled"
@@ -569,16 +573,44 @@ def _check_serial(serial: str) -> None:
 # ---- the public surface ---------------------------------------------------------------------------------------------
 
 
-def contact(identity: DeviceIdentity) -> Action:
+def contact(identity: DeviceIdentity, *, device_correlator: str = "") -> Action:
     """A device asks for work: record it, claim it for a profile, start its job, return its current request.
 
     Idempotent: asking again without a :func:`report` returns the same request with the same correlator.
+    ``device_correlator``: the device's own name for this question (Open PnP); a report carrying it answers the
+    request returned here.
     """
     _check_serial(identity.serial)
-    return _transaction(lambda: _contact(identity), _busy)
+    return _transaction(lambda: _contact(identity, device_correlator), _busy)
 
 
-def _contact(identity: DeviceIdentity) -> Action:
+def _contact(identity: DeviceIdentity, device_correlator: str = "") -> Action:
+    action = _contact_action(identity)
+    if device_correlator and action.correlator and action.job_id is not None:
+        _note_device_correlator(db.session.get(ProvisioningJob, action.job_id), device_correlator)
+    return action
+
+
+def _note_device_correlator(job: ProvisioningJob | None, device_correlator: str) -> None:
+    if job is None or job.state != RUNNING or device_correlator == job.correlator:
+        return
+    request = dict(job.pending_request or {})
+    known = list(request.get("device_correlators", []))
+    if known[-1:] == [device_correlator]:
+        return  # asked again under the same name: nothing to write
+    known = [c for c in known if c != device_correlator][-(DEVICE_CORRELATORS_KEPT - 1):]
+    request["device_correlators"] = [*known, device_correlator]
+    job.pending_request = request
+
+
+def _answers_pending(job: ProvisioningJob, correlator: str) -> bool:
+    """The report answers the pending request: its correlator, or a device correlator it was asked under."""
+    if not correlator:
+        return False
+    return correlator == job.correlator or correlator in (job.pending_request or {}).get("device_correlators", ())
+
+
+def _contact_action(identity: DeviceIdentity) -> Action:
     now = utcnow()
     device = _device(identity.serial)
     reported = device is not None and device.state == DEVICE_UNCLAIMED
@@ -654,7 +686,7 @@ def _report(serial: str, correlator: str, outcome: Outcome) -> Action:
     profile = _profile(job)
     if job.state in TERMINAL_STATES:
         return action_for(job, profile)
-    if not correlator or correlator != job.correlator:
+    if not _answers_pending(job, correlator):
         db.session.add(JobStep(job_id=job.id, step=job.step, state="stale", attempt=job.attempt, ended_at=utcnow(),
                                detail=f"ignored a {'success' if outcome.success else 'failure'} report for request "
                                       f"{correlator[:128]!r}; the pending request is {job.correlator}"))

@@ -144,12 +144,15 @@ def test_unknown_csr_is_answered_with_a_backoff_echoing_its_correlator() -> None
     assert [el.text for el in after] == ["0", "2", "0"]
 
 
-def test_claimed_csr_is_asked_for_device_info_with_the_engine_correlator() -> None:
+def test_claimed_csr_is_asked_for_device_info_under_its_own_correlator() -> None:
     message = parse_work_request(CSR_WORK_REQUEST)
     action = Action(ActionKind.IDENTIFY, job_id=1, correlator="job1-1-abc", step="identify")
     reply = reply_to_work_request(action, message, ServerUrls.for_address("192.0.2.10", 80, False))
-    assert reply == DeviceInfoRequest(message.udi, "job1-1-abc", "all", None)
+    assert reply == DeviceInfoRequest(message.udi, "CiscoPnP-1.0-R33.200930-I1-P592-T43891-2", "all", None)
     assert b'<deviceInfo type="all"/>' in encode(reply)
+    # An agent that names no question gets the engine's name for the request, which it then echoes.
+    unnamed = reply_to_work_request(action, WorkRequest(message.udi, ""), ServerUrls.for_address("h", 80, False))
+    assert unnamed == DeviceInfoRequest(message.udi, "job1-1-abc", "all", None)
 
 
 # ---- every service body -------------------------------------------------------------------------------------------
@@ -250,14 +253,14 @@ def test_image_action_names_url_checksum_destination_and_reload() -> None:
     image = ImageRef("csr", "17.6.1", "d41d8cd98f00b204e9800998ecf8427e", 10, "/images/csr-17.6.1.bin", True,
                      "bootflash:")
     reply = _reply(Action(ActionKind.IMAGE_INSTALL, correlator="c", image=image))
-    assert reply == ImageInstallRequest(UDI, "c", "http://192.0.2.10/images/csr-17.6.1.bin",
+    assert reply == ImageInstallRequest(UDI, "dev-corr-9", "http://192.0.2.10/images/csr-17.6.1.bin",
                                         "d41d8cd98f00b204e9800998ecf8427e", "bootflash:csr-17.6.1.bin", reload=True)
 
 
 def test_post_config_save_done_failed_and_wait_actions() -> None:
     post = _reply(Action(ActionKind.POST_CONFIG, correlator="c", config_text="ntp server 1.1.1.1\n!\n\nend\n"))
     assert isinstance(post, CliConfigRequest) and post.lines == ("ntp server 1.1.1.1", "end")
-    assert _reply(Action(ActionKind.SAVE, correlator="c")) == CliExecRequest(UDI, "c", "write memory")
+    assert _reply(Action(ActionKind.SAVE, correlator="c")) == CliExecRequest(UDI, "dev-corr-9", "write memory")
     done = _reply(Action(ActionKind.DONE, job_id=1))
     assert isinstance(done, Backoff) and done.terminate and done.correlator == "dev-corr-9"
     failed = _reply(Action(ActionKind.FAILED, job_id=1, detail="step image failed"))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from dataclasses import replace
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from pnp_integrated.models import Device, OutboxEvent, Profile, db
+from pnp_integrated.models import Device, JobStep, OutboxEvent, Profile, db
 from pnp_integrated.pnp.messages import (
     Backoff,
     Bye,
@@ -83,13 +84,15 @@ def test_full_conversation_with_config_post_config_and_save(app: Flask, client: 
     add_profile(app, config_template="hostname {{ serial }}\n", post_template="ntp server 192.0.2.1\n")
     first = work_request(client)
     assert isinstance(first, DeviceInfoRequest)
-    assert work_request(client, "CiscoPnP-1.0-2") == first  # asking again: the same request, same correlator
-    assert work_response(client, ok(first, device_info=INFO)) == Bye(UDI, first.correlator)
+    assert first.correlator == "CiscoPnP-1.0-1"  # the device's own, copied back as every PnP server does
+    again = work_request(client, "CiscoPnP-1.0-2")
+    assert again == replace(first, correlator="CiscoPnP-1.0-2")  # asking again: the same request
+    assert work_response(client, ok(again, device_info=INFO)) == Bye(UDI, "CiscoPnP-1.0-2")
 
     config = work_request(client, "CiscoPnP-1.0-3")
     assert isinstance(config, ConfigUpgradeRequest)
     url = urlsplit(config.location)
-    assert url.path == "/cns/config.asp" and f"Identifier={config.correlator}" in url.query
+    assert url.path == "/cns/config.asp" and parse_qs(url.query)["Identifier"] != [config.correlator]
     fetched = client.get(f"{url.path}?{url.query}")
     assert (fetched.status_code, fetched.data) == (200, b"hostname FOC2001X0AB\n")
     assert fetched.content_type.startswith("text/plain")
@@ -115,12 +118,32 @@ def test_stale_correlator_does_not_advance(app: Flask, client: FlaskClient) -> N
     first = work_request(client)
     stale = WorkResponse(UDI, "device-info", "job999-1-000000", True, device_info=INFO)
     assert isinstance(work_response(client, stale), Bye)
-    assert work_request(client, "CiscoPnP-1.0-2") == first
-    work_response(client, ok(first, device_info=INFO))
+    assert work_request(client, "CiscoPnP-1.0-2") == replace(first, correlator="CiscoPnP-1.0-2")
+    work_response(client, ok(first, device_info=INFO))  # under the name it was first asked: it answers the request
     # The same answer again (a retransmission) is stale now: the job stays on the config step.
     config = work_request(client, "CiscoPnP-1.0-3")
+    assert isinstance(config, ConfigUpgradeRequest)
     work_response(client, ok(first, device_info=INFO))
-    assert work_request(client, "CiscoPnP-1.0-4") == config
+    assert work_request(client, "CiscoPnP-1.0-4") == replace(config, correlator="CiscoPnP-1.0-4")
+
+
+def test_an_answer_under_the_name_of_an_earlier_question_of_another_request_is_stale(
+    app: Flask, client: FlaskClient
+) -> None:
+    add_profile(app, config_template="hostname r1\n", post_template="ntp server 192.0.2.1\n")
+    work_response(client, ok(work_request(client, "D-1"), device_info=INFO))
+    config = work_request(client, "D-2")
+    assert isinstance(config, ConfigUpgradeRequest)
+    # A device whose answer to the configuration was lost sends it again after it was recorded: the retransmission
+    # must not count as the answer to the next request (the post-PnP configuration).
+    work_response(client, ok(config))
+    post = work_request(client, "D-3")
+    assert isinstance(post, CliConfigRequest)
+    work_response(client, ok(config))
+    assert work_request(client, "D-4") == replace(post, correlator="D-4")
+    with app.app_context():
+        states = db.session.scalars(select(JobStep.state).where(JobStep.step == "post_config")).all()
+    assert states == ["started", "stale"]  # recorded in the job's history, and nothing else
 
 
 def test_device_error_retries_then_fails_with_the_reason(app: Flask, client: FlaskClient) -> None:
@@ -130,10 +153,10 @@ def test_device_error_retries_then_fails_with_the_reason(app: Flask, client: Fla
     for n in range(3):
         request = work_request(client, f"CiscoPnP-1.0-{n}")
         assert isinstance(request, ConfigUpgradeRequest)
-        correlators.add(request.correlator)
+        correlators.add(parse_qs(urlsplit(request.location).query)["Identifier"][0])
         work_response(client, WorkResponse(UDI, "config-upgrade", request.correlator, False,
                                            ErrorInfo("1412", "Invalid input", "PnP Service Error 1412")))
-    assert len(correlators) == 3  # every retry is a new request
+    assert len(correlators) == 3  # every retry is a new request (the configuration it fetches is named anew)
     final = work_request(client, "CiscoPnP-1.0-9")
     assert isinstance(final, Backoff) and final.terminate
     assert "Invalid input" in final.reason and "1412" in final.reason
@@ -144,7 +167,12 @@ def test_fault_fails_the_pending_request(app: Flask, client: FlaskClient) -> Non
     first = work_request(client)
     assert work_response(client, Fault(UDI, "XSVC:Client", "An unknown XML tag has been received")) == Bye(UDI, "")
     retry = work_request(client, "CiscoPnP-1.0-2")
-    assert isinstance(retry, DeviceInfoRequest) and retry.correlator != first.correlator
+    assert isinstance(first, DeviceInfoRequest) and isinstance(retry, DeviceInfoRequest)
+    with app.app_context():
+        steps = db.session.execute(select(JobStep.state, JobStep.attempt, JobStep.detail)
+                                   .where(JobStep.step == "identify").order_by(JobStep.id)).all()
+    assert [(state, attempt) for state, attempt, _ in steps] == [("failed", 1), ("started", 2)]
+    assert "An unknown XML tag" in steps[0][2]
 
 
 def test_credentials_only_when_the_device_requires_auth(app: Flask, client: FlaskClient) -> None:

@@ -21,7 +21,7 @@ WORK_REQUEST = (Path(__file__).resolve().parents[1] / "data" / "pnp" / "csr1000v
 ], ids=["pool", "outage", "transaction-ended", "contended"])
 def test_work_request_during_a_database_outage_is_told_to_retry(client: FlaskClient, monkeypatch: pytest.MonkeyPatch,
                                                                  error: Exception) -> None:
-    def unavailable(*_args: object) -> None:
+    def unavailable(*_args: object, **_kwargs: object) -> None:
         raise error
 
     monkeypatch.setattr(engine, "contact", unavailable)
