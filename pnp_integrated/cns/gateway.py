@@ -11,12 +11,14 @@ mailbox, an HTTP request on this worker) write to the device through :meth:`Gate
 from __future__ import annotations
 
 import logging
+import select as kernel_select
 import time
 from typing import Any
 
 import gevent
 from flask import Flask
 from gevent.lock import RLock
+from gevent.monkey import get_original
 from sqlalchemy import func, select
 
 from ..bus.outbox import record_event
@@ -90,6 +92,19 @@ def send_frame(sock: Any, frame: Frame) -> bool:
         return True
     except (OSError, gevent.Timeout):
         return False
+
+
+_HUNG_UP = kernel_select.POLLRDHUP | kernel_select.POLLHUP | kernel_select.POLLERR
+
+
+def peer_hung_up(sock: Any) -> bool:
+    """Whether the device closed its end of the connection, seen without reading from it (TLS or not)."""
+    poller = get_original("select", "poll")()  # the kernel's poll, not gevent's: a zero-timeout look never yields
+    try:
+        poller.register(sock.fileno(), kernel_select.POLLIN | kernel_select.POLLRDHUP)
+    except (OSError, ValueError):  # already closed
+        return True
+    return any(mask & _HUNG_UP for _, mask in poller.poll(0))
 
 
 def close_socket(sock: Any) -> None:
@@ -231,6 +246,10 @@ class GatewayConnection:
             self.send(busy(ADMISSION_RETRY_AFTER, "gateway busy admitting other devices; retry later"))
             return "admission queue full"
         try:
+            # A device that waited long for its turn may have given up (and is coming back through the dispatcher):
+            # admitting it would tell Prime it connected, and cost the time of devices still waiting.
+            if peer_hung_up(self.sock):
+                return "hung up while waiting for admission"
             return self._admit_now(hello)
         finally:
             slots.release()

@@ -191,6 +191,45 @@ def test_tls_gateway_port(node: CnsNode) -> None:
         assert [link.receive().command, link.receive().command] == ["PONG", "RECEIPT"]
 
 
+class AdmissionGate:
+    """Admission slots that stay taken until the test opens them (a worker busy admitting a returning fleet)."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.waiting = 0
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        import gevent
+
+        self.waiting += 1
+        while not self.opened.is_set():
+            gevent.sleep(0.02)
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_device_that_hung_up_while_waiting_for_admission_is_not_admitted(node: CnsNode, tls: bool) -> None:
+    gate = AdmissionGate()
+    node.app.extensions["pnp_cns"].admission_slots = gate
+    ports = node.tls if tls else node.plain
+    gone = CnsLink.open(HOST, ports[0], tls=tls)
+    gone.send(hello_frame("GAVEUP1"))
+    patient = CnsLink.open(HOST, ports[0], tls=tls)
+    patient.send(hello_frame("PATIENT1"))
+    wait_for(lambda: gate.waiting == 2)
+    gone.close()  # its wait for WELCOME ran out: it will come back through the dispatcher
+    time.sleep(0.2)
+    gate.opened.set()
+    with patient:
+        assert patient.receive().command == "WELCOME"
+        assert [row.device_key for row in node.live_rows()] == ["PATIENT1"]
+    # Prime never hears that the device that left connected.
+    assert [e["device"]["id"] for e in node.outbox("device.connected")] == ["PATIENT1"]
+
+
 def test_first_frame_must_be_hello(node: CnsNode) -> None:
     with CnsLink.open(HOST, node.plain[0]) as link:
         link.command("SUBSCRIBE", {"Subject": "x"})
