@@ -7,6 +7,9 @@ In HA a node that has the VIP may also take a lease whose holder stopped renewin
 renewals come every second): the VIP only moves when the other node stopped answering VRRP or the health monitor, so
 waiting out the whole expiry would only lengthen the outage. A holder that still renews (a node whose keepalived
 crashed with the VIP left on it) keeps its lease, which is what stops two nodes from both being ACTIVE.
+
+A worker of the same node also takes the lease at once from a sibling whose process is gone (a crash, the kernel's
+OOM killer): the node's Prime bridge resumes within a round instead of after the expiry.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import datetime as dt
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import and_, case, create_engine, or_, update
@@ -80,23 +84,15 @@ def _try_hold(session: Session, holder: str, name: str, now: dt.datetime, expire
         takeable = or_(takeable, and_(LeaderLease.expires_at < stale_if_before,
                                       ~LeaderLease.holder.startswith(node + ":", autoescape=True)))
     try:
-        result = session.execute(
-            update(LeaderLease)
-            .where(LeaderLease.name == name, takeable)
-            .values(
-                holder=holder,
-                expires_at=expires,
-                term=case((LeaderLease.holder == holder, LeaderLease.term), else_=LeaderLease.term + 1),
-            )
-            .returning(LeaderLease.term)
-        )
-        term = result.scalar()
+        term = _take(session, holder, name, expires, takeable)
         if term is not None:
-            session.commit()
-            return int(term)
-        session.rollback()
-        if session.get(LeaderLease, name) is not None:
+            return term
+        current = session.get(LeaderLease, name)
+        if current is not None:
+            other = current.holder
             session.rollback()
+            if sibling_gone(holder, other):
+                return _take(session, holder, name, expires, LeaderLease.holder == other)
             return None
         session.add(LeaderLease(name=name, holder=holder, term=1, expires_at=expires))
         session.commit()
@@ -105,6 +101,41 @@ def _try_hold(session: Session, holder: str, name: str, now: dt.datetime, expire
         # Another worker created the row first, or the database was busy: not ours this round.
         session.rollback()
         return None
+
+
+def _take(session: Session, holder: str, name: str, expires: dt.datetime, takeable: Any) -> int | None:
+    """One conditional UPDATE: the term when the row was ours to take (committed), else None (rolled back)."""
+    result = session.execute(
+        update(LeaderLease)
+        .where(LeaderLease.name == name, takeable)
+        .values(
+            holder=holder,
+            expires_at=expires,
+            term=case((LeaderLease.holder == holder, LeaderLease.term), else_=LeaderLease.term + 1),
+        )
+        .returning(LeaderLease.term)
+    )
+    term = result.scalar()
+    if term is None:
+        session.rollback()
+        return None
+    session.commit()
+    return int(term)
+
+
+def sibling_gone(holder: str, other: str) -> bool:
+    """Whether ``other`` is a worker of ``holder``'s node whose process no longer exists."""
+    node, _, _pid = holder.rpartition(":")
+    other_node, _, other_pid = other.rpartition(":")
+    if other_node != node or other == holder or not other_pid.isdigit():
+        return False
+    try:
+        os.kill(int(other_pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
 
 
 def release(holder: str, name: str = LEADER) -> None:

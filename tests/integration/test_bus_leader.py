@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Callable
 
+import pytest
 from flask import Flask
 
 from pnp_integrated.bus import lease
@@ -63,6 +66,21 @@ def test_a_holder_that_stopped_renewing_loses_the_lease_to_the_vip_holder_before
         assert lease.try_hold("node-b:2", ttl=8, stale_after=0.3) is None  # never from a sibling worker
         current = lease.current()
         assert current is not None and current.holder == "node-b:1"
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_sibling_worker_that_died_is_replaced_at_once(app_factory: Callable[..., Flask], database: str,
+                                                        request: pytest.FixtureRequest) -> None:
+    app = app_factory(**({"database_url": request.getfixturevalue("postgres_url")} if database == "postgresql" else {}))
+    crashed = subprocess.Popen(["true"])
+    crashed.wait()  # a worker that held the lease and is gone (gunicorn starts another)
+    with app.app_context():
+        assert lease.try_hold(f"node-a:{crashed.pid}", ttl=300) == 1
+        assert lease.try_hold("node-b:1", ttl=300) is None  # another node waits for the expiry
+        assert lease.try_hold(f"node-a:{os.getpid()}", ttl=300) == 2  # its sibling: no wait for the expiry
+        assert lease.try_hold("node-a:1", ttl=300) is None  # and never from a sibling that lives
+        current = lease.current()
+        assert current is not None and current.holder == f"node-a:{os.getpid()}"
 
 
 def test_lease_is_renewed_while_device_traffic_holds_every_pooled_connection(
