@@ -331,7 +331,9 @@ class HaLab:
         node = self.plan.node(name)
         run_dir = Path(node.data_dir) / "keepalived"
         run_dir.mkdir(parents=True, exist_ok=True)
-        priority = 150 if node.role == "primary" else 100
+        # High priorities: a backup declares the master dead after 3 adverts plus (256 - priority)/256 s of skew, so
+        # 245 takes over 0.57 s sooner than 100 would.
+        priority = 250 if node.role == "primary" else 245
         conf = run_dir / "keepalived.conf"
         conf.write_text(
             "global_defs {\n  router_id " + node.name + "\n  enable_script_security\n}\n"
@@ -387,8 +389,14 @@ class HaLab:
         self.save()
 
     def _kill_namespace(self, namespace: str, only_pids_of: tuple[str, ...] = ()) -> None:
-        done = _run("ip", "netns", "pids", namespace, check=False)
-        for text in done.stdout.split():
+        """SIGKILL the namespace's processes (those whose command line has a word of ``only_pids_of``, if given).
+
+        All are stopped first, then killed: killed one by one, the survivors would see the others die and react (a
+        keepalived child whose parent died shuts down cleanly, removing the VIP and telling its peer at once), which
+        a machine that loses power never does.
+        """
+        pids = []
+        for text in _run("ip", "netns", "pids", namespace, check=False).stdout.split():
             pid = int(text)
             if only_pids_of:
                 try:
@@ -397,10 +405,13 @@ class HaLab:
                     continue
                 if not any(word in cmdline for word in only_pids_of):
                     continue
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pids.append(pid)
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
 
     def devices_env(self) -> dict[str, str]:
         """The environment of pnpp commands run in the devices namespace: the VIP, and the shared database."""
