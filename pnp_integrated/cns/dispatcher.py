@@ -19,9 +19,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..config import Settings
 from ..models import DeviceSession, db
 from .codec import DEVICE_COMMANDS, CnsProtocolError, FrameReader, error_frame
-from .gateway import BUSY_RETRY_AFTER, PASSIVE_RETRY_AFTER, FrameStream, FrameTimeout, close_socket, send_frame
+from .gateway import (
+    ADMISSION_RETRY_AFTER,
+    BUSY_RETRY_AFTER,
+    PASSIVE_RETRY_AFTER,
+    FrameStream,
+    FrameTimeout,
+    close_socket,
+    send_frame,
+)
 from .session import Admit, CnsSession, Refuse, busy, receipt, redirect, refusal
-from .worker import node_is_passive
+from .worker import ADMISSION_SLOTS, cns_worker, node_is_passive
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +120,14 @@ class Dispatcher:
         assert isinstance(decision, Admit)
         if node_is_passive(self.app):
             send_frame(sock, refusal(Refuse(503, "node is passive (standby); retry later"), PASSIVE_RETRY_AFTER))
+            return
+        worker = cns_worker(self.app)
+        queued = worker.admission_slots.waiting
+        if queued >= worker.admission_backlog_busy:
+            # A fleet is coming back at once (failover): a device told when to return costs one handshake; one sent
+            # on to wait past its patience costs two, and comes back anyway.
+            retry_after = min(BUSY_RETRY_AFTER, max(ADMISSION_RETRY_AFTER, queued // ADMISSION_SLOTS))
+            send_frame(sock, busy(retry_after, f"gateway busy admitting {queued} devices; retry later"))
             return
         try:
             with self.app.app_context():

@@ -269,6 +269,10 @@ class GatewayConnection:
             close_sessions(older, "replaced by a newer session")
             record_event("device.connected", {"device": session_device(row)})
             self.token, row_id = row.token, row.id  # read before the commit expires them (a query each)
+            if peer_hung_up(self.sock):  # it gave up while the database was slow: no session, no event
+                db.session.rollback()
+                self.token = ""
+                return "hung up while being admitted"
             db.session.commit()
             # Admission is decided after the insert: the first `capacity` live rows of the port (by id) win,
             # so two workers admitting at once cannot both take the last place.

@@ -46,6 +46,9 @@ ACTIVITY_BATCH = 1000  # tokens per UPDATE ... WHERE token IN (...)
 # Admissions (session row, event, engine contact) a worker runs at once: below the pool size (10 + 20), so the
 # web services keep connections too.
 ADMISSION_SLOTS = 16
+# Devices queued for admission in a worker beyond which its dispatcher answers BUSY: each would wait about
+# queue / slots admission times, and past a device's patience it gives up and costs two more TLS handshakes.
+ADMISSION_BACKLOG_BUSY = 4 * ADMISSION_SLOTS
 
 
 def run_dir(settings: Settings) -> Path:
@@ -96,6 +99,27 @@ def session_device(row: DeviceSession) -> dict[str, Any]:
             "address": row.address, "port": row.port}
 
 
+class AdmissionQueue:
+    """At most ``slots`` admissions run at once in a worker; the others wait their turn, and are counted."""
+
+    def __init__(self, slots: int) -> None:
+        from gevent.lock import BoundedSemaphore
+
+        self._slots = BoundedSemaphore(slots)
+        self.slots = slots
+        self.waiting = 0
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        self.waiting += 1
+        try:
+            return bool(self._slots.acquire(timeout=timeout))
+        finally:
+            self.waiting -= 1
+
+    def release(self) -> None:
+        self._slots.release()
+
+
 class CnsWorker:
     """The CNS connections this worker holds, by session token, and its mailbox server."""
 
@@ -108,9 +132,8 @@ class CnsWorker:
         self._active: set[str] = set()  # tokens with a frame since the last activity flush
         self._subjects: dict[str, list[str]] = {}  # tokens whose subscriptions changed since then
         self._flusher: Any = None
-        from gevent.lock import BoundedSemaphore
-
-        self.admission_slots = BoundedSemaphore(ADMISSION_SLOTS)
+        self.admission_slots: Any = AdmissionQueue(ADMISSION_SLOTS)
+        self.admission_backlog_busy = ADMISSION_BACKLOG_BUSY
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -36,7 +36,14 @@ RECONNECT_FIRST, RECONNECT_LONGEST = 0.5, 4.0
 
 
 class GatewayLost(Exception):
-    """The connection to the gateway failed or the gateway refused the device for now: reconnect later."""
+    """The connection to the gateway failed or the gateway refused the device for now: reconnect later.
+
+    ``retry_after``: the seconds the gateway asked for (BUSY and ERROR 503 carry Retry-After); 0 when it said none.
+    """
+
+    def __init__(self, message: str, retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = float(retry_after) if retry_after and retry_after.isdigit() else 0.0
 
 
 @dataclass
@@ -89,17 +96,19 @@ class FailoverCnsDevice:
         started = time.monotonic()
         pause = RECONNECT_FIRST
         while True:
+            wait = pause
             try:
                 result.ok = self._session(deadline)
                 result.detail = "" if result.ok else "out of time: the configuration was never saved"
                 break
             except (GatewayLost, OSError, http.client.HTTPException, LinkClosed, CnsProtocolError, XmlRefused) as exc:
                 result.detail = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() + pause > deadline:
+                wait = getattr(exc, "retry_after", 0.0) or pause  # what the gateway asked for, if it said
+            if time.monotonic() + wait > deadline:
                 result.detail = f"out of time; last problem: {result.detail}"
                 break
             result.reconnects += 1
-            time.sleep(pause * random.uniform(0.75, 1.25))  # spread the returning devices out
+            time.sleep(wait * random.uniform(0.75, 1.25))  # spread the returning devices out
             pause = min(pause * 2, RECONNECT_LONGEST)
         result.seconds = time.monotonic() - started
         result.finished_at = time.time()
@@ -111,13 +120,15 @@ class FailoverCnsDevice:
         self._pending.clear()
         where = dispatch(self.host, self.dispatcher_port, self.serial, timeout=self.timeout)
         if where.command != "REDIRECT":
-            raise GatewayLost(f"dispatcher answered {where.command} {where.get('Code', '')}")
+            raise GatewayLost(f"dispatcher answered {where.command} {where.get('Code', '')}",
+                              where.get("Retry-After"))
         with CnsLink.open(where.get("Host") or self.host, int(where.get("Port", "0") or 0),
                           timeout=self.timeout) as link:
             link.send(hello_frame(self.serial, keepalive="60,3"))
             answer = link.receive()
             if answer.command != "WELCOME":
-                raise GatewayLost(f"gateway answered {answer.command} {answer.get('Code', '')}")
+                raise GatewayLost(f"gateway answered {answer.command} {answer.get('Code', '')}",
+                                  answer.get("Retry-After"))
             for subject in (CONFIG_LOAD, EXEC_CMD):
                 link.command("SUBSCRIBE", {"Subject": subject, "Receipt": f"sub-{subject}"})
                 self._await_receipt(link, f"sub-{subject}")
@@ -140,7 +151,7 @@ class FailoverCnsDevice:
         while time.monotonic() < deadline:
             frame = self._pending.pop(0) if self._pending else link.receive(timeout=self.quiet)
             if frame.command == "ERROR":
-                raise GatewayLost(f"ERROR {frame.get('Code', '')} {frame.get('Message', '')}")
+                raise GatewayLost(f"ERROR {frame.get('Code', '')} {frame.get('Message', '')}", frame.get("Retry-After"))
             if frame.command != "DELIVER":
                 continue
             doc = parse_xml(frame.body)
@@ -184,7 +195,7 @@ class FailoverCnsDevice:
         while True:
             frame = link.receive()
             if frame.command == "ERROR":
-                raise GatewayLost(f"ERROR {frame.get('Code', '')} {frame.get('Message', '')}")
+                raise GatewayLost(f"ERROR {frame.get('Code', '')} {frame.get('Message', '')}", frame.get("Retry-After"))
             if frame.command == "RECEIPT" and frame.get("Receipt-Id") == token:
                 return
             self._pending.append(frame)

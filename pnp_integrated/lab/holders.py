@@ -6,8 +6,9 @@ Run as a program only (it patches the process with gevent when imported)::
 
 Each device goes dispatcher -> REDIRECT -> gateway port -> HELLO -> WELCOME and holds the session, sending a PING
 every ``--keepalive`` seconds as the CNS agent does; a session that is reset, refused or unanswered for three
-keepalives is replaced through the dispatcher after a short jittered back-off. Every session that comes up or goes
-down is written to ``--events`` as ``up|down <serial> <unix time>``. One process holds at most about 19,000 sockets.
+keepalives is replaced through the dispatcher after a short jittered back-off (after about the Retry-After the gateway
+gave with a BUSY or ERROR). Every session that comes up or goes down is written to ``--events`` as
+``up|down <serial> <unix time>``. One process holds at most about 19,000 sockets.
 """
 
 from gevent import monkey
@@ -22,7 +23,7 @@ from typing import TextIO  # noqa: E402
 
 import gevent  # noqa: E402
 
-from ..cns.codec import CnsProtocolError, make_frame  # noqa: E402
+from ..cns.codec import CnsProtocolError, Frame, make_frame  # noqa: E402
 from ..devsim.cns import CnsLink, LinkClosed, dispatch, hello_frame  # noqa: E402
 
 MAX_SOCKETS = 19_000
@@ -51,20 +52,31 @@ class EventLog:
             self.flush()
 
 
+class Refused(LinkClosed):
+    """BUSY or ERROR; ``retry_after``: the seconds the gateway asked the device to wait (0: not said)."""
+
+    def __init__(self, frame: Frame) -> None:
+        super().__init__(f"{frame.command} {frame.get('Code', '')} {frame.get('Message', '')}")
+        text = frame.get("Retry-After") or ""
+        self.retry_after = float(text) if text.isdigit() else 0.0
+
+
 def hold(serial: str, host: str, dispatcher_port: int, tls: bool, keepalive: float, events: EventLog) -> None:
     """Keep one device's session up for as long as the process runs."""
     pause = BACKOFF_FIRST
     while True:
         link = None
         up = False
+        wait = 0.0
         try:
             where = dispatch(host, dispatcher_port, serial, tls=tls, timeout=10)
             if where.command != "REDIRECT":
-                raise LinkClosed(f"dispatcher answered {where.command}")
+                raise Refused(where)
             link = CnsLink.open(where.get("Host") or host, int(where.get("Port", "0") or 0), tls=tls, timeout=10)
             link.send(hello_frame(serial, keepalive=f"{keepalive:g},3"))
-            if link.receive().command != "WELCOME":
-                raise LinkClosed("refused")
+            answer = link.receive()
+            if answer.command != "WELCOME":
+                raise Refused(answer)
             events.note("up", serial)
             up = True
             pause = BACKOFF_FIRST
@@ -76,6 +88,8 @@ def hold(serial: str, host: str, dispatcher_port: int, tls: bool, keepalive: flo
                 except TimeoutError:
                     silent += 1
                     link.send(make_frame("PING", {}))
+        except Refused as exc:
+            wait = exc.retry_after  # as the gateway said (CNS-W1 BUSY and ERROR 503 carry Retry-After)
         except (OSError, LinkClosed, CnsProtocolError):
             pass
         finally:
@@ -83,7 +97,7 @@ def hold(serial: str, host: str, dispatcher_port: int, tls: bool, keepalive: flo
                 events.note("down", serial)
             if link is not None:
                 link.close()
-        gevent.sleep(pause * random.uniform(0.5, 1.5))  # the returning devices spread out
+        gevent.sleep((wait or pause) * random.uniform(0.5, 1.5))  # the returning devices spread out
         pause = min(pause * 2, BACKOFF_LONGEST)
 
 

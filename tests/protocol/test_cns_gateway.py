@@ -192,7 +192,9 @@ def test_tls_gateway_port(node: CnsNode) -> None:
 
 
 class AdmissionGate:
-    """Admission slots that stay taken until the test opens them (a worker busy admitting a returning fleet)."""
+    """Admission slots that stay taken until the test opens them (a worker busy admitting a returning fleet).
+
+    Counts its waiting devices like the worker's AdmissionQueue."""
 
     def __init__(self) -> None:
         self.opened = threading.Event()
@@ -204,6 +206,7 @@ class AdmissionGate:
         self.waiting += 1
         while not self.opened.is_set():
             gevent.sleep(0.02)
+        self.waiting -= 1
         return True
 
     def release(self) -> None:
@@ -228,6 +231,26 @@ def test_a_device_that_hung_up_while_waiting_for_admission_is_not_admitted(node:
         assert [row.device_key for row in node.live_rows()] == ["PATIENT1"]
     # Prime never hears that the device that left connected.
     assert [e["device"]["id"] for e in node.outbox("device.connected")] == ["PATIENT1"]
+
+
+def test_dispatcher_says_busy_while_the_admission_queue_is_long(node: CnsNode) -> None:
+    gate = AdmissionGate()
+    worker = node.app.extensions["pnp_cns"]
+    worker.admission_slots, worker.admission_backlog_busy = gate, 2
+    queued = []
+    for n in range(2):
+        link = CnsLink.open(HOST, node.plain[n])
+        link.send(hello_frame(f"QUEUED{n}"))
+        queued.append(link)
+    wait_for(lambda: gate.waiting == 2)
+    answer = dispatch(HOST, node.settings.dispatcher_plain_port, "STORM1")
+    assert answer.command == "BUSY" and int(answer.get("Retry-After") or 0) >= 5
+    assert "admitting" in (answer.get("Message") or "")
+    gate.opened.set()
+    for link in queued:
+        with link:
+            assert link.receive().command == "WELCOME"
+    assert dispatch(HOST, node.settings.dispatcher_plain_port, "STORM1").command == "REDIRECT"
 
 
 def test_first_frame_must_be_hello(node: CnsNode) -> None:
