@@ -9,6 +9,7 @@ connection each and starve the admissions themselves. The choice only balances; 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -29,7 +30,7 @@ from .gateway import (
     send_frame,
 )
 from .session import Admit, CnsSession, Refuse, busy, receipt, redirect, refusal
-from .worker import ADMISSION_SLOTS, cns_worker, node_is_passive
+from .worker import cns_worker, node_is_passive
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +123,13 @@ class Dispatcher:
             send_frame(sock, refusal(Refuse(503, "node is passive (standby); retry later"), PASSIVE_RETRY_AFTER))
             return
         worker = cns_worker(self.app)
-        queued = worker.admission_slots.waiting
-        if queued >= worker.admission_backlog_busy:
+        wait = worker.admission_slots.expected_wait()
+        if wait >= worker.admission_wait_busy:
             # A fleet is coming back at once (failover): a device told when to return costs one handshake; one sent
             # on to wait past its patience costs two, and comes back anyway.
-            retry_after = min(BUSY_RETRY_AFTER, max(ADMISSION_RETRY_AFTER, queued // ADMISSION_SLOTS))
-            send_frame(sock, busy(retry_after, f"gateway busy admitting {queued} devices; retry later"))
+            retry_after = min(BUSY_RETRY_AFTER, max(ADMISSION_RETRY_AFTER, math.ceil(wait)))
+            send_frame(sock, busy(retry_after, f"gateway busy admitting {worker.admission_slots.waiting} devices; "
+                                               "retry later"))
             return
         try:
             with self.app.app_context():

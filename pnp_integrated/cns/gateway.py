@@ -245,6 +245,7 @@ class GatewayConnection:
         if not slots.acquire(timeout=self.settings.cns_hello_timeout):
             self.send(busy(ADMISSION_RETRY_AFTER, "gateway busy admitting other devices; retry later"))
             return "admission queue full"
+        started = time.monotonic()
         try:
             # A device that waited long for its turn may have given up (and is coming back through the dispatcher):
             # admitting it would tell Prime it connected, and cost the time of devices still waiting.
@@ -252,7 +253,7 @@ class GatewayConnection:
                 return "hung up while waiting for admission"
             return self._admit_now(hello)
         finally:
-            slots.release()
+            slots.release(time.monotonic() - started)
 
     def _admit_now(self, hello: Hello) -> str:
         settings = self.settings

@@ -46,9 +46,10 @@ ACTIVITY_BATCH = 1000  # tokens per UPDATE ... WHERE token IN (...)
 # Admissions (session row, event, engine contact) a worker runs at once: below the pool size (10 + 20), so the
 # web services keep connections too.
 ADMISSION_SLOTS = 16
-# Devices queued for admission in a worker beyond which its dispatcher answers BUSY: each would wait about
-# queue / slots admission times, and past a device's patience it gives up and costs two more TLS handshakes.
-ADMISSION_BACKLOG_BUSY = 4 * ADMISSION_SLOTS
+# A new device's expected wait for admission beyond which the dispatcher answers BUSY: it must still be admitted
+# well within its patience (10 s from connecting to WELCOME in the simulators), or it gives up and costs two more
+# TLS handshakes.
+ADMISSION_WAIT_BUSY = 3.0
 
 
 def run_dir(settings: Settings) -> Path:
@@ -108,6 +109,7 @@ class AdmissionQueue:
         self._slots = BoundedSemaphore(slots)
         self.slots = slots
         self.waiting = 0
+        self.seconds_each = 0.05  # running mean of how long an admission holds its slot
 
     def acquire(self, timeout: float | None = None) -> bool:
         self.waiting += 1
@@ -116,8 +118,14 @@ class AdmissionQueue:
         finally:
             self.waiting -= 1
 
-    def release(self) -> None:
+    def release(self, held: float) -> None:
+        """Give the slot back; ``held``: seconds the admission took."""
+        self.seconds_each += (held - self.seconds_each) * 0.1
         self._slots.release()
+
+    def expected_wait(self) -> float:
+        """Seconds a device arriving now would wait for its turn."""
+        return self.waiting * self.seconds_each / self.slots
 
 
 class CnsWorker:
@@ -133,7 +141,7 @@ class CnsWorker:
         self._subjects: dict[str, list[str]] = {}  # tokens whose subscriptions changed since then
         self._flusher: Any = None
         self.admission_slots: Any = AdmissionQueue(ADMISSION_SLOTS)
-        self.admission_backlog_busy = ADMISSION_BACKLOG_BUSY
+        self.admission_wait_busy = ADMISSION_WAIT_BUSY
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:

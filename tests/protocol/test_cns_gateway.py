@@ -209,8 +209,11 @@ class AdmissionGate:
         self.waiting -= 1
         return True
 
-    def release(self) -> None:
+    def release(self, held: float) -> None:
         pass
+
+    def expected_wait(self) -> float:
+        return self.waiting * 1.0  # a second each: a slow database
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
@@ -236,7 +239,7 @@ def test_a_device_that_hung_up_while_waiting_for_admission_is_not_admitted(node:
 def test_dispatcher_says_busy_while_the_admission_queue_is_long(node: CnsNode) -> None:
     gate = AdmissionGate()
     worker = node.app.extensions["pnp_cns"]
-    worker.admission_slots, worker.admission_backlog_busy = gate, 2
+    worker.admission_slots, worker.admission_wait_busy = gate, 2.0
     queued = []
     for n in range(2):
         link = CnsLink.open(HOST, node.plain[n])
