@@ -34,6 +34,10 @@ from .worker import cns_worker, node_is_passive
 
 log = logging.getLogger(__name__)
 
+# The longest a device is sent away for while the admission queue is long: the queue drains within seconds once the
+# returning fleet is spread out, and a longer pause would only make the last devices wait for nothing.
+ADMISSION_BUSY_LONGEST = 10
+
 LOADS_FRESH_FOR = 1.0  # seconds a worker's reading of the session counts is used before it reads them again
 LOADS_USABLE_FOR = 30.0  # while the database is busy, an older reading still beats telling every device to retry
 
@@ -127,7 +131,7 @@ class Dispatcher:
         if wait >= worker.admission_wait_busy:
             # A fleet is coming back at once (failover): a device told when to return costs one handshake; one sent
             # on to wait past its patience costs two, and comes back anyway.
-            retry_after = min(BUSY_RETRY_AFTER, max(ADMISSION_RETRY_AFTER, math.ceil(wait)))
+            retry_after = min(ADMISSION_BUSY_LONGEST, max(ADMISSION_RETRY_AFTER, math.ceil(wait)))
             send_frame(sock, busy(retry_after, f"gateway busy admitting {worker.admission_slots.waiting} devices; "
                                                "retry later"))
             return
