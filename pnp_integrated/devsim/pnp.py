@@ -49,6 +49,7 @@ from ..pnp.messages import (
     encode,
     parse_server_message,
 )
+from . import retry_after_seconds
 
 CHUNK = 256 * 1024
 XML_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
@@ -296,8 +297,7 @@ class PnpAgent:
                 if status != UNAVAILABLE:
                     return status, data
                 problem: Exception = SimulatorError(f"{name} answered {status}")
-                retry_after = self.http.retry_after or ""
-                wait = float(retry_after) if retry_after.isdigit() else pause
+                wait = retry_after_seconds(self.http.retry_after) or pause
             except (OSError, http.client.HTTPException) as exc:
                 problem, wait = exc, pause
             if time.monotonic() + RETRY_FLOOR > self._deadline:

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..cns.codec import CnsProtocolError, Frame
 from ..cns.messages import CONFIG_LOAD, EXEC_CMD, XmlRefused, parse_xml
+from ..devsim import retry_after_seconds
 from ..devsim.cns import CnsLink, LinkClosed, dispatch, hello_frame
 from ..devsim.pnp import PnpAgent, SimulatedDevice
 
@@ -41,9 +42,15 @@ class GatewayLost(Exception):
     ``retry_after``: the seconds the gateway asked for (BUSY and ERROR 503 carry Retry-After); 0 when it said none.
     """
 
-    def __init__(self, message: str, retry_after: str | None = None) -> None:
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
         super().__init__(message)
-        self.retry_after = float(retry_after) if retry_after and retry_after.isdigit() else 0.0
+        self.retry_after = retry_after
+
+    @classmethod
+    def answered(cls, who: str, frame: Frame) -> GatewayLost:
+        """``who`` (dispatcher, gateway) answered ``frame`` (BUSY, ERROR ...) instead of what the device wanted."""
+        return cls(f"{who} answered {frame.command} {frame.get('Code', '')} {frame.get('Message', '')}".rstrip(),
+                   retry_after_seconds(frame.get("Retry-After")))
 
 
 @dataclass
@@ -120,15 +127,13 @@ class FailoverCnsDevice:
         self._pending.clear()
         where = dispatch(self.host, self.dispatcher_port, self.serial, timeout=self.timeout)
         if where.command != "REDIRECT":
-            raise GatewayLost(f"dispatcher answered {where.command} {where.get('Code', '')}",
-                              where.get("Retry-After"))
+            raise GatewayLost.answered("dispatcher", where)
         with CnsLink.open(where.get("Host") or self.host, int(where.get("Port", "0") or 0),
                           timeout=self.timeout) as link:
             link.send(hello_frame(self.serial, keepalive="60,3"))
             answer = link.receive()
             if answer.command != "WELCOME":
-                raise GatewayLost(f"gateway answered {answer.command} {answer.get('Code', '')}",
-                                  answer.get("Retry-After"))
+                raise GatewayLost.answered("gateway", answer)
             for subject in (CONFIG_LOAD, EXEC_CMD):
                 link.command("SUBSCRIBE", {"Subject": subject, "Receipt": f"sub-{subject}"})
                 self._await_receipt(link, f"sub-{subject}")
@@ -151,7 +156,7 @@ class FailoverCnsDevice:
         while time.monotonic() < deadline:
             frame = self._pending.pop(0) if self._pending else link.receive(timeout=self.quiet)
             if frame.command == "ERROR":
-                raise GatewayLost(f"ERROR {frame.get('Code', '')} {frame.get('Message', '')}", frame.get("Retry-After"))
+                raise GatewayLost.answered("gateway", frame)
             if frame.command != "DELIVER":
                 continue
             doc = parse_xml(frame.body)
@@ -195,7 +200,7 @@ class FailoverCnsDevice:
         while True:
             frame = link.receive()
             if frame.command == "ERROR":
-                raise GatewayLost(f"ERROR {frame.get('Code', '')} {frame.get('Message', '')}", frame.get("Retry-After"))
+                raise GatewayLost.answered("gateway", frame)
             if frame.command == "RECEIPT" and frame.get("Receipt-Id") == token:
                 return
             self._pending.append(frame)

@@ -23,8 +23,9 @@ from typing import TextIO  # noqa: E402
 
 import gevent  # noqa: E402
 
-from ..cns.codec import CnsProtocolError, Frame, make_frame  # noqa: E402
+from ..cns.codec import CnsProtocolError, make_frame  # noqa: E402
 from ..devsim.cns import CnsLink, LinkClosed, dispatch, hello_frame  # noqa: E402
+from .fleet import GatewayLost  # noqa: E402
 
 MAX_SOCKETS = 19_000
 BACKOFF_FIRST, BACKOFF_LONGEST = 0.25, 2.0
@@ -52,15 +53,6 @@ class EventLog:
             self.flush()
 
 
-class Refused(LinkClosed):
-    """BUSY or ERROR; ``retry_after``: the seconds the gateway asked the device to wait (0: not said)."""
-
-    def __init__(self, frame: Frame) -> None:
-        super().__init__(f"{frame.command} {frame.get('Code', '')} {frame.get('Message', '')}")
-        text = frame.get("Retry-After") or ""
-        self.retry_after = float(text) if text.isdigit() else 0.0
-
-
 def hold(serial: str, host: str, dispatcher_port: int, tls: bool, keepalive: float, events: EventLog) -> None:
     """Keep one device's session up for as long as the process runs."""
     pause = BACKOFF_FIRST
@@ -71,12 +63,12 @@ def hold(serial: str, host: str, dispatcher_port: int, tls: bool, keepalive: flo
         try:
             where = dispatch(host, dispatcher_port, serial, tls=tls, timeout=10)
             if where.command != "REDIRECT":
-                raise Refused(where)
+                raise GatewayLost.answered("dispatcher", where)
             link = CnsLink.open(where.get("Host") or host, int(where.get("Port", "0") or 0), tls=tls, timeout=10)
             link.send(hello_frame(serial, keepalive=f"{keepalive:g},3"))
             answer = link.receive()
             if answer.command != "WELCOME":
-                raise Refused(answer)
+                raise GatewayLost.answered("gateway", answer)
             events.note("up", serial)
             up = True
             pause = BACKOFF_FIRST
@@ -88,7 +80,7 @@ def hold(serial: str, host: str, dispatcher_port: int, tls: bool, keepalive: flo
                 except TimeoutError:
                     silent += 1
                     link.send(make_frame("PING", {}))
-        except Refused as exc:
+        except GatewayLost as exc:
             wait = exc.retry_after  # as the gateway said (CNS-W1 BUSY and ERROR 503 carry Retry-After)
         except (OSError, LinkClosed, CnsProtocolError):
             pass
