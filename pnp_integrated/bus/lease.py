@@ -134,7 +134,7 @@ def sibling_gone(holder: str, other: str) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, under another user
-        return False
+        pass
     return False
 
 

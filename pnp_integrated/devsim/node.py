@@ -71,11 +71,11 @@ def node_environment(settings: dict[str, Any]) -> dict[str, str]:
 
 
 PNPP = str(Path(sys.executable).with_name("pnpp"))
+READY_TIMEOUT = 120.0  # generous: a loaded CI machine boots workers slowly; `make run` itself is ready in seconds
 
 
 class NodeDidNotStart(RuntimeError):
     """``pnpp run`` exited or never answered GET /status (the message carries its log)."""
-READY_TIMEOUT = 120.0  # generous: a loaded CI machine boots workers slowly; `make run` itself is ready in seconds
 
 
 @dataclass
