@@ -74,6 +74,10 @@ class Settings:
     # cable) releases its row locks after this, not when TCP gives up hours later. Also the lock-wait bound.
     db_dead_peer_timeout: float = 5.0
     retention_days: float = 7.0  # closed device sessions and events already sent to Prime are kept this long
+    # The gateway's login to Prime's broker (JSON login/passcode, 0600); <data_dir>/secrets/... when empty.
+    broker_credentials_file: str = ""
+    # The simulated Prime's broker closes a client that agreed no heart-beats and sent nothing for this long.
+    broker_idle_timeout: float = 120.0
 
     # ---- derived values -------------------------------------------------------------------------------------
     @property
@@ -295,7 +299,7 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
         problems.extend(_check_key_pair(s, origin))
 
     for name in ("tls_handshake_timeout", "http_idle_timeout", "cns_hello_timeout", "drain_timeout",
-                 "db_dead_peer_timeout", "retention_days"):
+                 "db_dead_peer_timeout", "retention_days", "broker_idle_timeout"):
         if not math.isfinite(getattr(s, name)) or getattr(s, name) <= 0:
             bad(name, f"must be a positive number of {'days' if name.endswith('_days') else 'seconds'}")
     for name in ("cns_port_capacity", "workers"):

@@ -28,6 +28,7 @@ import stomp
 from flask import Flask
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from ..credentials import CredentialsMissing, gateway_credentials
 from ..extension import gateway_state
 from . import outbox
 from .commands import apply_command
@@ -176,6 +177,10 @@ class PrimeBridge:
                 self._wake.clear()
 
     def _connect(self) -> None:
+        try:
+            credentials = gateway_credentials(gateway_state(self.app).settings)
+        except CredentialsMissing as exc:
+            raise BridgeDown(str(exc)) from exc
         host_port = (self.target.host, self.target.port)
         conn = stomp.Connection12(
             [host_port],
@@ -194,13 +199,18 @@ class PrimeBridge:
         self._error = ""
         self._conn = conn
         try:
-            conn.connect(wait=False, headers={"client-id": self.holder} if self.holder else None)
+            conn.connect(credentials.login, credentials.passcode, wait=False,
+                         headers={"client-id": self.holder} if self.holder else None)
         except stomp.exception.ConnectFailedException as exc:
             raise BridgeDown(f"cannot connect to {self.target.peer}: {exc or 'refused, unreachable or TLS failed'}") \
                 from exc
         except OSError as exc:
             raise BridgeDown(f"cannot connect to {self.target.peer}: {exc}") from exc
         if not self._connected.wait(self.connect_timeout) or self._lost.is_set():
+            if self._error.startswith("login refused"):
+                raise BridgeDown(f"Prime's broker refused the gateway's login {credentials.login!r} ({self._error}): "
+                                 "ask Prime's administrator for the gateway's passcode and store it with "
+                                 "`pnpp prime trust --login`")
             raise BridgeDown(self._error or f"no CONNECTED from {self.target.peer} within {self.connect_timeout:g}s")
         sock = getattr(conn.transport, "socket", None)
         if sock is not None:

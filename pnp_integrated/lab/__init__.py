@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import ssl
@@ -26,6 +27,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..credentials import write_secret
 
 MOVERS = ("prime", "keepalived")
 STATE_FILE = "lab.json"
@@ -303,6 +306,8 @@ class HaLab:
             PNP_DATA_DIR=node.data_dir, PNP_NODE_NAME=node.name, PNP_NODE_ADDRESS=node.address, PNP_VIP=p.vip,
             PNP_HA_MODE="vip", PNP_DATABASE_URL=p.database_url, PNP_WORKERS=str(p.workers), PNP_DRAIN_TIMEOUT="3",
             PNP_PRIME_ROLE=node.role,
+            # One gateway login for the pair, known to both Prime nodes (Prime HA replicates its accounts).
+            PNP_BROKER_CREDENTIALS_FILE=str(self.gateway_credentials_file()),
         )
         if p.mover == "prime":
             env.update(PNP_PRIME_PEER=peer.address, PNP_PRIME_VIP_INTERFACE="eth0", PNP_PRIME_VIP_PREFIX="24")
@@ -317,6 +322,9 @@ class HaLab:
         """
         node = self.plan.node(name)
         Path(node.data_dir).mkdir(parents=True, exist_ok=True)
+        path = self.gateway_credentials_file()
+        if not path.exists():
+            write_secret(path, json.dumps({"login": "pnp-gateway", "passcode": secrets.token_urlsafe(24)}))
         if self.plan.mover == "keepalived":
             self.start_keepalived(name)
         log = (Path(node.data_dir) / "node.log").open("ab")
@@ -326,6 +334,9 @@ class HaLab:
         log.close()
         node.pid = process.pid
         self.save()
+
+    def gateway_credentials_file(self) -> Path:
+        return Path(self.plan.root) / "secrets" / "broker-credentials.json"
 
     def start_keepalived(self, name: str) -> None:
         node = self.plan.node(name)

@@ -14,9 +14,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 from ..config import Settings, tls_floor
 from ..tls import ensure_certificates
+from .accounts import AccountError, AccountStore, accounts_path
 
 ACTIVEMQ_HOME = Path("/usr/share/activemq")
 ACTIVEMQ_JAR = ACTIVEMQ_HOME / "bin" / "activemq.jar"
@@ -108,6 +110,33 @@ def _stores(settings: Settings, where: ActiveMQLayout) -> str:
     return password
 
 
+def security_plugins(store: AccountStore) -> str:
+    """ActiveMQ's ``<plugins>``: every account a user in a group of its own, every grant an authorization entry.
+
+    Nobody is anonymous; a destination without an entry is refused to everybody.
+    """
+    users = store.activemq_users()
+    grants: dict[tuple[str, str], dict[str, set[str]]] = {}
+    lines = ['<plugins>', '  <simpleAuthenticationPlugin anonymousAccessAllowed="false">', "    <users>"]
+    for account, passcode in users:
+        group = f"account-{account.login}"
+        lines.append(f"      <authenticationUser username={quoteattr(account.login)} password={quoteattr(passcode)}"
+                     f" groups={quoteattr(group)}/>")
+        for right, patterns in (("write", account.send), ("read", account.receive)):
+            for pattern in patterns:
+                kind, _, name = pattern.lstrip("/").partition("/")
+                acl = grants.setdefault((kind, name), {"read": set(), "write": set(), "admin": set()})
+                acl[right].add(group)
+                acl["admin"].add(group)  # creating a destination on first use needs admin
+    lines += ["    </users>", "  </simpleAuthenticationPlugin>", "  <authorizationPlugin><map><authorizationMap>",
+              "    <authorizationEntries>"]
+    for (kind, name), acl in sorted(grants.items()):
+        rights = " ".join(f"{right}={quoteattr(','.join(sorted(groups)))}" for right, groups in acl.items() if groups)
+        lines.append(f"      <authorizationEntry {kind}={quoteattr(name)} {rights}/>")
+    lines += ["    </authorizationEntries>", "  </authorizationMap></map></authorizationPlugin>", "</plugins>"]
+    return "\n    ".join(lines)
+
+
 def render_config(settings: Settings, where: ActiveMQLayout, password: str, template: Path = TEMPLATE) -> str:
     """The xbean configuration for these settings (TLS floor from PNP_TLS_MIN_VERSION, never below 1.2)."""
     protocols = "TLSv1.3" if tls_floor(settings.tls_min_version) == "1.3" else "TLSv1.2,TLSv1.3"
@@ -123,6 +152,7 @@ def render_config(settings: Settings, where: ActiveMQLayout, password: str, temp
         "PLAIN_HOST": "127.0.0.1",
         "PLAIN_PORT": str(settings.bus_port),
         "MAX_FRAME_BYTES": str(MAX_FRAME_BYTES),
+        "SECURITY_PLUGINS": security_plugins(AccountStore(accounts_path(settings))),
     }
     text = template.read_text()
     for key, value in values.items():
@@ -139,9 +169,13 @@ def prepare(settings: Settings) -> ActiveMQLayout:
     where = layout(settings)
     password = _stores(settings, where)
     where.data.mkdir(parents=True, exist_ok=True)
+    try:
+        text = render_config(settings, where, password)
+    except AccountError as exc:
+        raise ActiveMQError(str(exc)) from exc
     fd = os.open(where.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(render_config(settings, where, password))
+        fh.write(text)
     return where
 
 

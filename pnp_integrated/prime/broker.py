@@ -13,11 +13,14 @@ Three layers, innermost first:
   :class:`MessageStore` (SQLite) before the RECEIPT and removed on ACK, so a killed broker loses nothing it confirmed.
 * :class:`StompSession` is one client connection's protocol state, sans-IO: ``receive_data(bytes)`` parses frames
   and applies them to the broker; everything to send goes through the ``send`` callable as bytes. A protocol error
-  or a broken limit produces an ERROR frame and sets ``closing``.
+  or a broken limit produces an ERROR frame and sets ``closing``. CONNECT must carry a login and passcode the
+  ``authenticate`` callable accepts (:mod:`.accounts`); every SEND and SUBSCRIBE is then checked against that
+  account's grants.
 * :class:`BrokerController` is the thin gevent adapter: a TLS listener on ``broker_port`` (every address, like
   Prime's ActiveMQ) and a plain one on ``127.0.0.1:bus_port``; per connection a reader loop and a writer greenlet
   that also emits heart-beats. ``start()`` returns once both ports are bound and re-raises bind errors; ``stop()``
-  stops accepting, lets writers flush, then closes.
+  stops accepting, lets writers flush, then closes. A client that agreed no heart-beats is closed once it has been
+  silent for ``idle_timeout``.
 
 The broker core is single-threaded by design: under gevent every call runs on one hub, so no locks are needed.
 """
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .accounts import Account
 from .stomp import (
     HEARTBEAT,
     Frame,
@@ -59,6 +63,9 @@ VERSIONS = ("1.2", "1.1", "1.0")
 # Headers of a SEND that describe the SEND itself, not the message.
 _TRANSPORT_HEADERS = frozenset({"receipt", "transaction", "content-length", "destination"})
 DEFAULT_PREFETCH = 1000
+
+# (login, passcode, peer host) -> the account, or why the login is refused.
+Authenticate = Callable[[str, str, str], "Account | str"]
 
 
 @dataclass
@@ -305,10 +312,12 @@ class StompSession:
     _ids = itertools.count(1)
 
     # ``heartbeat``: what the broker offers (can send every, wants every) in ms; the client's header widens both.
-    def __init__(self, broker: Broker, send: Callable[[bytes], None], *, peer: str = "",
-                 limits: Limits | None = None, heartbeat: tuple[int, int] = (1000, 1000)) -> None:
+    def __init__(self, broker: Broker, send: Callable[[bytes], None], *, authenticate: Authenticate,
+                 peer: str = "", limits: Limits | None = None, heartbeat: tuple[int, int] = (1000, 1000)) -> None:
         self.broker = broker
         self.peer = peer
+        self._authenticate = authenticate
+        self.account: Account | None = None
         self.session_id = f"session-{next(self._ids)}"
         self._send = send
         self._parser = FrameParser(limits or Limits())
@@ -375,6 +384,11 @@ class StompSession:
             peer_can, peer_wants = parse_heartbeat(frame.get("heart-beat"))
         except StompProtocolError as exc:
             raise BrokerError(str(exc)) from exc
+        verdict = self._authenticate(frame.get("login") or "", frame.get("passcode") or "",
+                                     self.peer.rsplit(":", 1)[0])
+        if not isinstance(verdict, Account):
+            raise BrokerError(verdict)
+        self.account = verdict
         we_can, we_want = self._heartbeat_offer
         self.heartbeat = negotiate_heartbeat(peer_can, peer_wants, we_can, we_want)
         self.connected = True
@@ -389,10 +403,16 @@ class StompSession:
 
     def _on_send(self, frame: Frame) -> None:
         destination = _required(frame, "destination")
+        assert self.account is not None  # _handle refuses every frame before CONNECT
+        if not self.account.may_send(destination):
+            raise BrokerError(f"{self.account.login!r} may not send to {destination[:100]}")
         self.broker.send(destination, frame.headers, frame.body)
 
     def _on_subscribe(self, frame: Frame) -> None:
         destination = _required(frame, "destination")
+        assert self.account is not None
+        if not self.account.may_receive(destination):
+            raise BrokerError(f"{self.account.login!r} may not subscribe to {destination[:100]}")
         sub_id = frame.get("id") or (destination if self.version == "1.0" else None)
         if sub_id is None:
             raise BrokerError("SUBSCRIBE needs an id header")
@@ -501,9 +521,12 @@ class BrokerController:
     """Runs a :class:`Broker` on gevent sockets; ``start`` returns once bound, ``stop`` drains."""
 
     def __init__(self, broker: Broker, ports: BrokerPorts, *, context: ssl.SSLContext | None,
-                 handshake_timeout: float = 10.0, connect_timeout: float = 10.0, limits: Limits | None = None,
-                 heartbeat: tuple[int, int] = (1000, 1000), max_connections: int = 1000) -> None:
+                 authenticate: Authenticate, handshake_timeout: float = 10.0, connect_timeout: float = 10.0,
+                 limits: Limits | None = None, heartbeat: tuple[int, int] = (1000, 1000),
+                 max_connections: int = 1000, idle_timeout: float = 120.0) -> None:
         self.broker = broker
+        self._authenticate = authenticate
+        self._idle_timeout = idle_timeout
         self.ports = ports
         self._context = context
         self._handshake_timeout = handshake_timeout
@@ -567,7 +590,8 @@ class BrokerController:
 
         outgoing: Queue[bytes | None] = Queue()
         peer = f"{address[0]}:{address[1]}"
-        session = StompSession(self.broker, outgoing.put, peer=peer, limits=self._limits, heartbeat=self._heartbeat)
+        session = StompSession(self.broker, outgoing.put, authenticate=self._authenticate, peer=peer,
+                               limits=self._limits, heartbeat=self._heartbeat)
         writer = gevent.spawn(self._write_loop, sock, outgoing, session)
         self._outgoing[session] = outgoing
         try:
@@ -589,12 +613,13 @@ class BrokerController:
             else:
                 expect = session.heartbeat[1]
                 # Spec 1.2 allows a margin for timing inaccuracy; 2.5x matches what stomp.py clients use.
-                limit = expect * 2.5 / 1000 if expect else None
+                limit = expect * 2.5 / 1000 if expect else self._idle_timeout
             try:
                 with gevent.Timeout(limit):
                     data = sock.recv(65536)
             except gevent.Timeout:
-                why = "no CONNECT frame" if not session.connected else "missed heart-beats"
+                why = ("no CONNECT frame" if not session.connected else
+                       "missed heart-beats" if session.heartbeat[1] else "silent, with no heart-beats agreed,")
                 log.info("STOMP client %s: closing, %s within %.1fs", session.peer, why, limit or 0)
                 return
             except (OSError, ssl.SSLError):

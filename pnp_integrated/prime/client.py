@@ -32,8 +32,10 @@ class StompClient:
     """One connection: :meth:`connect`, then send/subscribe/ack and :meth:`receive` frames."""
 
     def __init__(self, host: str, port: int, *, context: ssl.SSLContext | None = None, timeout: float = 10.0,
-                 heartbeat: tuple[int, int] = (0, 0), limits: Limits | None = None) -> None:
+                 heartbeat: tuple[int, int] = (0, 0), limits: Limits | None = None,
+                 login: tuple[str, str] | None = None) -> None:
         self.host, self.port = host, port
+        self._login = login  # (login, passcode) sent with CONNECT
         self._context = context
         self._timeout = timeout
         self._heartbeat = heartbeat
@@ -56,6 +58,8 @@ class StompClient:
         self._sock = raw
         connect = {"accept-version": "1.2", "host": self.host,
                    "heart-beat": f"{self._heartbeat[0]},{self._heartbeat[1]}"}
+        if self._login is not None:
+            connect["login"], connect["passcode"] = self._login
         connect.update(headers or {})
         self.send_frame(make_frame("CONNECT", connect))
         frame = self.receive(self._timeout)

@@ -183,7 +183,13 @@ def send(command_type: str, payload_file: Path, command_id: str | None, broker_a
     if broker_addr:
         host, port = _host_port(broker_addr)
         context = _trusting_context(settings)
-    client = StompClient(host, port, context=context)
+    from .accounts import PRIME_LOGIN, AccountError, prime_passcode
+
+    try:
+        login = (PRIME_LOGIN, prime_passcode(settings))
+    except (AccountError, OSError) as exc:
+        _fail(f"cannot read the simulated Prime's own broker login: {exc}")
+    client = StompClient(host, port, context=context, login=login)
     try:
         client.connect()
         client.send(COMMANDS_QUEUE, json.dumps(body).encode(),
@@ -245,12 +251,30 @@ def _describe(pem: str) -> dict[str, Any]:
               help="Prime's broker endpoint (port default: PNP_BROKER_PORT); the health port is asked too")
 @click.option("--health-port", type=click.IntRange(1, 65535), default=None,
               help="Prime's health monitor port (default: PNP_HEALTH_PORT)")
-def trust(source: str, health_port: int | None) -> None:
+@click.option("--login", default=None, help="the gateway's login on Prime's broker (its passcode is asked for)")
+@click.option("--passcode-file", type=click.File("r"), default=None,
+              help="read the passcode from this file ('-' for stdin) instead of asking")
+def trust(source: str, health_port: int | None, login: str | None, passcode_file: Any) -> None:
     """Fetch and store the certificates of Prime's broker (61617) and health monitor (8082) endpoints.
 
-    The gateway's bridge then verifies Prime's broker against them.
+    The gateway's bridge then verifies Prime's broker against them. With --login, the gateway's credentials for
+    that broker are stored too (0600, in PNP_BROKER_CREDENTIALS_FILE).
     """
+    from ..credentials import LOGIN_PATTERN, BrokerCredentials, store_gateway_credentials
+
     settings = _settings()
+    if login is not None and not LOGIN_PATTERN.fullmatch(login):
+        _fail(f"--login {login!r}: use 1-64 letters, digits and . _ @ -", 2)
+    if passcode_file is not None and login is None:
+        _fail("--passcode-file needs --login", 2)
+    passcode = ""
+    if login is not None:
+        if passcode_file is not None:
+            passcode = passcode_file.read().strip()
+        else:
+            passcode = click.prompt(f"passcode of {login!r} on Prime's broker", hide_input=True).strip()
+        if not passcode:
+            _fail("the passcode is empty", 2)
     host, port = _host_port(source, settings.broker_port)
     health = health_port or settings.health_port
     pems: list[str] = []
@@ -267,6 +291,9 @@ def trust(source: str, health_port: int | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(pems) + "\n")
     click.echo(f"stored {len(pems)} certificate(s) in {path}; the bridge verifies Prime's broker against them")
+    if login is not None:
+        where = store_gateway_credentials(settings, BrokerCredentials(login, passcode))
+        click.echo(f"stored the gateway's broker login {login!r} in {where} (readable by its owner only)")
 
 
 def start_prime_child(settings: Settings, broker: str = "embedded") -> PrimeProcess:
@@ -275,14 +302,100 @@ def start_prime_child(settings: Settings, broker: str = "embedded") -> PrimeProc
     Used by ``pnpp run``, which starts Prime before the gateway as on a real Prime node. Exits with a message when
     the child dies or its ports stay closed.
     """
+    from ..credentials import CredentialsMissing
+    from .accounts import AccountError, enrol_local_gateway
+
+    try:
+        credentials = enrol_local_gateway(settings, activemq=broker == "activemq")
+    except (CredentialsMissing, AccountError) as exc:
+        _fail(str(exc), 2)
     child = PrimeProcess(settings, broker=broker)
     try:
         child.start()
     except RuntimeError as exc:
         _fail(str(exc), 2)
+    refusal = login_refusal(settings, credentials.login, credentials.passcode)
+    if refusal:
+        stop_prime_child(child)
+        _fail(refusal, 2)
     return child
+
+
+def login_refusal(settings: Settings, login: str, passcode: str) -> str:
+    """Why the co-located broker refuses the gateway's login (empty when it accepts it or cannot be asked)."""
+    from ..credentials import credentials_path
+    from .client import StompClient, StompClientError
+
+    client = StompClient("127.0.0.1", settings.bus_port, timeout=10.0, login=(login, passcode))
+    try:
+        client.connect()
+    except StompClientError as exc:
+        if "login refused" not in str(exc):
+            return ""  # not reachable: the bridge keeps trying, as for any broker outage
+        return (f"Prime's broker refused the gateway's login {login!r}: the passcode in "
+                f"{credentials_path(settings)} is not the one Prime holds for it. Store the right one with "
+                f"`pnpp prime trust --from HOST:PORT --login {login}`, or on this Prime reset the account with "
+                f"`pnpp prime account create {login} --role gateway` and store what it prints")
+    client.disconnect()
+    return ""
 
 
 def stop_prime_child(child: PrimeProcess) -> None:
     """SIGTERM the simulated Prime and wait for it (it drains its broker); kill it if it hangs."""
     child.stop()
+
+
+@prime.group()
+def account() -> None:
+    """The broker's accounts on this simulated Prime (who may log in, and to which queues)."""
+
+
+@account.command("create")
+@click.argument("login")
+@click.option("--role", type=click.Choice(["gateway", "prime"]), required=True,
+              help="gateway: sends events, consumes commands; prime: the reverse")
+@click.option("--activemq", is_flag=True, help="also keep the passcode for the ActiveMQ broker (it needs it clear)")
+def account_create(login: str, role: str, activemq: bool) -> None:
+    """Create (or reset) an account; prints its new passcode once, for the gateway's `pnpp prime trust --login`."""
+    from .accounts import AccountError, AccountStore, accounts_path, new_passcode
+
+    settings = _settings()
+    passcode = new_passcode()
+    try:
+        AccountStore(accounts_path(settings)).put(login, role, passcode, activemq=activemq)
+    except (AccountError, OSError) as exc:
+        _fail(str(exc), 2)
+    click.echo(f"created broker account {login!r} ({role}); its passcode, shown only now:", err=True)
+    click.echo(passcode)
+
+
+@account.command("list")
+def account_list() -> None:
+    """Every account with its role and grants (never a passcode)."""
+    from .accounts import AccountError, AccountStore, accounts_path
+
+    store = AccountStore(accounts_path(_settings()))
+    try:
+        logins = sorted(store.entries())
+        for login in logins:
+            acct = store.account(login)
+            assert acct is not None
+            click.echo(f"{login:20} {acct.role:8} send {','.join(acct.send) or '-'}  "
+                       f"subscribe {','.join(acct.receive) or '-'}")
+    except AccountError as exc:
+        _fail(str(exc))
+
+
+@account.command("delete")
+@click.argument("login")
+def account_delete(login: str) -> None:
+    """Remove an account; its open connections keep working until they close."""
+    from .accounts import AccountError, AccountStore, accounts_path
+
+    try:
+        removed = AccountStore(accounts_path(_settings())).delete(login)
+    except (AccountError, OSError) as exc:
+        _fail(str(exc))
+    if not removed:
+        _fail(f"no broker account {login!r}")
+    click.echo(f"deleted broker account {login!r}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from .accounts import PRIME_LOGIN, AccountStore, accounts_path, authenticator, prime_passcode
 from .broker import Broker, BrokerController, BrokerPorts, MessageStore
 from .ha import PeerWatch, VipPlacement
 from .health import HealthMonitor, HealthState
@@ -64,14 +65,17 @@ class PrimeServer:
 
         from ..tls import server_context
 
-        prime_dir(self.settings).mkdir(parents=True, exist_ok=True)
+        prime_dir(self.settings).mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
+            passcode = prime_passcode(self.settings, activemq=self.broker_kind == "activemq")
             if self.broker_kind == "embedded":
                 self._store = MessageStore(prime_dir(self.settings) / "broker.sqlite3")
                 core = Broker(self._store, node=self.settings.node_name)
                 ports = BrokerPorts("0.0.0.0", self.settings.broker_port, "127.0.0.1", self.settings.bus_port)
                 self.broker = BrokerController(core, ports, context=server_context(self.settings),
-                                               handshake_timeout=self.settings.tls_handshake_timeout)
+                                               authenticate=authenticator(AccountStore(accounts_path(self.settings))),
+                                               handshake_timeout=self.settings.tls_handshake_timeout,
+                                               idle_timeout=self.settings.broker_idle_timeout)
                 self.broker.start()
             else:
                 from .activemq import ActiveMQProcess
@@ -84,7 +88,8 @@ class PrimeServer:
             if self.watch is not None:
                 self.watch.start_state()
                 self._watch_greenlet = gevent.spawn(self.watch.run)
-            self.sink = EventSink(EventStore(events_path(self.settings)), "127.0.0.1", self.settings.bus_port)
+            self.sink = EventSink(EventStore(events_path(self.settings)), "127.0.0.1", self.settings.bus_port,
+                                  login=(PRIME_LOGIN, passcode))
             self._sink_greenlet = gevent.spawn(self.sink.run)
         except BaseException:
             self.stop()

@@ -94,8 +94,10 @@ class EventStore:
 class EventSink:
     """Consumes the events queue over the node's plain bus port; reconnects forever with capped back-off."""
 
-    def __init__(self, store: EventStore, host: str, port: int, *, max_backoff: float = 5.0) -> None:
+    def __init__(self, store: EventStore, host: str, port: int, *, login: tuple[str, str],
+                 max_backoff: float = 5.0) -> None:
         self.store = store
+        self.login = login
         self.host, self.port = host, port
         self.max_backoff = max_backoff
         self._stopping = threading.Event()
@@ -120,7 +122,7 @@ class EventSink:
             delay = min(delay * 2, self.max_backoff)
 
     def _consume(self) -> None:
-        client = StompClient(self.host, self.port, heartbeat=(5000, 5000))
+        client = StompClient(self.host, self.port, heartbeat=(5000, 5000), login=self.login)
         client.connect()
         self._client = client
         try:

@@ -2,7 +2,7 @@
 
 What a gateway relies on: receipts, acknowledgement modes, redelivery of what a vanished consumer did not
 acknowledge, competing consumers, topics, heart-beats in both directions, the TLS policy of the Prime port, the
-loopback-only bus port and frame limits.
+loopback-only bus port and frame limits; and who may do what: a login on both ports, and per-destination grants.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 
 from pnp_integrated.config import Settings, load_settings
 from pnp_integrated.devsim.node import node_environment, node_settings
+from pnp_integrated.prime.accounts import AccountStore, accounts_path, prime_passcode
 from pnp_integrated.prime.client import StompClient, StompClientError
 from pnp_integrated.prime.server import PrimeProcess
 from pnp_integrated.prime.stomp import Frame, make_frame
@@ -33,18 +34,32 @@ def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
               if k in ("data_dir", "broker_port", "bus_port", "health_port")}
     settings = load_settings(values, environ={})
     ensure_certificates(settings)
+    store = AccountStore(accounts_path(settings))
+    for login, role in (("pnp-gateway", "gateway"), ("other", "gateway")):
+        store.put(login, role, PASSCODES[login], activemq=True)
+    # The generic STOMP behaviour is exercised on destinations of its own, granted to this account only.
+    store.put("conformance", "conformance", PASSCODES["conformance"], activemq=True,
+              send=CONFORMANCE, receive=CONFORMANCE)
+    prime_passcode(settings, activemq=True)
     prime = PrimeProcess(settings, broker=request.param, env=node_environment(values))
     prime.start()
     yield settings
     prime.stop()
 
 
+PASSCODES = {"pnp-gateway": "gateway-passcode-1", "other": "other-passcode-22", "conformance": "conformance-pass"}
+CONFORMANCE = ["/queue/conformance.>", "/topic/conformance.>"]
+EVENTS, COMMANDS = "/queue/pnp.gateway.events", "/queue/pnp.gateway.commands"
+
+
 def queue_name() -> str:
     return f"/queue/conformance.{uuid.uuid4().hex[:8]}"
 
 
-def plain(settings: Settings, **kwargs: object) -> StompClient:
-    client = StompClient("127.0.0.1", settings.bus_port, timeout=5, **kwargs)  # type: ignore[arg-type]
+def plain(settings: Settings, login: str = "conformance", **kwargs: object) -> StompClient:
+    passcode = prime_passcode(settings) if login == "prime" else PASSCODES[login]
+    client = StompClient("127.0.0.1", settings.bus_port, timeout=5, login=(login, passcode),
+                         **kwargs)  # type: ignore[arg-type]
     client.connect()
     return client
 
@@ -202,7 +217,8 @@ def test_silent_client_that_promised_heartbeats_is_disconnected(broker: Settings
 
 
 def test_prime_port_speaks_tls_12_or_newer_with_the_node_certificate(broker: Settings) -> None:
-    client = StompClient("127.0.0.1", broker.broker_port, context=tls_context(broker), timeout=5)
+    client = StompClient("127.0.0.1", broker.broker_port, context=tls_context(broker), timeout=5,
+                         login=("conformance", PASSCODES["conformance"]))
     assert client.connect().command == "CONNECTED"
     client.disconnect()
     with pytest.raises(StompClientError):
@@ -247,3 +263,65 @@ def test_frames_before_connect_are_refused(broker: Settings) -> None:
         except TimeoutError:
             pass
     assert data.startswith(b"ERROR\n")
+
+
+# ---- who may do what -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port_name", ["bus_port", "broker_port"])
+@pytest.mark.parametrize("login", [None, ("pnp-gateway", "not-the-passcode"), ("nobody", "gateway-passcode-1")])
+def test_connect_without_a_valid_login_is_refused_on_both_ports(broker: Settings, port_name: str,
+                                                                login: tuple[str, str] | None) -> None:
+    port = getattr(broker, port_name)
+    context = tls_context(broker) if port_name == "broker_port" else None
+    client = StompClient("127.0.0.1", port, context=context, timeout=5, login=login)
+    with pytest.raises(StompClientError, match="refused CONNECT"):
+        client.connect()
+
+
+def refusal(client: StompClient, frame: Frame) -> Frame | None:
+    """What the broker answers a frame sent with a receipt: RECEIPT, ERROR, or None when it just closed."""
+    try:
+        client.send_frame(frame)
+        while (answer := client.receive(5)) is not None:
+            if answer.command in ("RECEIPT", "ERROR"):
+                return answer
+    except StompClientError:
+        pass
+    return None
+
+
+@pytest.mark.parametrize(("login", "command", "destination"), [
+    ("pnp-gateway", "SUBSCRIBE", EVENTS),    # would take events away from Prime
+    ("pnp-gateway", "SEND", COMMANDS),       # would command the devices
+    ("other", "SEND", "/queue/anything.else"),
+    ("prime", "SUBSCRIBE", COMMANDS),        # would swallow commands meant for the gateway
+    ("prime", "SEND", EVENTS),               # forged gateway events
+])
+def test_an_account_is_refused_every_destination_outside_its_grants(broker: Settings, login: str, command: str,
+                                                                    destination: str) -> None:
+    client = plain(broker, login)
+    headers = {"destination": destination, "receipt": "r1"}
+    if command == "SUBSCRIBE":
+        headers.update(id="s1", ack="client-individual")
+    answer = refusal(client, make_frame(command, headers, b'{"type": "cns.exec"}' if command == "SEND" else b""))
+    client.close()
+    assert answer is None or answer.command == "ERROR", f"{login} {command} {destination} was accepted"
+
+
+def test_the_contract_parties_get_exactly_their_queues(broker: Settings) -> None:
+    prime, gateway = plain(broker, "prime"), plain(broker, "pnp-gateway")
+    body = f'{{"id": "{uuid.uuid4()}"}}'.encode()
+    gateway.subscribe(COMMANDS, "cmd", ack="client-individual")
+    assert prime.request(make_frame("SEND", {"destination": COMMANDS, "persistent": "true"}, body)).command \
+        == "RECEIPT"
+    [command] = messages(gateway, 1)
+    assert command.body == body
+    gateway.ack(command, receipt=True)
+    assert gateway.request(make_frame("SEND", {"destination": EVENTS, "persistent": "true"}, body)).command \
+        == "RECEIPT"
+    # The simulated Prime's own sink consumes the events queue too, so only the grant is checked here.
+    subscribe = make_frame("SUBSCRIBE", {"destination": EVENTS, "id": "ev", "ack": "client-individual"})
+    assert prime.request(subscribe).command == "RECEIPT"
+    prime.disconnect()
+    gateway.disconnect()

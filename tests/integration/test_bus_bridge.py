@@ -23,9 +23,9 @@ from pnp_integrated.bus.outbox import COMMANDS_QUEUE
 from pnp_integrated.config import load_settings
 from pnp_integrated.devsim.node import node_environment
 from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Profile, db
-from pnp_integrated.prime.client import StompClient
+from pnp_integrated.prime.accounts import enrol_local_gateway
 from pnp_integrated.prime.server import PrimeProcess, events_path
-from tests.conftest import wait_until
+from tests.conftest import prime_client, wait_until
 
 Node = tuple[Flask, PrimeProcess]
 
@@ -51,6 +51,7 @@ def node(app_factory: Callable[..., Flask], tmp_path: Path) -> Iterator[Node]:
     settings = app.extensions["pnp_gateway"].settings
     env = node_environment({k: v for k, v in settings.public_dict().items() if k in (
         "data_dir", "broker_port", "bus_port", "health_port", "node_name", "vip")})
+    enrol_local_gateway(settings)
     prime = PrimeProcess(settings, env=env)
     prime.start()
     yield app, prime
@@ -74,7 +75,7 @@ def bridge(node: Node) -> Iterator[PrimeBridge]:
 def send_command(app: Flask, body: bytes | dict[str, Any]) -> None:
     settings = app.extensions["pnp_gateway"].settings
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    with StompClient("127.0.0.1", settings.bus_port) as client:
+    with prime_client(settings.data_dir, settings.bus_port) as client:
         client.send(COMMANDS_QUEUE, data, {"persistent": "true", "content-type": "application/json"})
 
 

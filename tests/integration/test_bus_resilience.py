@@ -31,13 +31,15 @@ from pnp_integrated.bus import record_event
 from pnp_integrated.bus.bridge import BridgeTarget, PrimeBridge
 from pnp_integrated.bus.outbox import COMMANDS_QUEUE, EVENTS_QUEUE
 from pnp_integrated.config import Settings, load_settings
+from pnp_integrated.credentials import BrokerCredentials
 from pnp_integrated.devsim.node import node_environment, node_settings
 from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Profile, db
+from pnp_integrated.prime.accounts import enrol_local_gateway
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.server import PrimeProcess, events_path
 from pnp_integrated.prime.stomp import make_frame
 from pnp_integrated.tls import ensure_certificates
-from tests.conftest import wait_until
+from tests.conftest import prime_client, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGE_OPTIONS: dict[str, Any] = {"receipt_timeout": 3, "connect_timeout": 3, "poll_interval": 0.1,
@@ -49,6 +51,7 @@ class Prime:
     settings: Settings
     process: PrimeProcess
     kind: str
+    gateway_login: BrokerCredentials  # what the gateways of this module log in with
 
     @property
     def target(self) -> BridgeTarget:
@@ -72,8 +75,13 @@ class Prime:
             return int(conn.execute("SELECT count(*) FROM rejected").fetchone()[0])
 
     def client(self) -> StompClient:
-        """A client of the plain bus port; ``with`` connects it."""
-        return StompClient("127.0.0.1", self.settings.bus_port, timeout=10)
+        """A client of the plain bus port logged in as Prime; ``with`` connects it."""
+        return prime_client(self.settings.data_dir, self.settings.bus_port, timeout=10)
+
+    def gateway_client(self) -> StompClient:
+        """A client of the plain bus port logged in as a gateway (what sends events)."""
+        login = (self.gateway_login.login, self.gateway_login.passcode)
+        return StompClient("127.0.0.1", self.settings.bus_port, timeout=10, login=login)
 
 
 @pytest.fixture(scope="module", params=["embedded", "activemq"])
@@ -81,18 +89,21 @@ def prime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     data_dir = tmp_path_factory.mktemp(f"prime-{request.param}")
     values = {k: v for k, v in node_settings(data_dir).items()
               if k in ("data_dir", "broker_port", "bus_port", "health_port")}
+    values["broker_credentials_file"] = str(data_dir / "gateway-credentials.json")
     settings = load_settings(values, environ={})
     ensure_certificates(settings)
+    login = enrol_local_gateway(settings, activemq=request.param == "activemq")
     process = PrimeProcess(settings, broker=request.param, env=node_environment(values))
     process.start()
-    yield Prime(settings, process, request.param)
+    yield Prime(settings, process, request.param, login)
     process.stop()
 
 
 @pytest.fixture
 def gateway(app_factory: Callable[..., Flask], prime: Prime) -> Flask:
     """A gateway app with its own database, talking to the module's Prime."""
-    return app_factory(broker_port=prime.settings.broker_port, bus_port=prime.settings.bus_port)
+    return app_factory(broker_port=prime.settings.broker_port, bus_port=prime.settings.bus_port,
+                       broker_credentials_file=prime.settings.broker_credentials_file)
 
 
 
@@ -328,7 +339,7 @@ def test_bad_frames_and_bad_json_crash_neither_side(gateway: Flask, prime: Prime
         # Bad events for Prime's sink, bad commands for the gateway.
         bad_bodies = [b"{not json", b"[" * 100_000, b"\xff\xfe\xfa", b"[]", b'{"type": "job.step"}',
                       b'{"id": "\\ud800", "type": "x"}']
-        with prime.client() as client:
+        with prime.gateway_client() as client:
             for body in bad_bodies:
                 client.send(EVENTS_QUEUE, body, {"persistent": "true"})
         bad_commands = [*bad_bodies[:4], b'{"id": 5, "type": "job.cancel"}', b'{"id": "c-1", "type": 7}',
@@ -359,8 +370,10 @@ def test_bad_frames_and_bad_json_crash_neither_side(gateway: Flask, prime: Prime
         wait_until(lambda: prime.rejected() >= len(bad_bodies), 20, "the sink to set the bad events aside")
     # The broker still serves new clients on both ports.
     with prime.client() as client:
-        assert client.request(make_frame("SEND", {"destination": "/queue/after-junk"}, b"ok")).command == "RECEIPT"
-    client = StompClient("127.0.0.1", prime.settings.broker_port, context=tls, timeout=10)
+        subscribe = make_frame("SUBSCRIBE", {"destination": EVENTS_QUEUE, "id": "probe", "ack": "client-individual"})
+        assert client.request(subscribe).command == "RECEIPT"
+    client = StompClient("127.0.0.1", prime.settings.broker_port, context=tls, timeout=10,
+                         login=(prime.gateway_login.login, prime.gateway_login.passcode))
     assert client.connect().command == "CONNECTED"
     client.disconnect()
 

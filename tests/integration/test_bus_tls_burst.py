@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 import stomp
 
+from pnp_integrated.bus.outbox import COMMANDS_QUEUE
 from pnp_integrated.config import Settings, load_settings
+from pnp_integrated.credentials import gateway_credentials
 from pnp_integrated.devsim.node import node_environment, node_settings
-from pnp_integrated.prime.client import StompClient
+from pnp_integrated.prime.accounts import enrol_local_gateway
 from pnp_integrated.prime.server import PrimeProcess
 from pnp_integrated.tls import ensure_certificates
+from tests.conftest import prime_client
 
 
 @pytest.fixture
@@ -25,6 +28,7 @@ def prime(tmp_path: Path) -> Iterator[Settings]:
               if k in ("data_dir", "broker_port", "bus_port", "health_port")}
     settings = load_settings(values, environ={})
     ensure_certificates(settings)
+    enrol_local_gateway(settings)
     process = PrimeProcess(settings, env=node_environment(values))
     process.start()
     yield settings
@@ -50,13 +54,14 @@ def test_tls_consumer_receives_2000_messages_of_1kb_within_10s(prime: Settings) 
                                   heartbeats=(4000, 4000), heart_beat_receive_scale=2.5)
     consumer.set_ssl(for_hosts=[host_port], ca_certs=str(prime.certs_dir / "ca.pem"))
     consumer.set_listener("count", Counter())
-    consumer.connect(wait=True)
+    login = gateway_credentials(prime)
+    consumer.connect(login.login, login.passcode, wait=True)
     try:
-        consumer.subscribe("/queue/burst", id="burst", ack="auto")  # a queue keeps messages until it is in place
+        consumer.subscribe(COMMANDS_QUEUE, id="burst", ack="auto")  # a queue keeps messages until it is in place
         started = time.monotonic()
-        with StompClient("127.0.0.1", prime.bus_port) as producer:
+        with prime_client(prime.data_dir, prime.bus_port) as producer:
             for i in range(2000):
-                producer.send("/queue/burst", (f"{i:04d}" + "x" * 1020).encode(), receipt=False)
+                producer.send(COMMANDS_QUEUE, (f"{i:04d}" + "x" * 1020).encode(), receipt=False)
         assert done.wait(10), f"only {len(received)} of 2000 messages arrived within 10 s"
         elapsed = time.monotonic() - started
     finally:

@@ -18,8 +18,8 @@ from pnp_integrated.bus.state import read_state
 from pnp_integrated.config import load_settings
 from pnp_integrated.devsim.cns import CnsLink, connect
 from pnp_integrated.devsim.node import PNPP, RunningNode
-from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.sink import EventStore
+from tests.conftest import prime_client
 from tests.conftest import wait_until as wait_for
 
 DEVICES = 5
@@ -108,7 +108,7 @@ def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node:
     first_jobs = jobs_of(node, "PNP000001", "job.step")
     sent = pnpp(node, "prime", "send", "device.reprovision", str(payload), "--id", "reprovision-1")
     assert sent.returncode == 0, sent.stderr
-    bus = StompClient("127.0.0.1", node.port("bus_port"))
+    bus = prime_client(node.data_dir, node.port("bus_port"))
     with bus:
         for body in ({"id": "reprovision-1", "type": "device.reprovision", "device": "PNP000001"},  # a redelivery
                      {"id": "cancel-1", "type": "job.cancel", "device": "PNP000001", "reason": "site not ready"}):
@@ -128,7 +128,7 @@ def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node:
             links.append(connect("127.0.0.1", gateway_port, f"LIVE{len(links) + 1}",
                                  subjects=("cisco.mgmt.cns.exec.cmd",))[0])
         assert set(session_workers(node).values()) - {leader.pid}, "every session landed on the leader's worker"
-        with StompClient("127.0.0.1", node.port("bus_port")) as prime:
+        with prime_client(node.data_dir, node.port("bus_port")) as prime:
             for n in range(1, len(links) + 1):
                 prime.send(COMMANDS_QUEUE, json.dumps({"id": f"exec-{n}", "type": "cns.exec", "device": f"LIVE{n}",
                                                        "identifier": f"E-{n}", "command": "show clock"}).encode())

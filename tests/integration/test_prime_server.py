@@ -18,7 +18,9 @@ from click.testing import CliRunner
 
 from pnp_integrated.cli import main
 from pnp_integrated.config import Settings, load_settings
+from pnp_integrated.credentials import gateway_credentials
 from pnp_integrated.devsim.node import node_environment, node_settings
+from pnp_integrated.prime.accounts import enrol_local_gateway
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.server import PrimeProcess
 from pnp_integrated.prime.sink import COMMANDS_QUEUE, EVENTS_QUEUE
@@ -36,6 +38,7 @@ def prime(tmp_path: Path) -> Iterator[Prime]:
     settings.data_dir.mkdir(parents=True)
     ensure_certificates(settings)
     env = node_environment(values)
+    enrol_local_gateway(settings)
     process = PrimeProcess(settings, env=env)
     process.start()
     yield settings, {k: v for k, v in env.items() if k.startswith("PNP_")}
@@ -63,7 +66,8 @@ def test_send_events_and_trust_commands(prime: Prime, tmp_path: Path) -> None:
     result = runner.invoke(main, ["prime", "send", "profile.upsert", str(payload), "--id", "cmd-1"], env=env)
     assert result.exit_code == 0, result.output
     assert "sent profile.upsert cmd-1" in result.output
-    with StompClient("127.0.0.1", settings.bus_port) as client:
+    gateway = gateway_credentials(settings)
+    with StompClient("127.0.0.1", settings.bus_port, login=(gateway.login, gateway.passcode)) as client:
         client.subscribe(COMMANDS_QUEUE, "peek")
         frame = client.receive(5)
         assert frame is not None and json.loads(frame.body)["profile"] == {"name": "branch"}
@@ -90,6 +94,17 @@ def test_send_events_and_trust_commands(prime: Prime, tmp_path: Path) -> None:
     stored = (settings.certs_dir / "prime-trust.pem").read_text()
     assert stored.count("BEGIN CERTIFICATE") == 2  # server certificate and CA, shared by both endpoints
     assert stored.split("-----END CERTIFICATE-----")[1].strip() in (settings.certs_dir / "ca.pem").read_text()
+
+    # With --login the gateway's broker credentials are stored as well, readable by their owner only.
+    elsewhere = tmp_path / "gateway-credentials.json"
+    trusted = runner.invoke(main, ["prime", "trust", "--from", f"127.0.0.1:{settings.broker_port}", "--login",
+                                   "gw-7", "--passcode-file", "-"], input="the-passcode-of-gw-7\n",
+                            env={**env, "PNP_BROKER_CREDENTIALS_FILE": str(elsewhere)})
+    assert trusted.exit_code == 0, trusted.output
+    assert "the-passcode" not in trusted.output
+    assert oct(elsewhere.stat().st_mode & 0o777) == "0o600"
+    stored_login = gateway_credentials(load_settings({"broker_credentials_file": str(elsewhere)}, environ={}))
+    assert (stored_login.login, stored_login.passcode) == ("gw-7", "the-passcode-of-gw-7")
 
 
 def test_bad_input_gets_a_clear_error(prime: Prime, tmp_path: Path) -> None:
