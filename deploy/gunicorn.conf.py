@@ -1,7 +1,7 @@
 """gunicorn configuration of a gateway node: ``gunicorn -c deploy/gunicorn.conf.py wsgi:app``.
 
 gunicorn serves plain HTTP; every other port (HTTPS, monitoring, CNS) is opened by the listener controller inside
-each gevent worker after gevent has patched it (see pnp_integrated/listeners.py).
+each gevent worker after gevent has patched it (see pnp_integrated/runtime.py and listeners.py).
 """
 
 import os
@@ -39,7 +39,7 @@ _metrics_dir.mkdir(parents=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 
 bind = [f"fd://{_http_socket.fileno()}"]
-worker_class = "pnp_integrated.listeners.GatewayGeventWorker"  # gevent; accepts new connections in batches
+worker_class = "pnp_integrated.runtime.GatewayGeventWorker"  # gevent; accepts new connections in batches
 workers = settings.workers
 worker_connections = 20000
 graceful_timeout = int(settings.drain_timeout) + 5
@@ -53,7 +53,7 @@ loglevel = "info"
 
 def post_worker_init(worker):
     """Start this worker's raw listeners once gevent has patched the process; bind errors stop the node."""
-    from pnp_integrated.extension import cooperative_database_waits
+    from pnp_integrated.database import cooperative_database_waits
     from pnp_integrated.runtime import start_worker
 
     cooperative_database_waits()

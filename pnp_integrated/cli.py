@@ -151,7 +151,8 @@ def db() -> None:
 def _upgrade(settings: Settings, revision: str, quiet: bool = False) -> None:
     from flask_migrate import upgrade
 
-    from .extension import create_app, migration_lock, schema_revisions
+    from .database import migration_lock, schema_revisions
+    from .extension import create_app
 
     app = create_app(check_schema=False)
     with app.app_context(), migration_lock():
@@ -207,7 +208,7 @@ def db_downgrade(revision: str) -> None:
 @db.command("current")
 def db_current() -> None:
     """Print the database revision and the revision this code needs."""
-    from .extension import schema_revisions
+    from .database import schema_revisions
 
     app = app_or_exit(check_schema=False)
     with app.app_context():

@@ -12,9 +12,9 @@ from flask import Blueprint, jsonify, render_template
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from . import __version__
-from .extension import gateway_state
+from .context import gateway_state
 from .models import Device, ProvisioningJob, db
+from .version import __version__
 
 blueprint = Blueprint("dashboard", __name__)
 

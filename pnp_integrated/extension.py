@@ -1,155 +1,37 @@
-"""The ``PnPGateway`` Flask extension and the application factory.
+"""The ``PnPGateway`` Flask extension and the application factory: the wiring at the top of the package.
 
 The extension follows the flask-sqlalchemy ``init_app`` contract: it works with an app factory, registers itself in
 ``app.extensions["pnp_gateway"]``, refuses double registration and never keeps a reference to an app. Per-app state
-(settings, certificate paths) lives in :class:`GatewayState` inside ``app.extensions``.
+lives in :class:`~pnp_integrated.context.GatewayState`; this module only builds it and registers every blueprint,
+hook and error handler. Nothing below this module imports it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import random
-import sqlite3
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 from flask_migrate import Migrate
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
-from . import __version__
 from .config import ConfigError, Settings, load_settings
+from .context import EXTENSION_KEY, GatewayState
+from .database import (
+    MIGRATIONS_DIR,
+    SchemaError,
+    SQLiteWriteTurn,
+    check_schema_current,
+    engine_options,
+    sqlite_pragmas,
+)
 from .models import db
-from .tls import CertPaths, ensure_certificates
-
-EXTENSION_KEY = "pnp_gateway"
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+from .tls import ensure_certificates
+from .version import __version__
 
 log = logging.getLogger(__name__)
-
-
-class SchemaError(RuntimeError):
-    """The database is not at the revision this code needs."""
-
-
-@dataclass
-class GatewayState:
-    settings: Settings
-    certs: CertPaths
-    migrate: Migrate
-    listeners: Any = None  # this process's ListenerController, once started
-    write_turn: SQLiteWriteTurn | None = None  # SQLite only
-
-
-def gateway_state(app: Flask | None = None) -> GatewayState:
-    state: GatewayState = (app or current_app).extensions[EXTENSION_KEY]
-    return state
-
-
-def current_settings() -> Settings:
-    return gateway_state().settings
-
-
-def sqlite_write_turn() -> Any:
-    """A context manager: the caller's turn to write to a SQLite database (a no-op for PostgreSQL)."""
-    state = current_app.extensions.get(EXTENSION_KEY)
-    if state is None or state.write_turn is None:
-        return nullcontext()
-    return state.write_turn
-
-
-def cooperative_database_waits() -> None:
-    """In a gevent worker: make every wait of the PostgreSQL driver go through gevent's patched poll and selectors.
-
-    psycopg chooses how to wait when it is imported; the gunicorn master imports it before gevent patches the
-    workers, so the choice is re-made here. Waiting in C (psycopg's default) would block every greenlet of the
-    worker for the whole round trip of each query, and for the connect timeout when the database is unreachable.
-    """
-    monkey = sys.modules.get("gevent.monkey")
-    waiting = sys.modules.get("psycopg.waiting")
-    if monkey is None or waiting is None or not monkey.is_module_patched("select"):
-        return  # not a gevent worker, or psycopg not loaded yet (it then chooses after patching)
-    import selectors
-
-    if waiting.wait is getattr(waiting, "wait_c", None):
-        waiting.wait = waiting.wait_poll
-    waiting.DefaultSelector = selectors.DefaultSelector  # connection set-up (wait_conn) uses it
-
-
-def _kernel_wait(call: Callable[..., Any], *args: Any) -> Any:
-    """Run a call that may block in the kernel; in a gevent worker on its thread pool, so the loop keeps going."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
-        import gevent
-
-        return gevent.get_hub().threadpool.apply(call, args)
-    return call(*args)
-
-
-class SQLiteWriteTurn:
-    """Takes turns among the engine's writers of a node on SQLite, which has one write lock for the whole file.
-
-    Greenlets of a process queue on a lock (polling SQLite, each would hold a pooled connection while it waits);
-    processes queue on a file lock, waited for on gevent's thread pool: the kernel hands it over the moment it is
-    released, whereas polling SQLite's lock lets the worker that just committed take it again and again, starving
-    the other. A process keeps the file lock for the writers it has queued, up to ``batch_seconds``, so the
-    hand-over between workers (a wake-up of the other worker's loop) is paid once per batch, not per transaction.
-    """
-
-    batch_seconds = 0.05
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._guard = threading.Lock()  # only around creating the per-process objects, never held across a wait
-        self._pid = 0
-        self._local: Any = None
-        self._fd = -1
-        self._queued = 0
-        self._held_since = 0.0  # monotonic time the file lock was taken; 0 while not held
-
-    def _for_this_process(self) -> Any:
-        # A fork must not share the lock or the file description (flock would not exclude the two processes), and
-        # the lock must be created after gevent patched threading, i.e. in the worker.
-        with self._guard:
-            if self._pid != os.getpid():
-                self._local = threading.Lock()
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-                self._held_since = 0.0
-                self._queued = 0
-                self._pid = os.getpid()
-            return self._local
-
-    def __enter__(self) -> None:
-        local = self._for_this_process()
-        self._queued += 1
-        try:
-            local.acquire()
-        finally:
-            self._queued -= 1
-        try:
-            if not self._held_since:
-                _kernel_wait(fcntl.flock, self._fd, fcntl.LOCK_EX)
-                self._held_since = time.monotonic()
-        except BaseException:
-            local.release()
-            raise
-
-    def __exit__(self, *_exc: object) -> None:
-        try:
-            if not self._queued or time.monotonic() - self._held_since > self.batch_seconds:
-                self._held_since = 0.0
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._local.release()
 
 
 class PnPGateway:
@@ -171,20 +53,22 @@ class PnPGateway:
 
         app.config.setdefault("SQLALCHEMY_DATABASE_URI", settings.sqlalchemy_url)
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",
-                              _engine_options(app.config["SQLALCHEMY_DATABASE_URI"], settings))
+                              engine_options(app.config["SQLALCHEMY_DATABASE_URI"], settings))
         app.config.setdefault("MAX_CONTENT_LENGTH", settings.http_max_body_bytes)
         db.init_app(app)
         migrate = Migrate(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True, compare_type=True)
-        app.extensions[EXTENSION_KEY] = GatewayState(settings=settings, certs=certs, migrate=migrate)
-        if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-            app.extensions[EXTENSION_KEY].write_turn = SQLiteWriteTurn(settings.data_dir / "db-write.lock")
-        from .ha import init_app as init_ha  # NodeRole + 503 for HTTP device requests while PASSIVE
+        from .ha import initial_role, refuse_devices_when_passive
 
-        init_ha(app)
+        state = GatewayState(settings=settings, certs=certs, role=initial_role(settings, measure=False),
+                             migrate=migrate)
+        if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+            state.write_turn = SQLiteWriteTurn(settings.data_dir / "db-write.lock")
+        app.extensions[EXTENSION_KEY] = state
+        app.before_request(refuse_devices_when_passive)  # HTTP device requests get 503 while PASSIVE
 
         with app.app_context():
             if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-                event.listen(db.engine, "connect", _sqlite_pragmas)
+                event.listen(db.engine, "connect", sqlite_pragmas)
             if self.check_schema:
                 check_schema_current()
 
@@ -233,163 +117,6 @@ def _session_ended_or_raise(exc: sa_exc.InternalError) -> Any:
     raise exc
 
 
-# How long a statement waits for another connection's (usually the other worker's) SQLite write lock.
-SQLITE_BUSY_PATIENCE = 30.0
-_SQLITE_BUSY = 5  # primary result code; SQLITE_BUSY_SNAPSHOT (517) cannot be cured by waiting
-_SQLITE_BUSY_SNAPSHOT = 517
-
-
-def _wait_for_lock(cursor: sqlite3.Cursor, run: Callable[[], Any]) -> Any:
-    """Run a statement; while the database is locked, wait with ``time.sleep`` and try again.
-
-    sqlite3's own busy_timeout waits inside C, which stalls every greenlet of a gevent worker (its accept loop
-    too) until the other worker commits. ``time.sleep`` is gevent's under gunicorn, so this worker keeps serving.
-    """
-    conn = cursor.connection
-    deadline = 0.0
-    pause = 0.001
-    while True:
-        began = conn.in_transaction
-        try:
-            return run()
-        except sqlite3.OperationalError as exc:
-            code = getattr(exc, "sqlite_errorcode", None)
-            if code is None or code & 0xFF != _SQLITE_BUSY or code == _SQLITE_BUSY_SNAPSHOT:
-                raise
-            now = time.monotonic()
-            deadline = deadline or now + SQLITE_BUSY_PATIENCE
-            if now > deadline:
-                raise
-            if not began and conn.in_transaction:
-                conn.rollback()  # the driver's implicit BEGIN of this statement: retry from a fresh snapshot
-        time.sleep(random.uniform(0.5, 1.5) * pause)
-        pause = min(pause * 2, 0.02)
-
-
-class _CooperativeCursor(sqlite3.Cursor):
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-        return _wait_for_lock(self, lambda: super(_CooperativeCursor, self).execute(sql, parameters))
-
-    def executemany(self, sql: str, seq_of_parameters: Any, /) -> sqlite3.Cursor:
-        return _wait_for_lock(self, lambda: super(_CooperativeCursor, self).executemany(sql, seq_of_parameters))
-
-
-class CooperativeSQLiteConnection(sqlite3.Connection):
-    """A sqlite3 connection whose lock waits yield (see :func:`_wait_for_lock`); its busy_timeout is 0."""
-
-    def cursor(self, factory: Any = None) -> Any:
-        return super().cursor(factory or _CooperativeCursor)
-
-
-def _engine_options(url: str, settings: Settings) -> dict[str, Any]:
-    if url.startswith("sqlite"):
-        # Several gevent workers share the file: lock waits are retried in Python, not inside sqlite3.
-        return {"connect_args": {"timeout": 0, "factory": CooperativeSQLiteConnection}}
-    # No pre-ping: it costs a round trip per checkout, i.e. per device request. A connection the server dropped
-    # fails its first statement instead (the device gets a 503 and retries) and SQLAlchemy then discards the pool.
-    return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 3600,
-            "connect_args": postgres_connect_args(settings.db_dead_peer_timeout)}
-
-
-def postgres_connect_args(dead_peer_timeout: float) -> dict[str, Any]:
-    """libpq parameters that bound what a dead peer can cost, on both ends of each connection.
-
-    Server side (set per session, so no PostgreSQL configuration is needed): a transaction left open by a node that
-    died is ended after ``dead_peer_timeout``, releasing the device rows it had locked, which the surviving node
-    needs at once; TCP keepalives close the dead node's idle connections. A lock wait longer than twice that fails
-    (the device is told to retry) instead of holding a pooled connection. Client side: keepalives and a TCP user
-    timeout notice a database host that vanished.
-    """
-    idle_ms = max(1, round(dead_peer_timeout * 1000))
-    probe = max(1, round(dead_peer_timeout))
-    gucs = {
-        "idle_in_transaction_session_timeout": idle_ms,
-        "lock_timeout": 2 * idle_ms,
-        "tcp_keepalives_idle": probe,
-        "tcp_keepalives_interval": 1,
-        "tcp_keepalives_count": 3,
-    }
-    return {
-        "options": " ".join(f"-c {name}={value}" for name, value in gucs.items()),
-        "keepalives": 1, "keepalives_idle": probe, "keepalives_interval": 1, "keepalives_count": 3,
-        "tcp_user_timeout": idle_ms + 3000,
-    }
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    # WAL + NORMAL: no fsync per commit (only at checkpoints). A committed transaction survives any crash of the
-    # gateway's processes; only a power cut or kernel crash can undo the last commits before the next checkpoint.
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=0")
-    cur.close()
-
-
-def schema_revisions() -> tuple[str | None, str | None]:
-    """(revision the database is at, revision the code needs)."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(gateway_state().migrate.get_config())
-    with db.engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
-    return current, script.get_current_head()
-
-
-# Any constant works; it only has to be the same for every node sharing the database.
-MIGRATION_LOCK_KEY = 0x504E50
-
-
-@contextmanager
-def migration_lock() -> Iterator[None]:
-    """Serialise ``pnpp db upgrade`` across the nodes of an HA pair sharing one database.
-
-    PostgreSQL: a session advisory lock. SQLite (single node): a file lock beside the database.
-    """
-    if db.engine.dialect.name == "postgresql":
-        with db.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
-        return
-    lock_path = gateway_state().settings.data_dir / "migrate.lock"
-    with lock_path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def check_schema_current() -> None:
-    current, head = schema_revisions()
-    if current == head:
-        return
-    url = db.engine.url.render_as_string(hide_password=True)
-    if current is not None and current not in _known_revisions():
-        # Upgrading cannot help: a newer release already migrated this database.
-        raise SchemaError(
-            f"the database {url} is at revision {current}, which this version of pnp-integrated does not know "
-            f"(it needs {head}): a newer release upgraded it; run that release, or restore a backup of the database"
-        )
-    where = "empty (no tables yet)" if current is None else f"at revision {current}"
-    raise SchemaError(
-        f"the database {url} is {where}, but this version of pnp-integrated needs revision {head}: "
-        "run `pnpp db upgrade` first"
-    )
-
-
-def _known_revisions() -> set[str]:
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(gateway_state().migrate.get_config())
-    return {rev.revision for rev in script.walk_revisions()}
-
-
 def create_app(config: Mapping[str, Any] | None = None, *, check_schema: bool = True) -> Flask:
     """Application factory.
 
@@ -417,4 +144,4 @@ def _configure_logging(settings: Settings) -> None:
     configure(settings.log_format)
 
 
-__all__ = ["ConfigError", "PnPGateway", "SchemaError", "create_app", "current_settings", "gateway_state"]
+__all__ = ["ConfigError", "PnPGateway", "SchemaError", "create_app"]

@@ -11,7 +11,6 @@ own ``ssl_context`` server option would log a traceback per refused handshake.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import socket
 import ssl
@@ -23,7 +22,7 @@ import gevent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from gevent.server import StreamServer
-from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIServer
+from gunicorn.workers.ggevent import PyWSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -128,21 +127,6 @@ class GatewayHTTPServer(PyWSGIServer):
         # As on HTTPS: a client that connects and goes silent is closed instead of holding a greenlet forever.
         sock.settimeout(self.idle_timeout)
         super().handle(sock, address)
-
-
-class GatewayGeventWorker(GeventPyWSGIWorker):
-    """The gunicorn worker class of a node (``deploy/gunicorn.conf.py``): gevent, with :class:`GatewayHTTPServer`.
-
-    gunicorn builds the plain HTTP server in :meth:`run`, after the application is loaded: the server gets the
-    node's ``PNP_HTTP_IDLE_TIMEOUT`` from the application's settings.
-    """
-
-    def run(self) -> None:
-        from .extension import gateway_state
-
-        idle_timeout = gateway_state(self.wsgi).settings.http_idle_timeout
-        self.server_class = functools.partial(GatewayHTTPServer, idle_timeout=idle_timeout)
-        super().run()
 
 
 @dataclass

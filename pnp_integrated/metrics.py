@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from .extension import gateway_state
+from .context import gateway_state
 from .models import Device, DeviceSession, OutboxEvent, ProvisioningJob, db
 
 blueprint = Blueprint("metrics", __name__)
@@ -73,9 +73,7 @@ class NodeCollector(Collector):
         for state in ("ACTIVE", "PASSIVE", "REFUSED"):
             ha.add_metric([state], 1 if status.get("state") == state else 0)
         yield ha
-        from .ha import EXTENSION_KEY as HA_KEY
-
-        role = self._app.extensions.get(HA_KEY)
+        role = gateway_state(self._app).role
         if role is not None:
             # Each worker keeps its own role and count; the worker label keeps every series monotonic.
             transitions = CounterMetricFamily("pnp_ha_transitions", "ACTIVE/PASSIVE changes seen by this worker",

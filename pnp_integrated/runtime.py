@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
-from dataclasses import dataclass
 
 from flask import Flask
+from gunicorn.workers.ggevent import GeventPyWSGIWorker
 
 from .config import Settings
-from .extension import gateway_state
-from .listeners import ListenerController, ListenerSpec, bind_socket
+from .context import gateway_state
+from .listeners import GatewayHTTPServer, ListenerController, ListenerSpec, bind_socket
+from .ports import MONITOR_ADDRESS, node_ports, port_setting
 from .tls import server_context
 
 log = logging.getLogger(__name__)
-
-MONITOR_ADDRESS = "0.0.0.0"  # the monitoring port answers on every address so the standby can be asked too
-
-
-@dataclass(frozen=True)
-class PortRole:
-    """A port of the node and what it is for (the status table is built from this list)."""
-
-    service: str
-    port: int
-    tls: bool
-    host: str
-
-
-def node_ports(settings: Settings) -> list[PortRole]:
-    """Every port the gateway itself serves, in the order of Prime's status table."""
-    vip = settings.vip
-    roles = [
-        PortRole("HTTPD", settings.http_port, False, vip),
-        PortRole("HTTPD", settings.https_port, True, vip),
-        PortRole("PnP Gateway Monitoring", settings.monitoring_port, True, MONITOR_ADDRESS),
-        PortRole("CNS Gateway Dispatcher", settings.dispatcher_plain_port, False, vip),
-        PortRole("CNS Gateway Dispatcher", settings.dispatcher_tls_port, True, vip),
-    ]
-    roles += [PortRole("CNS Gateway", p, settings.gateway_port_is_tls(p), vip) for p in settings.gateway_ports]
-    return roles
 
 
 def raw_listener_specs(app: Flask, settings: Settings) -> list[ListenerSpec]:
@@ -69,15 +45,6 @@ def probe_ports_free(settings: Settings) -> None:
         sock.close()
 
 
-def port_setting(settings: Settings, port: int) -> str:
-    """The variable an operator changes to move ``port`` (the CNS ports all follow PNP_CNS_PORT_BASE)."""
-    if port == settings.http_port:
-        return "PNP_HTTP_PORT"
-    if port == settings.https_port:
-        return "PNP_HTTPS_PORT"
-    return "PNP_CNS_PORT_BASE"
-
-
 def start_worker(app: Flask) -> ListenerController:
     """Start this worker's listeners; bind errors propagate so gunicorn stops with the message."""
     state = gateway_state(app)
@@ -90,14 +57,14 @@ def start_worker(app: Flask) -> ListenerController:
     )
     controller.start()
     state.listeners = controller
-    from .bus import start_leader_loop  # every worker competes for the lease; the leader runs the Prime bridge
+    from .bus.leader import start_leader_loop  # every worker competes for the lease; the leader runs the Prime bridge
 
     start_leader_loop(app)
     return controller
 
 
 def stop_worker(app: Flask) -> None:
-    from .bus import stop_leader_loop
+    from .bus.leader import stop_leader_loop
 
     stop_leader_loop(app)
     state = gateway_state(app)
@@ -113,3 +80,15 @@ def http_bind_socket(settings: Settings) -> socket.socket:
     sock.set_inheritable(True)
     return sock
 
+
+class GatewayGeventWorker(GeventPyWSGIWorker):
+    """The gunicorn worker class of a node (``deploy/gunicorn.conf.py``): gevent, with :class:`GatewayHTTPServer`.
+
+    gunicorn builds the plain HTTP server in :meth:`run`, after the application is loaded: the server gets the
+    node's ``PNP_HTTP_IDLE_TIMEOUT`` from the application's settings.
+    """
+
+    def run(self) -> None:
+        idle_timeout = gateway_state(self.wsgi).settings.http_idle_timeout
+        self.server_class = functools.partial(GatewayHTTPServer, idle_timeout=idle_timeout)
+        super().run()

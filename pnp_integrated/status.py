@@ -15,11 +15,11 @@ import psutil
 from flask import Blueprint, jsonify
 from sqlalchemy import func, select
 
-from . import __version__
 from .config import Settings
-from .extension import gateway_state
+from .context import gateway_state
 from .models import DeviceSession, db
-from .runtime import node_ports
+from .ports import node_ports
+from .version import __version__
 
 blueprint = Blueprint("status", __name__)
 
@@ -39,7 +39,6 @@ def listening_pids() -> dict[int, list[int]]:
 # of milliseconds. /status (an operator asking) reads afresh; /metrics scrapes and dashboard refreshes, which come by
 # themselves every few seconds, take a reading up to 2 s old.
 LISTENING_FRESH_FOR = 2.0
-SCAN_KEY = "pnp_integrated.listening"
 
 
 @dataclass
@@ -102,7 +101,10 @@ def build_status(settings: Settings, *, cached_ports: bool = False) -> dict[str,
 
     from .bus.state import status_rows as broker_rows
 
-    scan: ListeningScan = current_app.extensions.setdefault(SCAN_KEY, ListeningScan())
+    state = gateway_state(current_app)
+    if state.listening_scan is None:
+        state.listening_scan = ListeningScan()
+    scan: ListeningScan = state.listening_scan
     pids = scan.read(fresh_for=LISTENING_FRESH_FOR if cached_ports else 0.0)
     sessions = live_sessions_by_port()
     broker = {row["service"]: row for row in broker_rows(settings, pids)}
@@ -129,7 +131,8 @@ def build_status(settings: Settings, *, cached_ports: bool = False) -> dict[str,
         broker["Prime Infrastructure Broker"],
         *port_rows["PnP Gateway Monitoring"],
     ]
-    from .ha import ha_status_rows, node_role
+    from .context import node_role
+    from .ha import ha_status_rows
 
     ha_role = node_role(current_app)
     rows.extend(ha_status_rows(ha_role))  # PnP Gateway HA state, Prime Infrastructure HA status

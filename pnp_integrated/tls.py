@@ -173,3 +173,11 @@ def describe(paths: CertPaths) -> dict[str, object]:
         "key_type": type(cert.public_key()).__name__.lstrip("_"),
         "subject_alt_names": san_list,
     }
+
+
+TRUST_FILE = "prime-trust.pem"
+
+
+def trust_path(settings: Settings) -> Path:
+    """Where ``pnpp prime trust`` keeps the certificates Prime's endpoints presented (the bridge trusts them)."""
+    return settings.certs_dir / TRUST_FILE

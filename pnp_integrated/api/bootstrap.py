@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Response, jsonify
 from sqlalchemy import select
 
-from ..extension import current_settings
+from ..context import current_settings
 from ..models import Device, Profile, db
 from ..provisioning.matching import match_profile
 from ..provisioning.templates import TemplateProblem, device_variables, render_template

@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import Response, jsonify
 
-from .. import __version__
 from ..provisioning.engine import DEVICE_STATES, RUNNING, TERMINAL_STATES
 from ..provisioning.images import NAME_PATTERN
+from ..version import __version__
 from . import blueprint
 from .validation import MAX_OFFSET, MAX_TEXT, VARIABLE_NAME
 

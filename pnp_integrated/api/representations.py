@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ..bus.outbox import rfc3339
 from ..models import Device, Image, JobStep, Profile, ProvisioningJob
+from ..outbox import rfc3339
 
 
 def _when(value: dt.datetime | None) -> str | None:

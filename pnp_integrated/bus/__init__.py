@@ -1,10 +1,5 @@
-"""The gateway's side of the Prime broker: outbox, leader lease, the bridge and command application.
+"""The gateway's side of the Prime broker: leader lease, leader loop, the bridge, command application, retention.
 
 Only the leader (holder of the ``leader`` lease) runs the bridge; every gunicorn worker competes for the lease
-(:class:`~.leader.LeaderLoop`, started from the worker hooks).
+(:class:`~.leader.LeaderLoop`, started from the worker hooks). The outbox the bridge drains is :mod:`..outbox`.
 """
-
-from .leader import start_leader_loop, stop_leader_loop
-from .outbox import record_event
-
-__all__ = ["record_event", "start_leader_loop", "stop_leader_loop"]

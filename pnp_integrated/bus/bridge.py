@@ -28,9 +28,11 @@ import stomp
 from flask import Flask
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from .. import outbox
+from ..context import gateway_state
 from ..credentials import CredentialsMissing, gateway_credentials
-from ..extension import gateway_state
-from . import outbox
+from ..destinations import COMMANDS_QUEUE, EVENTS_QUEUE
+from ..tls import trust_path
 from .commands import apply_command
 from .state import BridgeState, write_state
 
@@ -58,8 +60,6 @@ class BridgeTarget:
 
 def default_target(app: Flask) -> BridgeTarget:
     """Prime's broker on the VIP; trust what ``pnpp prime trust`` stored, else the node's own CA."""
-    from ..prime.commands import trust_path
-
     state = gateway_state(app)
     trusted = trust_path(state.settings)
     return BridgeTarget(state.settings.vip, state.settings.broker_port, trusted if trusted.exists() else state.certs.ca)
@@ -216,7 +216,7 @@ class PrimeBridge:
         if sock is not None:
             sock.settimeout(None)  # the connect timeout must not end an idle but healthy connection
         self.connections += 1
-        conn.subscribe(outbox.COMMANDS_QUEUE, id=SUBSCRIPTION_ID, ack="client-individual",
+        conn.subscribe(COMMANDS_QUEUE, id=SUBSCRIPTION_ID, ack="client-individual",
                        headers={"activemq.prefetchSize": "10"})
 
     def _disconnect(self) -> None:
@@ -268,7 +268,7 @@ class PrimeBridge:
         try:
             for row_id, body in messages:
                 receipt = f"ev-{next(self._receipt_ids)}"
-                self._conn.send(outbox.EVENTS_QUEUE, body, content_type="application/json",
+                self._conn.send(EVENTS_QUEUE, body, content_type="application/json",
                                 headers={"persistent": "true"}, receipt=receipt)
                 sent.append((row_id, receipt))
         except Exception as exc:  # stomp.py raises several kinds when the socket breaks

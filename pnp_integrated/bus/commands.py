@@ -39,7 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from ..models import AuditEntry, Device, Image, ProcessedCommand, Profile, ProvisioningJob, db
-from .outbox import record_event
+from ..outbox import record_event
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def own_config_url(config_id: str) -> str:
 
     Without an ``Identifier`` the service answers with the device's configuration, not one job step's request.
     """
-    from ..extension import gateway_state
+    from ..context import gateway_state
 
     settings = gateway_state(current_app._get_current_object()).settings  # type: ignore[attr-defined]
     host = f"[{settings.vip}]" if ":" in settings.vip else settings.vip

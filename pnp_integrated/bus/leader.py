@@ -21,14 +21,13 @@ from typing import Any
 from flask import Flask
 
 from .. import ha
-from ..extension import gateway_state
+from ..context import gateway_state, node_role
 from ..models import utcnow
 from . import lease, retention
 from .bridge import PrimeBridge
 
 log = logging.getLogger(__name__)
 
-EXTENSION_KEY = "pnp_bus"
 # In HA the lease is short so a crashed node is replaced within seconds, not the minutes Prime documents.
 HA_TTL = 8.0
 HA_RENEW_EVERY = 1.0
@@ -59,7 +58,7 @@ class LeaderLoop:
         self._thread: threading.Thread | None = None
         self._follower: Any = None
         self._was_leading = False
-        self._acted_state = ha.node_role(app).state if ha.EXTENSION_KEY in app.extensions else "ACTIVE"
+        self._acted_state = node_role(app).state
         self._purged_at = time.monotonic()  # the first purge an hour after start, not during start-up
         self._purge_thread: threading.Thread | None = None
 
@@ -73,8 +72,7 @@ class LeaderLoop:
         self._wake.set()
 
     def start(self) -> None:
-        if ha.EXTENSION_KEY in self.app.extensions:
-            self._follower = ha.start_follower(self.app, self.wake)
+        self._follower = ha.start_follower(self.app, self.wake)
         # A thread is a greenlet once gevent has patched the worker; tests run it as a real thread.
         self._thread = threading.Thread(target=self._run, name="pnp-leader", daemon=True)
         self._thread.start()
@@ -102,8 +100,8 @@ class LeaderLoop:
     def _next_round_in(self) -> float:
         """Seconds to the next round: right after the lease's expiry when only another node's lease keeps this node
         PASSIVE with the VIP here (its node died: take over at once, not up to a renewal period later)."""
-        role = ha.node_role(self.app) if ha.EXTENSION_KEY in self.app.extensions else None
-        if (role is None or self.term is not None or not role.vip_ok or role.lease_expires is None
+        role = node_role(self.app)
+        if (self.term is not None or not role.vip_ok or role.lease_expires is None
                 or role.lease_node == role.settings.node_name):
             return self.renew_every
         left = (role.lease_expires - utcnow()).total_seconds()
@@ -112,10 +110,10 @@ class LeaderLoop:
         return min(self.renew_every, max(0.05, left + 0.05))
 
     def _round(self) -> None:
-        role = ha.node_role(self.app) if ha.EXTENSION_KEY in self.app.extensions else None
+        role = node_role(self.app)
         started = time.monotonic()
         term: int | None = None
-        if role is None or role.vip_ok:
+        if role.vip_ok:
             try:
                 with self.app.app_context():
                     # Only with the VIP here (this branch): the VIP is what says the stale holder's node is gone.
@@ -212,13 +210,14 @@ class LeaderLoop:
 def start_leader_loop(app: Flask, **options: Any) -> LeaderLoop:
     """Start this worker's leader loop (gunicorn ``post_worker_init`` via ``runtime.start_worker``)."""
     loop = LeaderLoop(app, **options)
-    app.extensions[EXTENSION_KEY] = loop
+    gateway_state(app).leader = loop
     loop.start()
     return loop
 
 
 def stop_leader_loop(app: Flask) -> None:
     """Stop this worker's leader loop, if any (``worker_exit`` via ``runtime.stop_worker``)."""
-    loop = app.extensions.pop(EXTENSION_KEY, None)
+    state = gateway_state(app)
+    loop, state.leader = state.leader, None
     if loop is not None:
         loop.stop(gateway_state(app).settings.drain_timeout)

@@ -20,15 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import and_, case, create_engine, or_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from ..context import gateway_state
 from ..models import LeaderLease, db, utcnow
 
 LEADER = "leader"
-LEASE_ENGINE_KEY = "pnp_lease_engine"
 
 
 @contextmanager
@@ -42,16 +41,17 @@ def _lease_session() -> Iterator[Session]:
     if db.engine.dialect.name != "postgresql":
         yield db.session
         return
-    engine = current_app.extensions.get(LEASE_ENGINE_KEY)
+    state = gateway_state()
+    engine = state.lease_engine
     if engine is None:  # created lazily, so each gunicorn worker gets its own after the fork
-        from ..extension import current_settings, postgres_connect_args
+        from ..database import postgres_connect_args
 
         # Autocommit and no pre-ping: a renewal is one round trip (UPDATE ... RETURNING). Under load each round trip
         # of a greenlet waits for a turn of the worker's event loop, so fewer round trips is a renewal that stays
         # well inside the lease, even with thousands of devices on the worker.
         engine = create_engine(db.engine.url, pool_size=2, max_overflow=0, isolation_level="AUTOCOMMIT",
-                               connect_args=postgres_connect_args(current_settings().db_dead_peer_timeout))
-        current_app.extensions[LEASE_ENGINE_KEY] = engine
+                               connect_args=postgres_connect_args(state.settings.db_dead_peer_timeout))
+        state.lease_engine = engine
     with Session(engine, expire_on_commit=False) as session:
         yield session
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from ..extension import gateway_state
+from ..context import gateway_state
 from ..listeners import StreamHandler
 
 

@@ -102,7 +102,7 @@ class Dispatcher:
             close_socket(sock)
 
     def _dispatch(self, sock: Any, address: tuple[str, int]) -> None:
-        from ..extension import gateway_state
+        from ..context import gateway_state
 
         settings = gateway_state(self.app).settings
         reader = FrameReader(DEVICE_COMMANDS, max_header_bytes=settings.cns_max_header_bytes,

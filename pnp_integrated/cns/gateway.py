@@ -21,8 +21,8 @@ from gevent.lock import RLock
 from gevent.monkey import get_original
 from sqlalchemy import func, select
 
-from ..bus.outbox import record_event
 from ..models import DeviceSession, db
+from ..outbox import record_event
 from . import provision
 from .codec import CLOSED, DEVICE_COMMANDS, NEED_DATA, CnsProtocolError, Frame, FrameReader, error_frame, serialize
 from .messages import CONFIG_LOAD, EXEC_CMD

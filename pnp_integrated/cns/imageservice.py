@@ -17,7 +17,7 @@ from xml.sax.saxutils import quoteattr
 from flask import Blueprint, Response, request
 from sqlalchemy import or_, select
 
-from ..extension import gateway_state
+from ..context import gateway_state
 from ..models import Image, db
 from . import provision
 from .messages import Document, XmlRefused, image_instruction_download, image_instruction_none, parse_xml

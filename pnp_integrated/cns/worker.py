@@ -24,17 +24,16 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, current_app
 from sqlalchemy import bindparam, select, update
 
-from ..bus.outbox import record_event
 from ..config import Settings
-from ..extension import gateway_state
+from ..context import accepting_devices, gateway_state
 from ..models import DeviceSession, db, utcnow
+from ..outbox import record_event
 
 if TYPE_CHECKING:
     from .gateway import GatewayConnection
 
 log = logging.getLogger(__name__)
 
-EXTENSION_KEY = "pnp_cns"
 MAILBOX_TIMEOUT = 5.0
 MAX_MAILBOX_REQUEST = 4 * 1024 * 1024  # a DELIVER body (1 MiB) once JSON-escaped, with room to spare
 # A unix socket path must fit in sockaddr_un (108 octets); longer paths are reached through the directory's fd.
@@ -77,8 +76,6 @@ def _short_path(path: Path) -> Iterator[str]:
 
 def node_is_passive(app: Flask) -> bool:
     """Whether this node must refuse device sessions (HA standby); without HA the node is always active."""
-    from ..ha import accepting_devices
-
     return not accepting_devices(app)
 
 
@@ -304,10 +301,11 @@ def mailbox_alive(settings: Settings, pid: int) -> bool:
 
 def cns_worker(app: Flask) -> CnsWorker:
     """This process's :class:`CnsWorker` for ``app``, created (and its mailbox opened) on first use."""
-    worker: CnsWorker | None = app.extensions.get(EXTENSION_KEY)
+    state = gateway_state(app)
+    worker: CnsWorker | None = state.cns_worker
     if worker is None or worker.pid != os.getpid():
         worker = CnsWorker(app)
-        app.extensions[EXTENSION_KEY] = worker
+        state.cns_worker = worker
         worker.start()
     return worker
 
@@ -315,7 +313,7 @@ def cns_worker(app: Flask) -> CnsWorker:
 def end_session(settings: Settings, row: DeviceSession, code: int, message: str) -> bool:
     """End a live session wherever it is held (this worker or another); ``False`` if its worker is unreachable."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    worker: CnsWorker | None = app.extensions.get(EXTENSION_KEY)
+    worker: CnsWorker | None = gateway_state(app).cns_worker
     if worker is not None and row.worker_pid == worker.pid:
         return worker.end_local(row.token, code, message)
     return bool(post(settings, row.worker_pid, {"op": "end", "token": row.token, "code": code, "message": message}))
@@ -337,7 +335,7 @@ def deliver(device_key: str, subject: str, xml: str) -> bool:
     ).first()
     if row is None:
         return False
-    worker: CnsWorker | None = app.extensions.get(EXTENSION_KEY)
+    worker: CnsWorker | None = gateway_state(app).cns_worker
     if worker is not None and row.worker_pid == worker.pid:
         return worker.deliver_local(row.token, subject, xml)
     answer = post(settings, row.worker_pid, {"op": "deliver", "token": row.token, "subject": subject, "xml": xml})

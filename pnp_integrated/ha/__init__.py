@@ -5,32 +5,28 @@ AND this node holds the database leader lease; keepalived has no fencing, so a c
 not serve devices while the other node holds the lease. PASSIVE nodes refuse device sessions (CNS ERROR 503, HTTP
 503 with Retry-After) and send nothing to Prime.
 
-Each worker keeps a :class:`NodeRole` in ``app.extensions`` (a cache of facts whose source of truth is the kernel's
-address table and the lease row in the database).
+Each worker keeps a :class:`~pnp_integrated.context.NodeRole` in its gateway state (a cache of facts whose source of
+truth is the kernel's address table and the lease row in the database); this package establishes and acts on it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import ssl
 import threading
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 
 from ..config import Settings
+from ..context import NodeRole, accepting_devices, gateway_state, node_role, retry_after
 from .vip import VipFollower, vip_can_move, vip_is_local
 
 log = logging.getLogger(__name__)
 
-LEADER_LEASE = "leader"
-RETRY_AFTER_SECONDS = 10
-EXTENSION_KEY = "pnp_ha"
 # HTTP paths devices use (Open PnP, CNS image agent and config, image and resource web services).
 DEVICE_PATHS = ("/pnp/", "/cns/", "/images/", "/resources/")
 # Where no VIP can move, the co-located Prime health monitor is asked this often.
@@ -72,48 +68,6 @@ def vip_condition(settings: Settings) -> bool:
     return prime_reports_active(settings)
 
 
-@dataclass
-class NodeRole:
-    """This worker's view of the node's HA role."""
-
-    settings: Settings
-    vip_ok: bool = True
-    lease_node: str = ""
-    lease_expires: dt.datetime | None = None
-    transitions: int = 0
-    state: str = field(default="ACTIVE")
-
-    @property
-    def lease_held_by_node(self) -> bool:
-        return self.lease_node == self.settings.node_name
-
-    def evaluate(self, now: dt.datetime) -> str:
-        """Recompute ACTIVE/PASSIVE from the cached facts; count transitions."""
-        if self.settings.ha_mode == "none":
-            new = "ACTIVE"
-        else:
-            lease_ok = (
-                self.lease_node == self.settings.node_name
-                and self.lease_expires is not None
-                and self.lease_expires > now
-            )
-            new = "ACTIVE" if self.vip_ok and lease_ok else "PASSIVE"
-        if new != self.state:
-            self.transitions += 1
-            log.info("gateway is now %s (VIP %s on this node: %s, lease holder: %s)",
-                     new, self.settings.vip, self.vip_ok, self.lease_node or "none")
-            self.state = new
-        return new
-
-    @property
-    def reason(self) -> str:
-        if self.state == "ACTIVE":
-            return f"VIP {self.settings.vip} here" + (", lease held" if self.settings.ha_mode != "none" else "")
-        if not self.vip_ok:
-            return f"VIP {self.settings.vip} is not on this node"
-        return f"leader lease held by {self.lease_node or 'nobody'}"
-
-
 def initial_role(settings: Settings, measure: bool = True) -> NodeRole:
     """The role of a worker that has proved nothing yet.
 
@@ -126,40 +80,6 @@ def initial_role(settings: Settings, measure: bool = True) -> NodeRole:
 
 
 # ---- per-app wiring ---------------------------------------------------------------------------------------------
-def init_app(app: Flask) -> None:
-    """Give ``app`` its :class:`NodeRole` and the hook that refuses HTTP device requests while PASSIVE."""
-    from ..extension import gateway_state
-
-    app.extensions[EXTENSION_KEY] = initial_role(gateway_state(app).settings, measure=False)
-    app.before_request(refuse_devices_when_passive)
-
-
-def node_role(app: Flask | None = None) -> NodeRole:
-    """This worker's :class:`NodeRole` (created by :func:`init_app`)."""
-    role: NodeRole = (app or current_app).extensions[EXTENSION_KEY]
-    return role
-
-
-def accepting_devices(app: Flask | None = None) -> bool:
-    """Whether this node serves devices right now (ACTIVE). Protocol adapters refuse new sessions when False.
-
-    The lease expiry is re-checked at every call, so a node whose leader vanished stops accepting without waiting
-    for the next round of its leader loop.
-    """
-    from ..models import utcnow
-
-    the_app = app or current_app
-    role = the_app.extensions.get(EXTENSION_KEY)
-    if not isinstance(role, NodeRole):
-        return True  # not a gateway app (no HA wiring): nothing to refuse
-    return role.evaluate(utcnow()) == "ACTIVE"
-
-
-def retry_after(app: Flask | None = None) -> int:
-    """Seconds a refused device should wait before trying again (the Retry-After of 503 answers)."""
-    return RETRY_AFTER_SECONDS
-
-
 def refuse_devices_when_passive() -> Response | None:
     """``before_request`` hook: HTTP device endpoints answer 503 with Retry-After while the node is PASSIVE."""
     if not request.path.startswith(DEVICE_PATHS) or accepting_devices():
@@ -227,9 +147,7 @@ def close_device_sessions(app: Flask, message: str) -> int:
     """End every live CNS session of this worker with ERROR 503 (devices reconnect through the VIP)."""
     import os
 
-    from ..cns.worker import EXTENSION_KEY as CNS_KEY
-
-    worker = app.extensions.get(CNS_KEY)
+    worker = gateway_state(app).cns_worker
     if worker is None or getattr(worker, "pid", None) != os.getpid():
         return 0
     connections = list(worker.connections.values())
@@ -242,8 +160,8 @@ def _record_state_event(app: Flask, role: NodeRole) -> int:
     """Write the ``gateway.state`` event (sent by whichever node leads next); returns the unfinished job count."""
     from sqlalchemy import func, select
 
-    from ..bus.outbox import record_event
     from ..models import ProvisioningJob, db
+    from ..outbox import record_event
 
     settings = role.settings
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from flask import Flask
 from sqlalchemy import select
 
-from ..extension import gateway_state
+from ..context import gateway_state
 from ..models import Device, DeviceSession, ProvisioningJob, db
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import logging
 from flask import Blueprint, Response, abort, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from ..extension import current_settings
+from ..context import current_settings
 from ..provisioning import engine
 from .conversation import ServerUrls, identity_of, outcome_of, reply_to_work_request
 from .messages import Bye, Fault, PnpProtocolError, encode, parse_work_request, parse_work_response

@@ -45,12 +45,10 @@ from ..credentials import (
     store_gateway_credentials,
     write_secret,
 )
+from ..destinations import COMMANDS_QUEUE, DLQ, EVENTS_QUEUE
 
 log = logging.getLogger(__name__)
 
-EVENTS_QUEUE = "/queue/pnp.gateway.events"
-COMMANDS_QUEUE = "/queue/pnp.gateway.commands"
-DLQ = "/queue/ActiveMQ.DLQ"
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "gateway": ((EVENTS_QUEUE,), (COMMANDS_QUEUE,)),
     "prime": ((COMMANDS_QUEUE,), (EVENTS_QUEUE, DLQ)),

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..destinations import DLQ
 from .accounts import Account
 from .stomp import (
     HEARTBEAT,
@@ -57,7 +58,6 @@ from .stomp import (
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "pnp-integrated-prime/1.0"
-DLQ = "/queue/ActiveMQ.DLQ"
 ACK_MODES = ("auto", "client", "client-individual")
 VERSIONS = ("1.2", "1.1", "1.0")
 # Headers of a SEND that describe the SEND itself, not the message.

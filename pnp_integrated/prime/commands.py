@@ -17,11 +17,11 @@ from typing import Any, NoReturn
 import click
 
 from ..config import ConfigError, Settings, load_settings
+from ..tls import trust_path
 from .ha import FAILBACK_MODES
 from .server import BROKERS, PrimeProcess, events_path
 
 COMMAND_TYPES = ("profile.upsert", "profile.delete", "device.reprovision", "cns.config.push", "cns.exec", "job.cancel")
-TRUST_FILE = "prime-trust.pem"
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -34,11 +34,6 @@ def _settings() -> Settings:
         return load_settings()
     except ConfigError as exc:
         _fail(str(exc), 2)
-
-
-def trust_path(settings: Settings) -> Path:
-    """Where ``pnpp prime trust`` keeps the certificates Prime's endpoints presented."""
-    return settings.certs_dir / TRUST_FILE
 
 
 @click.group()
@@ -157,8 +152,8 @@ def _device_of(body: dict[str, Any]) -> str:
               help="HOST:PORT of the broker's TLS port (default: the plain bus port on 127.0.0.1)")
 def send(command_type: str, payload_file: Path, command_id: str | None, broker_addr: str | None) -> None:
     """Send a command of TYPE with the JSON object in FILE.json to /queue/pnp.gateway.commands."""
+    from ..destinations import COMMANDS_QUEUE
     from .client import StompClient, StompClientError
-    from .sink import COMMANDS_QUEUE
 
     settings = _settings()
     if command_type not in COMMAND_TYPES:

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..destinations import EVENTS_QUEUE
 from .client import StompClient, StompClientError
 from .stomp import Frame
 
 log = logging.getLogger(__name__)
 
-EVENTS_QUEUE = "/queue/pnp.gateway.events"
-COMMANDS_QUEUE = "/queue/pnp.gateway.commands"
 
 
 @dataclass(frozen=True)

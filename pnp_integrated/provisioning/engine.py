@@ -49,9 +49,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
-from ..bus.outbox import record_event
-from ..extension import sqlite_write_turn
+from ..context import sqlite_write_turn
 from ..models import Device, Image, JobStep, Profile, ProvisioningJob, db, utcnow
+from ..outbox import record_event
 from .matching import match_profile
 from .templates import TemplateProblem, device_variables, render_template
 

@@ -16,7 +16,7 @@ from typing import BinaryIO
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from ..extension import current_settings
+from ..context import current_settings
 from ..models import AuditEntry, Image, db
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from flask import Blueprint, Response, abort, send_file
 from sqlalchemy import select
 
-from ..extension import current_settings
+from ..context import current_settings
 from ..models import Image, db
 
 blueprint = Blueprint("file_services", __name__)

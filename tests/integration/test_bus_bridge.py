@@ -19,8 +19,8 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from pnp_integrated.bus.bridge import PrimeBridge
-from pnp_integrated.bus.outbox import COMMANDS_QUEUE
 from pnp_integrated.config import load_settings
+from pnp_integrated.destinations import COMMANDS_QUEUE
 from pnp_integrated.devsim.node import node_environment
 from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Profile, db
 from pnp_integrated.prime.accounts import enrol_local_gateway

@@ -27,13 +27,13 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from pnp_integrated.bus import record_event
 from pnp_integrated.bus.bridge import BridgeTarget, PrimeBridge
-from pnp_integrated.bus.outbox import COMMANDS_QUEUE, EVENTS_QUEUE
 from pnp_integrated.config import Settings, load_settings
 from pnp_integrated.credentials import BrokerCredentials
+from pnp_integrated.destinations import COMMANDS_QUEUE, EVENTS_QUEUE
 from pnp_integrated.devsim.node import node_environment, node_settings
 from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Profile, db
+from pnp_integrated.outbox import record_event
 from pnp_integrated.prime.accounts import enrol_local_gateway
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.server import PrimeProcess, events_path

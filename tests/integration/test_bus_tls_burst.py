@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import stomp
 
-from pnp_integrated.bus.outbox import COMMANDS_QUEUE
 from pnp_integrated.config import Settings, load_settings
 from pnp_integrated.credentials import gateway_credentials
+from pnp_integrated.destinations import COMMANDS_QUEUE
 from pnp_integrated.devsim.node import node_environment, node_settings
 from pnp_integrated.prime.accounts import enrol_local_gateway
 from pnp_integrated.prime.server import PrimeProcess

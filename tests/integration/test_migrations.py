@@ -13,8 +13,8 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect, text
 
 from pnp_integrated import create_app
+from pnp_integrated.database import SchemaError, schema_revisions
 from pnp_integrated.devsim.node import PNPP, node_environment, node_settings
-from pnp_integrated.extension import SchemaError, schema_revisions
 from pnp_integrated.models import db
 
 

@@ -13,9 +13,9 @@ import urllib.request
 from collections import defaultdict
 from typing import Any
 
-from pnp_integrated.bus.outbox import COMMANDS_QUEUE
 from pnp_integrated.bus.state import read_state
 from pnp_integrated.config import load_settings
+from pnp_integrated.destinations import COMMANDS_QUEUE
 from pnp_integrated.devsim.cns import CnsLink, connect
 from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.prime.sink import EventStore

@@ -19,11 +19,11 @@ from click.testing import CliRunner
 from pnp_integrated.cli import main
 from pnp_integrated.config import Settings, load_settings
 from pnp_integrated.credentials import gateway_credentials
+from pnp_integrated.destinations import COMMANDS_QUEUE, EVENTS_QUEUE
 from pnp_integrated.devsim.node import node_environment, node_settings
 from pnp_integrated.prime.accounts import enrol_local_gateway
 from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.server import PrimeProcess
-from pnp_integrated.prime.sink import COMMANDS_QUEUE, EVENTS_QUEUE
 from pnp_integrated.tls import ensure_certificates
 
 Prime = tuple[Settings, dict[str, str]]

@@ -15,8 +15,8 @@ from sqlalchemy import select
 
 from pnp_integrated import create_app
 from pnp_integrated.cns import deliver
+from pnp_integrated.context import gateway_state
 from pnp_integrated.devsim.cns import CnsLink, LinkClosed, connect, dispatch, hello_frame
-from pnp_integrated.extension import gateway_state
 from pnp_integrated.models import DeviceSession, OutboxEvent, db
 
 
@@ -61,7 +61,7 @@ class CnsNode:
         while not self._stop.is_set():
             gevent.sleep(0.02)
         controller.stop(1)
-        self.app.extensions["pnp_cns"].stop()
+        gateway_state(self.app).cns_worker.stop()
 
     def start(self) -> CnsNode:
         self._thread.start()
@@ -219,7 +219,7 @@ class AdmissionGate:
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 def test_a_device_that_hung_up_while_waiting_for_admission_is_not_admitted(node: CnsNode, tls: bool) -> None:
     gate = AdmissionGate()
-    node.app.extensions["pnp_cns"].admission_slots = gate
+    node.app.extensions["pnp_gateway"].cns_worker.admission_slots = gate
     ports = node.tls if tls else node.plain
     gone = CnsLink.open(HOST, ports[0], tls=tls)
     gone.send(hello_frame("GAVEUP1"))
@@ -238,7 +238,7 @@ def test_a_device_that_hung_up_while_waiting_for_admission_is_not_admitted(node:
 
 def test_dispatcher_says_busy_while_the_admission_queue_is_long(node: CnsNode) -> None:
     gate = AdmissionGate()
-    worker = node.app.extensions["pnp_cns"]
+    worker = node.app.extensions["pnp_gateway"].cns_worker
     worker.admission_slots, worker.admission_wait_busy = gate, 2.0
     queued = []
     for n in range(2):
@@ -353,11 +353,11 @@ def test_full_gateway_port_answers_busy(node_factory: Callable[..., CnsNode]) ->
 def test_passive_node_refuses_with_503(node: CnsNode) -> None:
     import dataclasses
 
-    from pnp_integrated.ha import EXTENSION_KEY, NodeRole
+    from pnp_integrated.context import NodeRole
 
     # An HA node whose lease is held by nobody: PASSIVE.
     in_ha = dataclasses.replace(node.settings, ha_mode="vip")
-    node.app.extensions[EXTENSION_KEY] = NodeRole(settings=in_ha, state="PASSIVE")
+    gateway_state(node.app).role = NodeRole(settings=in_ha, state="PASSIVE")
     for port in (node.settings.dispatcher_plain_port, node.plain[0]):
         with CnsLink.open(HOST, port) as link:
             link.send(hello_frame("STANDBY"))
@@ -393,7 +393,7 @@ def test_oversized_head_and_body_are_413(node_factory: Callable[..., CnsNode]) -
 def test_subscribe_maps_subjects_per_device_and_deliver_respects_them(node: CnsNode) -> None:
     link, _ = connect(HOST, node.plain[0], "SUB1", subjects=("cisco.mgmt.cns.config.load",))
     other_process = create_app({**node.app.config["PNP_SETTINGS"], "TESTING": True})
-    worker = node.app.extensions["pnp_cns"]
+    worker = node.app.extensions["pnp_gateway"].cns_worker
     with link:
         connected_at = node.live_rows()[0].last_frame_at
         worker.flush_activity()  # the worker writes activity in batches, not one statement per frame

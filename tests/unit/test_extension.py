@@ -11,8 +11,10 @@ from flask.testing import FlaskClient
 
 from pnp_integrated import create_app
 from pnp_integrated.config import ConfigError
+from pnp_integrated.context import EXTENSION_KEY, GatewayState, gateway_state
+from pnp_integrated.database import SchemaError
 from pnp_integrated.devsim.node import node_settings
-from pnp_integrated.extension import EXTENSION_KEY, GatewayState, PnPGateway, SchemaError, gateway_state
+from pnp_integrated.extension import PnPGateway
 
 
 def bare_app(tmp_path: Path, **overrides: object) -> Flask:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from pnp_integrated.ha import node_role
+from pnp_integrated.context import node_role
 from pnp_integrated.models import utcnow
 
 

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from flask import Flask
 
 from pnp_integrated.cns.messages import CONFIG_LOAD
-from pnp_integrated.cns.worker import EXTENSION_KEY as CNS_KEY
 from pnp_integrated.cns.worker import CnsWorker
-from pnp_integrated.extension import gateway_state
+from pnp_integrated.context import gateway_state
 from pnp_integrated.ha.resume import resume_unfinished
 from pnp_integrated.models import DeviceSession, Profile, db
 from pnp_integrated.provisioning import engine
@@ -40,7 +39,7 @@ def start_job_at_config(serial: str, protocol: str) -> str:
 def test_pending_push_is_sent_again_to_cns_devices_connected_here(app_factory: Callable[..., Flask]) -> None:
     app = app_factory(node_name="prime-b")
     worker = CnsWorker(app)
-    app.extensions[CNS_KEY] = worker
+    gateway_state(app).cns_worker = worker
     connection = RecordingConnection()
     with app.app_context():
         db.session.add(Profile(name="day0", match_serials=["CNS1", "CNS2", "PNP1"], config_template="hostname x\n",

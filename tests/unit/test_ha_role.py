@@ -4,7 +4,8 @@ import datetime as dt
 import struct
 
 from pnp_integrated.config import load_settings
-from pnp_integrated.ha import NodeRole, lease_holder_node
+from pnp_integrated.context import NodeRole
+from pnp_integrated.ha import lease_holder_node
 from pnp_integrated.ha.vip import netlink_message_types, vip_is_local
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0)

@@ -22,8 +22,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from pnp_integrated.bus.leader import LeaderLoop
-from pnp_integrated.extension import gateway_state
-from pnp_integrated.ha import accepting_devices, node_role, retry_after
+from pnp_integrated.context import accepting_devices, gateway_state, node_role, retry_after
 from pnp_integrated.models import OutboxEvent, db
 from tests.conftest import wait_until as wait_for
 
@@ -103,7 +102,7 @@ def test_passive_node_answers_device_requests_503_with_retry_after(app_factory: 
     for path in ("/pnp/HELLO", "/cns/config.asp?DeviceID=X", "/images/ios.bin", "/resources/day0.cfg"):
         answer = client.get(path)
         assert answer.status_code == 503, path
-        assert answer.headers["Retry-After"] == str(retry_after(app))
+        assert answer.headers["Retry-After"] == str(retry_after())
         assert b"PASSIVE" in answer.data
     status = client.get("/status")
     assert status.status_code == 200  # operators can always ask

@@ -11,10 +11,8 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from ..models import OutboxEvent, db, utcnow
+from .models import OutboxEvent, db, utcnow
 
-EVENTS_QUEUE = "/queue/pnp.gateway.events"
-COMMANDS_QUEUE = "/queue/pnp.gateway.commands"
 # Fields every message carries; a payload cannot overwrite them.
 ENVELOPE = ("id", "type", "at", "gateway")
 

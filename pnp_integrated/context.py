@@ -1,0 +1,127 @@
+"""The per-app state of a gateway node: one typed object behind one ``app.extensions`` key, and its accessors.
+
+Everything a worker knows about itself lives here: the settings and certificates it was built with, its HA role
+(a cache of facts whose source of truth is the kernel's address table and the lease row), and the objects its
+process started (listeners, CNS worker, leader loop, the lease's engine). The modules that own those objects fill
+the fields in; the rest of the package reads them through the functions below, so no module needs the wiring in
+:mod:`.extension` and no two modules reach into each other's keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, current_app, has_app_context
+
+from .config import Settings
+from .models import utcnow
+from .tls import CertPaths
+
+EXTENSION_KEY = "pnp_gateway"
+RETRY_AFTER_SECONDS = 10  # what a device refused while the node is PASSIVE is told to wait
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeRole:
+    """This worker's view of the node's HA role: ACTIVE needs the VIP here and, with HA, the leader lease."""
+
+    settings: Settings
+    vip_ok: bool = True
+    lease_node: str = ""
+    lease_expires: dt.datetime | None = None
+    transitions: int = 0
+    state: str = field(default="ACTIVE")
+
+    def evaluate(self, now: dt.datetime) -> str:
+        """Recompute ACTIVE/PASSIVE from the cached facts; count transitions."""
+        if self.settings.ha_mode == "none":
+            new = "ACTIVE"
+        else:
+            lease_ok = (
+                self.lease_node == self.settings.node_name
+                and self.lease_expires is not None
+                and self.lease_expires > now
+            )
+            new = "ACTIVE" if self.vip_ok and lease_ok else "PASSIVE"
+        if new != self.state:
+            self.transitions += 1
+            log.info("gateway is now %s (VIP %s on this node: %s, lease holder: %s)",
+                     new, self.settings.vip, self.vip_ok, self.lease_node or "none")
+            self.state = new
+        return new
+
+    @property
+    def reason(self) -> str:
+        if self.state == "ACTIVE":
+            return f"VIP {self.settings.vip} here" + (", lease held" if self.settings.ha_mode != "none" else "")
+        if not self.vip_ok:
+            return f"VIP {self.settings.vip} is not on this node"
+        return f"leader lease held by {self.lease_node or 'nobody'}"
+
+
+@dataclass
+class GatewayState:
+    """Everything per app and per worker process; created by the extension, filled in by the modules that own it."""
+
+    settings: Settings
+    certs: CertPaths
+    role: NodeRole
+    migrate: Any = None  # flask_migrate.Migrate
+    write_turn: Any = None  # database.SQLiteWriteTurn on SQLite, None on PostgreSQL
+    listeners: Any = None  # this process's listeners.ListenerController, once started
+    cns_worker: Any = None  # cns.worker.CnsWorker of this process (its pid says which)
+    leader: Any = None  # bus.leader.LeaderLoop of this process, while it runs
+    lease_engine: Any = None  # bus.lease: the PostgreSQL engine of lease calls, made after the fork
+    listening_scan: Any = None  # status.ListeningScan: the last reading of the node's listening sockets
+
+
+def gateway_state(app: Flask | None = None) -> GatewayState:
+    """The :class:`GatewayState` of ``app`` (default: the current app); a clear error outside a gateway app."""
+    if app is None:
+        if not has_app_context():
+            raise RuntimeError("no gateway app here: call this inside an app context (app.app_context())")
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = app.extensions.get(EXTENSION_KEY)
+    if not isinstance(state, GatewayState):
+        raise RuntimeError(f"{app.name} is not a gateway app: create it with pnp_integrated.create_app()")
+    return state
+
+
+def current_settings() -> Settings:
+    return gateway_state().settings
+
+
+def node_role(app: Flask | None = None) -> NodeRole:
+    return gateway_state(app).role
+
+
+def accepting_devices(app: Flask | None = None) -> bool:
+    """Whether this node serves devices right now (ACTIVE). Protocol adapters refuse new sessions when False.
+
+    The lease expiry is re-checked at every call, so a node whose leader vanished stops accepting without waiting
+    for the next round of its leader loop.
+    """
+    return node_role(app).evaluate(utcnow()) == "ACTIVE"
+
+
+def this_worker_leads(app: Flask | None = None) -> bool:
+    """Whether this worker process holds the leader lease now (it then runs the Prime bridge)."""
+    leader = gateway_state(app).leader
+    return bool(leader is not None and leader.is_leader)
+
+
+def retry_after() -> int:
+    """Seconds a refused device should wait before trying again (the Retry-After of 503 answers)."""
+    return RETRY_AFTER_SECONDS
+
+
+def sqlite_write_turn() -> Any:
+    """A context manager: the caller's turn to write to a SQLite database (a no-op for PostgreSQL)."""
+    turn = gateway_state().write_turn
+    return nullcontext() if turn is None else turn

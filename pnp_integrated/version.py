@@ -1,0 +1,3 @@
+"""The release of pnp-integrated (shown by /status, the dashboard and the OpenAPI document)."""
+
+__version__ = "0.1.0"
