@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
@@ -247,11 +245,9 @@ def own_config_url(config_id: str) -> str:
     Without an ``Identifier`` the service answers with the device's configuration, not one job step's request.
     """
     from ..context import gateway_state
+    from ..urls import DeviceUrls
 
-    settings = gateway_state(current_app._get_current_object()).settings  # type: ignore[attr-defined]
-    host = f"[{settings.vip}]" if ":" in settings.vip else settings.vip
-    port = "" if settings.http_port == 80 else f":{settings.http_port}"
-    return f"http://{host}{port}/cns/config.asp?{urllib.parse.urlencode({'DeviceID': config_id})}"
+    return DeviceUrls.http(gateway_state().settings).config(config_id)
 
 
 # Command types of the contract that this gateway applies; others are rejected with a reason.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from ..config import ConfigError, Settings, load_settings
+from ..urls import DeviceUrls
 
 KEEPALIVE = "keepalive 60 3"
 
@@ -19,7 +20,7 @@ def cns_lines(settings: Settings, tls: bool = False) -> list[str]:
         event = f"cns event {vip} encrypt {settings.dispatcher_tls_port} {KEEPALIVE}"
     else:
         event = f"cns event {vip} {settings.dispatcher_plain_port} {KEEPALIVE}"
-    dispatcher = f"http://{vip}{_port(settings.http_port)}/cns/HttpMsgDispatcher"
+    dispatcher = DeviceUrls.http(settings).cns_dispatcher
     return [
         f"cns trusted-server all-agents {vip}",
         "cns id hardware-serial",
@@ -43,10 +44,6 @@ def pnp_lines(settings: Settings, tls: bool = False) -> list[str]:
         f" transport {transport} ipv4 {vip} port {port}",
         f"! DHCP option 43 (ASCII): 5A1N;B2;K{5 if tls else 4};I{vip};J{port}",
     ]
-
-
-def _port(port: int) -> str:
-    return "" if port == 80 else f":{port}"
 
 
 @click.command("bootstrap")

@@ -19,6 +19,7 @@ from sqlalchemy import or_, select
 
 from ..context import gateway_state
 from ..models import Image, db
+from ..urls import DeviceUrls
 from . import provision
 from .messages import Document, XmlRefused, image_instruction_download, image_instruction_none, parse_xml
 
@@ -102,8 +103,7 @@ def _inventory(device_id: str, doc: Document) -> str:
     if action.kind == engine.ActionKind.IMAGE_INSTALL and action.image is not None:
         image = action.image
         filesystem = image.filesystem or "flash:"
-        port = "" if settings.http_port == 80 else f":{settings.http_port}"
-        url = f"http://{settings.vip}{port}{image.path}"
+        url = DeviceUrls.http(settings).file(image.path)
         destination = f"{filesystem}{image.path.rsplit('/', 1)[-1]}"
         return image_instruction_download(action.correlator, url, image.md5, image.size, destination, image.reload)
     return image_instruction_none()

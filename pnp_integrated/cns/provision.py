@@ -14,7 +14,6 @@ device's result that the database could not record (busy, away, a lock that neve
 from __future__ import annotations
 
 import logging
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
+from ..urls import DeviceUrls
 from .messages import CONFIG_LOAD, EXEC_CMD, Document, config_load_pull, config_load_push, device_result, exec_cmd
 from .session import Hello
 
@@ -106,9 +106,7 @@ def report(app: Flask, hello: Hello, subject: str, document: Document) -> Any:
 
 def config_url(settings: Settings, config_id: str, identifier: str) -> str:
     """The Config Web Service URL of a job's configuration, on the VIP."""
-    port = "" if settings.http_port == 80 else f":{settings.http_port}"
-    query = urllib.parse.urlencode({"DeviceID": config_id, "Identifier": identifier})
-    return f"http://{settings.vip}{port}/cns/config.asp?{query}"
+    return DeviceUrls.http(settings).config(config_id, identifier)
 
 
 def delivery_for(action: Any, config_id: str, settings: Settings) -> tuple[str, str] | None:

@@ -9,10 +9,8 @@ name answers the request it was given under it. A device that sends no correlato
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from urllib.parse import urlencode
-
 from ..provisioning.engine import Action, ActionKind, DeviceFacts, DeviceIdentity, Outcome
+from ..urls import DeviceUrls
 from .messages import (
     Backoff,
     CliConfigRequest,
@@ -32,28 +30,6 @@ SAVE_COMMAND = "write memory"
 MIN_CALLBACK_SECONDS = 1  # a zero callbackAfter would make an agent poll in a tight loop
 
 
-@dataclass(frozen=True)
-class ServerUrls:
-    """Where devices fetch files from: the VIP, on the scheme and port the device used to reach us."""
-
-    base: str  # "http://192.0.2.10" or "https://192.0.2.10:8443"
-
-    @classmethod
-    def for_address(cls, host: str, port: int, tls: bool) -> ServerUrls:
-        scheme = "https" if tls else "http"
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        default = 443 if tls else 80
-        return cls(f"{scheme}://{host}" + ("" if port == default else f":{port}"))
-
-    def config(self, serial: str, correlator: str) -> str:
-        """The Config Web Service URL of one pending configuration request."""
-        return f"{self.base}/cns/config.asp?{urlencode({'DeviceID': serial, 'Identifier': correlator})}"
-
-    def file(self, path: str) -> str:
-        return self.base + (path if path.startswith("/") else "/" + path)
-
-
 def identity_of(message: WorkRequest, address: str) -> DeviceIdentity:
     """The engine's view of who sent a WORK-REQUEST."""
     return DeviceIdentity(serial=message.udi.serial, protocol="pnp", pid=message.udi.pid, udi=str(message.udi),
@@ -65,7 +41,7 @@ def cli_lines(text: str) -> tuple[str, ...]:
     return tuple(line.rstrip() for line in text.splitlines() if line.strip() and line.strip() != "!")
 
 
-def reply_to_work_request(action: Action, message: WorkRequest, urls: ServerUrls) -> ServiceRequest:
+def reply_to_work_request(action: Action, message: WorkRequest, urls: DeviceUrls) -> ServiceRequest:
     """The one request that answers a WORK-REQUEST, given what the engine wants from the device."""
     udi = message.udi
     correlator = message.correlator or action.correlator

@@ -14,7 +14,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..context import current_settings
 from ..provisioning import engine
-from .conversation import ServerUrls, identity_of, outcome_of, reply_to_work_request
+from ..urls import DeviceUrls
+from .conversation import identity_of, outcome_of, reply_to_work_request
 from .messages import Bye, Fault, PnpProtocolError, encode, parse_work_request, parse_work_response
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,11 @@ def _body() -> bytes:
     return data
 
 
-def _urls() -> ServerUrls:
+def _urls() -> DeviceUrls:
     # Devices are sent to the VIP (never a node address), on the transport they used to reach us.
     settings = current_settings()
     tls = request.scheme == "https"
-    return ServerUrls.for_address(settings.vip, settings.https_port if tls else settings.http_port, tls)
+    return DeviceUrls.on(settings.vip, settings.https_port if tls else settings.http_port, tls)
 
 
 @blueprint.route("/HELLO", methods=["GET", "POST"])

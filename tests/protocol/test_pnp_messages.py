@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pnp_integrated.pnp.conversation import ServerUrls, outcome_of, reply_to_work_request
+from pnp_integrated.pnp.conversation import outcome_of, reply_to_work_request
 from pnp_integrated.pnp.messages import (
     Backoff,
     Bye,
@@ -36,6 +36,7 @@ from pnp_integrated.pnp.messages import (
     parse_work_response,
 )
 from pnp_integrated.provisioning.engine import Action, ActionKind, ImageRef
+from pnp_integrated.urls import DeviceUrls
 
 CAPTURES = Path(__file__).resolve().parents[1] / "data" / "pnp"
 
@@ -133,7 +134,7 @@ def test_captured_files_match_the_inline_copies() -> None:
 def test_unknown_csr_is_answered_with_a_backoff_echoing_its_correlator() -> None:
     message = parse_work_request(CSR_WORK_REQUEST)
     action = Action(ActionKind.UNCLAIMED, wait_seconds=120, detail="no profile matches this device")
-    reply = reply_to_work_request(action, message, ServerUrls.for_address("192.0.2.10", 80, False))
+    reply = reply_to_work_request(action, message, DeviceUrls.on("192.0.2.10", 80, False))
     root = ET.fromstring(encode(reply))
     assert root.get("udi") == "PID:CSR1000V,VID:V00,SN:99CWJ5DOLWQ"
     request = root.find("{urn:cisco:pnp:backoff}request")
@@ -147,11 +148,11 @@ def test_unknown_csr_is_answered_with_a_backoff_echoing_its_correlator() -> None
 def test_claimed_csr_is_asked_for_device_info_under_its_own_correlator() -> None:
     message = parse_work_request(CSR_WORK_REQUEST)
     action = Action(ActionKind.IDENTIFY, job_id=1, correlator="job1-1-abc", step="identify")
-    reply = reply_to_work_request(action, message, ServerUrls.for_address("192.0.2.10", 80, False))
+    reply = reply_to_work_request(action, message, DeviceUrls.on("192.0.2.10", 80, False))
     assert reply == DeviceInfoRequest(message.udi, "CiscoPnP-1.0-R33.200930-I1-P592-T43891-2", "all", None)
     assert b'<deviceInfo type="all"/>' in encode(reply)
     # An agent that names no question gets the engine's name for the request, which it then echoes.
-    unnamed = reply_to_work_request(action, WorkRequest(message.udi, ""), ServerUrls.for_address("h", 80, False))
+    unnamed = reply_to_work_request(action, WorkRequest(message.udi, ""), DeviceUrls.on("h", 80, False))
     assert unnamed == DeviceInfoRequest(message.udi, "job1-1-abc", "all", None)
 
 
@@ -236,7 +237,7 @@ def test_correlator_with_xml_specials_is_echoed_verbatim() -> None:
 # ---- engine actions -> requests -----------------------------------------------------------------------------------
 def _reply(action: Action, auth_required: bool = False, tls: bool = False) -> object:
     request = WorkRequest(UDI, "dev-corr-9", auth_required=auth_required)
-    return reply_to_work_request(action, request, ServerUrls.for_address("192.0.2.10", 8443 if tls else 80, tls))
+    return reply_to_work_request(action, request, DeviceUrls.on("192.0.2.10", 8443 if tls else 80, tls))
 
 
 def test_config_action_points_at_the_config_web_service_with_the_correlator() -> None:
