@@ -17,9 +17,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 run: $(STAMP)
 	PNP_DATA_DIR=$${PNP_DATA_DIR:-var} $(BIN)/pnpp run
 
-## The whole suite: lint, then unit, protocol and integration tests (real PostgreSQL, real TLS sockets)
+## The whole suite: lint and the import layers, then unit, protocol and integration tests (real PostgreSQL, real TLS sockets)
 test: $(STAMP) system-packages
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 ## The 300-device failover scenario alone (network namespaces, root, about a minute and a half; part of `make test`)
@@ -28,6 +29,7 @@ test-fleet: $(STAMP) system-packages
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 ## Debian packages the integration tests start (PostgreSQL, ActiveMQ, Chromium); installed only when missing
 system-packages:

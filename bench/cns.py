@@ -201,7 +201,7 @@ def sessions_per_worker(app: Any, node: dict[str, Any], tls: bool) -> dict[int, 
 
 # ---- phases ---------------------------------------------------------------------------------------------------------
 def flows_phase(node: Node, count: int, tls: bool, processes: int, concurrency: int, tag: str) -> dict[str, Any]:
-    from pnp_integrated.devsim.cns import ensure_demo_profile
+    from pnp_integrated.cli.simulate import ensure_demo_profile
 
     serials = [f"BF{tag}{'T' if tls else 'P'}{i:06d}" for i in range(count)]
     app = node.app()

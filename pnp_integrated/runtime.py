@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def raw_listener_specs(app: Flask, settings: Settings) -> list[ListenerSpec]:
     """Listeners served by the controller in each worker (everything except gunicorn's plain HTTP port)."""
-    from .cns import stream_handler_for  # the CNS protocol decides what each CNS port speaks
+    from .cns.ports import stream_handler_for  # the CNS protocol decides what each CNS port speaks
 
     specs = [
         ListenerSpec("HTTPD", settings.vip, settings.https_port, True, wsgi_app=app),

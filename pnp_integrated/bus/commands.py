@@ -190,7 +190,7 @@ def cancel_job(command: dict[str, Any]) -> str:
 
 def _deliver(device_id: str, subject: str, xml: str) -> None:
     """DELIVER to the device's live CNS session; rejected when it has none (or did not subscribe to ``subject``)."""
-    from ..cns import deliver
+    from ..cns.worker import deliver
 
     if not deliver(device_id, subject, xml):
         raise CommandRejected(f"CNS device {device_id!r} is not connected to this gateway (or has not subscribed to"

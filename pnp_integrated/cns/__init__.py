@@ -1,35 +1,5 @@
-"""CNS gateway: dispatcher and gateway ports speaking CNS-W1 (see docs/cns-wire.md)."""
+"""CNS gateway: dispatcher and gateway ports speaking CNS-W1 (see docs/cns-wire.md).
 
-from __future__ import annotations
-
-from flask import Flask
-
-from ..context import gateway_state
-from ..listeners import StreamHandler
-
-
-def stream_handler_for(app: Flask, port: int) -> StreamHandler:
-    """The connection handler of a CNS port: a dispatcher (base+1, base+2) or a gateway port (base+3 ..)."""
-    from .dispatcher import Dispatcher
-    from .gateway import GatewayPort
-    from .worker import cns_worker
-
-    settings = gateway_state(app).settings
-    cns_worker(app)  # opens this worker's mailbox before any device can connect
-    if port == settings.dispatcher_plain_port:
-        return Dispatcher(app, port, tls=False)
-    if port == settings.dispatcher_tls_port:
-        return Dispatcher(app, port, tls=True)
-    if port in settings.gateway_ports:
-        return GatewayPort(app, port, tls=settings.gateway_port_is_tls(port))
-    raise ValueError(f"port {port} is not a CNS dispatcher or gateway port")
-
-
-def deliver(device_key: str, subject: str, xml: str) -> bool:
-    """Push ``xml`` on ``subject`` to the device's live CNS session, whichever worker holds it (app context needed)."""
-    from .worker import deliver as route
-
-    return route(device_key, subject, xml)
-
-
-__all__ = ["deliver", "stream_handler_for"]
+The sans-IO codec (:mod:`.codec`) and message parsers (:mod:`.messages`) need nothing else of the package; the
+ports (:mod:`.ports`), sessions and the worker mailbox are the gevent adapters around them.
+"""

@@ -1,13 +1,11 @@
-"""``pnpp bootstrap``: the day-0 lines a device needs to find the gateway, always addressed to the VIP.
+"""The day-0 lines a device needs to find the gateway, always addressed to the VIP.
 
 Devices must never be pointed at a node's own address: after an HA failover only the VIP reaches the active node.
 """
 
 from __future__ import annotations
 
-import click
-
-from ..config import ConfigError, Settings, load_settings
+from ..config import Settings
 from ..urls import DeviceUrls
 
 KEEPALIVE = "keepalive 60 3"
@@ -44,17 +42,3 @@ def pnp_lines(settings: Settings, tls: bool = False) -> list[str]:
         f" transport {transport} ipv4 {vip} port {port}",
         f"! DHCP option 43 (ASCII): 5A1N;B2;K{5 if tls else 4};I{vip};J{port}",
     ]
-
-
-@click.command("bootstrap")
-@click.option("--protocol", type=click.Choice(["cns", "pnp"]), required=True,
-              help="cns: IOS CNS agents; pnp: the Open PnP agent")
-@click.option("--tls", is_flag=True, help="encrypted event connection (CNS) or HTTPS transport (Open PnP)")
-def bootstrap(protocol: str, tls: bool) -> None:
-    """Print the bootstrap configuration devices need, addressed to the VIP."""
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    lines = cns_lines(settings, tls) if protocol == "cns" else pnp_lines(settings, tls)
-    click.echo("\n".join(lines))

@@ -216,23 +216,6 @@ class FailoverCnsDevice:
             raise GatewayLost(f"{method} {path.split('?')[0]} answered {exc.code}") from None
 
 
-def ensure_fleet_profile(serials: list[str]) -> None:
-    """A profile claiming ``serials`` with a configuration and a post-PnP template (app context needed)."""
-    from sqlalchemy import select
-
-    from ..models import Profile, db
-
-    profile = db.session.scalar(select(Profile).where(Profile.name == FLEET_PROFILE))
-    if profile is None:
-        profile = Profile(name=FLEET_PROFILE, match_serials=[])
-        db.session.add(profile)
-    known = set(profile.match_serials or [])
-    profile.match_serials = [*(profile.match_serials or []), *(s for s in serials if s not in known)]
-    profile.config_template = FLEET_CONFIG
-    profile.post_template = FLEET_POST
-    db.session.commit()
-
-
 def run_fleet(cns_serials: list[str], pnp_serials: list[str], *, host: str, dispatcher_port: int, http_port: int,
               ramp: float = 10.0, deadline: float = 150.0, time_scale: float = 0.01, timeout: float = 30.0,
               quiet: float = 20.0, on_result: Any = None) -> list[FleetResult]:

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import select
 
 from pnp_integrated import create_app
-from pnp_integrated.devsim.cns import DEMO_PROFILE, CnsDevice, DeviceReport
+from pnp_integrated.cli.simulate import DEMO_PROFILE
+from pnp_integrated.devsim.cns import CnsDevice, DeviceReport
 from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.models import Device, JobStep, Profile, ProvisioningJob, db
 from pnp_integrated.provisioning.images import store_image

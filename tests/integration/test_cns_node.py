@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from pnp_integrated import create_app
-from pnp_integrated.cns import deliver
+from pnp_integrated.cns.worker import deliver
 from pnp_integrated.devsim.cns import CnsLink, connect, dispatch
 from pnp_integrated.devsim.node import RunningNode
 from pnp_integrated.models import DeviceSession, db

@@ -14,7 +14,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from pnp_integrated import create_app
-from pnp_integrated.cns import deliver
+from pnp_integrated.cns.worker import deliver
 from pnp_integrated.context import gateway_state
 from pnp_integrated.devsim.cns import CnsLink, LinkClosed, connect, dispatch, hello_frame
 from pnp_integrated.models import DeviceSession, OutboxEvent, db

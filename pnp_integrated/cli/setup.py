@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .config import DIFFERENT_IP_REFUSAL, HA_MODES, TLS_VERSIONS, ConfigError, Settings, load_settings
+from ..config import DIFFERENT_IP_REFUSAL, HA_MODES, TLS_VERSIONS, ConfigError, Settings, load_settings
 
 DEFAULT_CONFIG = "pnp-integrated.toml"
 # Written in this order; the advanced settings follow the basic ones.
@@ -60,7 +60,7 @@ class PrimeFacts:
 
 def detect_prime(settings: Settings) -> PrimeFacts:
     """Ask the co-located Prime's health monitor who it is and how its HA is set up."""
-    from .ha import prime_health
+    from ..ha import prime_health
 
     health = prime_health(settings, timeout=3.0)
     if health is None:
@@ -205,7 +205,7 @@ def run_setup(options: dict[str, Any], advanced: bool) -> None:
     for key, value in ordered.items():
         click.echo(f"  {key:16} = {value}")
     if ha_mode == "vip":
-        from .ha.vip import vip_can_move, vip_is_local
+        from ..ha.vip import vip_can_move, vip_is_local
 
         if vip_can_move(settings.vip):
             where = "it is on this node now" if vip_is_local(settings.vip) else \

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 
 def _app():  # type: ignore[no-untyped-def]
-    from ..cli import app_or_exit
+    from .common import app_or_exit
 
     return app_or_exit()
 
@@ -25,8 +25,8 @@ def image() -> None:
 @click.option("--name", default=None, help="name in the repository (default: the file name)")
 def image_add(file: Path, version: str, name: str | None) -> None:
     """Copy FILE into the repository, computing its MD5 and size once."""
-    from ..cli import fail
-    from .images import ImageProblem, store_image
+    from ..provisioning.images import ImageProblem, store_image
+    from .common import fail
 
     app = _app()
     with app.app_context(), file.open("rb") as stream:
@@ -62,7 +62,7 @@ def token() -> None:
 def token_create(role: str, name: str | None) -> None:
     """Print a new bearer token; it is shown only this once."""
     from ..api.tokens import issue_token
-    from ..cli import fail
+    from .common import fail
 
     app = _app()
     with app.app_context():
@@ -77,7 +77,7 @@ def token_create(role: str, name: str | None) -> None:
 def token_revoke(name: str) -> None:
     """Revoke every token called NAME."""
     from ..api.tokens import revoke_token
-    from ..cli import fail
+    from .common import fail
 
     app = _app()
     with app.app_context():

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from . import MOVERS, HaLab, LabError
+from ..lab import MOVERS, HaLab, LabError
+from ..lab.fleet import FLEET_CONFIG, FLEET_POST, FLEET_PROFILE
 
 DEFAULT_DIR = "pnp-lab"
 
@@ -92,8 +93,8 @@ def lab_fleet(cns_count: int, pnp_count: int, serial_prefix: str, ramp: float, d
 
     A profile claims the serials first (needs the database). Exit 1 unless every device finished its day 0.
     """
-    from ..cli import app_or_exit, settings_or_exit
-    from .fleet import FleetResult, ensure_fleet_profile, result_line, run_fleet
+    from ..lab.fleet import FleetResult, result_line, run_fleet
+    from .common import app_or_exit, settings_or_exit
 
     settings = settings_or_exit()
     cns = [f"{serial_prefix}C{n:05d}" for n in range(1, cns_count + 1)]
@@ -124,3 +125,20 @@ def lab_fleet(cns_count: int, pnp_count: int, serial_prefix: str, ramp: float, d
     click.echo(f"{len(done) - len(failed)}/{len(done)} devices finished day 0 in {time.monotonic() - started:.1f}s, "
                f"{sum(r.reconnects for r in done)} reconnects or retries, {len(failed)} failed")
     sys.exit(1 if failed else 0)
+
+
+def ensure_fleet_profile(serials: list[str]) -> None:
+    """A profile claiming ``serials`` with a configuration and a post-PnP template (app context needed)."""
+    from sqlalchemy import select
+
+    from ..models import Profile, db
+
+    profile = db.session.scalar(select(Profile).where(Profile.name == FLEET_PROFILE))
+    if profile is None:
+        profile = Profile(name=FLEET_PROFILE, match_serials=[])
+        db.session.add(profile)
+    known = set(profile.match_serials or [])
+    profile.match_serials = [*(profile.match_serials or []), *(s for s in serials if s not in known)]
+    profile.config_template = FLEET_CONFIG
+    profile.post_template = FLEET_POST
+    db.session.commit()

@@ -1,4 +1,4 @@
-"""The ``pnpp`` command."""
+"""``pnpp run``, ``status``, ``db``, ``certs`` and ``config``: the node itself."""
 
 from __future__ import annotations
 
@@ -9,54 +9,16 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from .config import DIFFERENT_IP_REFUSAL, ConfigError, Settings, load_settings
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-GUNICORN_CONF = PROJECT_ROOT / "deploy" / "gunicorn.conf.py"
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"pnpp: {message}", err=True)
-    sys.exit(code)
-
-
-def _database_error_text(exc: BaseException) -> str:
-    """The driver's own words, on one line, without SQLAlchemy's link to its error catalogue."""
-    text = str(getattr(exc, "orig", None) or exc)
-    return " ".join(line.strip() for line in text.splitlines() if line.strip() and "sqlalche.me" not in line)
-
-
-def settings_or_exit() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        fail(str(exc), 2)
-
-
-def app_or_exit(check_schema: bool = True) -> Any:
-    from .extension import SchemaError, create_app
-
-    try:
-        return create_app(check_schema=check_schema)
-    except ConfigError as exc:
-        fail(str(exc), 2)
-    except SchemaError as exc:
-        fail(str(exc), 1)
-
-
-@click.group()
-@click.version_option(package_name="pnp-integrated", prog_name="pnpp")
-def main() -> None:
-    """pnp-integrated: the Prime Infrastructure integrated Plug and Play gateway."""
+from ..config import DIFFERENT_IP_REFUSAL, ConfigError, Settings, load_settings
+from .common import GUNICORN_CONF, PROJECT_ROOT, app_or_exit, database_error_text, fail, settings_or_exit
 
 
 # ---- run ----------------------------------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.option("--workers", type=int, default=None, help="gevent workers (default: PNP_WORKERS, 2)")
 @click.option("--broker", type=click.Choice(["embedded", "activemq"]), default="embedded",
               help="the simulated Prime's broker: embedded (default) or Debian's ActiveMQ 5.17")
@@ -72,13 +34,13 @@ def run(workers: int | None, broker: str, log_format: str | None) -> None:
     try:
         _upgrade(settings, "head", quiet=True)
     except Exception as exc:  # an unreachable database: the operator needs the message, not a traceback
-        fail(f"cannot prepare the database {settings.sqlalchemy_url.split('@')[-1]}: {_database_error_text(exc)}")
+        fail(f"cannot prepare the database {settings.sqlalchemy_url.split('@')[-1]}: {database_error_text(exc)}")
     click.echo(
         f"pnp-integrated on {settings.node_name}: status http://{settings.vip}:{settings.http_port}/status, "
         f"https://{settings.vip}:{settings.https_port}/status, monitoring https://<node>:{settings.monitoring_port}"
         f"/status; data in {settings.data_dir.resolve()}"
     )
-    from .prime.commands import start_prime_child, stop_prime_child
+    from ..prime.commands import start_prime_child, stop_prime_child
 
     prime_child = start_prime_child(settings, broker)  # Prime (broker, health) first, as on a Prime node
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--chdir", str(PROJECT_ROOT), "wsgi:app"]
@@ -97,13 +59,13 @@ def run(workers: int | None, broker: str, log_format: str | None) -> None:
 
 
 # ---- status -------------------------------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="print the same data as JSON")
 @click.option("--url", default=None, help="status URL (default: this node's monitoring port)")
 def status(as_json: bool, url: str | None) -> None:
     """Show the gateway services table; exit code 1 when something is DOWN."""
-    from .status import format_table, status_is_healthy
-    from .tls import cert_paths, client_context
+    from ..status import format_table, status_is_healthy
+    from ..tls import cert_paths, client_context
 
     try:
         settings = load_settings()
@@ -143,7 +105,7 @@ def status(as_json: bool, url: str | None) -> None:
 
 
 # ---- db -----------------------------------------------------------------------------------------------------------
-@main.group()
+@click.group()
 def db() -> None:
     """Database schema (Alembic migrations)."""
 
@@ -151,8 +113,8 @@ def db() -> None:
 def _upgrade(settings: Settings, revision: str, quiet: bool = False) -> None:
     from flask_migrate import upgrade
 
-    from .database import migration_lock, schema_revisions
-    from .extension import create_app
+    from ..database import migration_lock, schema_revisions
+    from ..extension import create_app
 
     app = create_app(check_schema=False)
     with app.app_context(), migration_lock():
@@ -168,8 +130,8 @@ def _upgrade(settings: Settings, revision: str, quiet: bool = False) -> None:
 
 def _refuse_unless_leader(settings: Settings) -> None:
     """In HA only the leader migrates: the other node may be serving devices on the schema it knows."""
-    from .bus import lease
-    from .ha import lease_holder_node
+    from ..bus import lease
+    from ..ha import lease_holder_node
 
     row = lease.current()
     leader = lease_holder_node(row.holder) if row is not None else ""
@@ -208,7 +170,7 @@ def db_downgrade(revision: str) -> None:
 @db.command("current")
 def db_current() -> None:
     """Print the database revision and the revision this code needs."""
-    from .database import schema_revisions
+    from ..database import schema_revisions
 
     app = app_or_exit(check_schema=False)
     with app.app_context():
@@ -218,7 +180,7 @@ def db_current() -> None:
 
 
 # ---- certs / config -----------------------------------------------------------------------------------------------
-@main.group()
+@click.group()
 def certs() -> None:
     """TLS certificates."""
 
@@ -226,7 +188,7 @@ def certs() -> None:
 @certs.command("show")
 def certs_show() -> None:
     """Show the server certificate the TLS ports present (generating it on first use)."""
-    from .tls import describe, ensure_certificates
+    from ..tls import describe, ensure_certificates
 
     settings = settings_or_exit()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +196,7 @@ def certs_show() -> None:
         click.echo(f"{key:18} {', '.join(value) if isinstance(value, list) else value}")
 
 
-@main.group()
+@click.group()
 def config() -> None:
     """Configuration."""
 
@@ -245,31 +207,3 @@ def config_show() -> None:
     settings = settings_or_exit()
     for key, value in settings.public_dict().items():
         click.echo(f"{key} = {value}")
-
-
-from .prime.commands import prime as prime_commands  # noqa: E402
-
-main.add_command(prime_commands)
-
-from .provisioning.commands import image as image_commands  # noqa: E402
-from .provisioning.commands import token as token_commands  # noqa: E402
-
-main.add_command(image_commands)
-main.add_command(token_commands)
-
-from .cns.bootstrap import bootstrap as bootstrap_command  # noqa: E402
-from .devsim.commands import simulate  # noqa: E402
-
-main.add_command(bootstrap_command)
-main.add_command(simulate)
-
-from .setup import setup as setup_command  # noqa: E402
-
-main.add_command(setup_command)
-
-from .lab.commands import lab as lab_commands  # noqa: E402
-
-main.add_command(lab_commands)
-
-if __name__ == "__main__":
-    main()
