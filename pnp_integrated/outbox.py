@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from .models import OutboxEvent, db, utcnow
+from .models import Device, OutboxEvent, db, utcnow
 
 # Fields every message carries; a payload cannot overwrite them.
 ENVELOPE = ("id", "type", "at", "gateway")
@@ -22,6 +22,19 @@ def record_event(type_: str, payload: dict[str, Any]) -> OutboxEvent:
     event = OutboxEvent(type=type_, payload=payload)
     db.session.add(event)
     return event
+
+
+def device_payload(device: Device) -> dict[str, Any]:
+    """The ``device`` object of the broker contract."""
+    return {"id": device.id, "serial": device.serial, "pid": device.pid, "udi": device.udi,
+            "protocol": device.protocol, "address": device.address, "port": None}
+
+
+def job_payload(job_id: int, device: Device, profile: str | None, step: str, state: str, attempt: int,
+                detail: str = "") -> dict[str, Any]:
+    """The ``job`` object of the broker contract."""
+    return {"id": job_id, "device": device_payload(device), "profile": profile, "step": step, "state": state,
+            "attempt": attempt, "detail": detail}
 
 
 def rfc3339(when: dt.datetime) -> str:

@@ -6,14 +6,15 @@ from flask import Response, jsonify
 from sqlalchemy import func, select
 
 from ..models import Device, Profile, ProvisioningJob, db
-from ..provisioning import engine
+from ..provisioning import operations
+from ..provisioning.types import DEVICE_EXPECTED, DEVICE_STATES, JobConflict
 from . import blueprint
 from .auth import audit
 from .errors import conflict, invalid, not_found
 from .representations import device_json, job_json
 from .validation import Field, check_fields, json_body, page, query_args, variable_map
 
-DEVICE_STATES = engine.DEVICE_STATES
+DEVICE_STATES = DEVICE_STATES
 
 
 def _device(serial: str) -> Device:
@@ -70,7 +71,7 @@ def put_device_variables(serial: str) -> tuple[Response, int]:
     device = db.session.scalar(select(Device).where(Device.serial == serial))
     created = device is None
     if device is None:
-        device = Device(serial=serial, state=engine.DEVICE_EXPECTED)
+        device = Device(serial=serial, state=DEVICE_EXPECTED)
         db.session.add(device)
     device.variables = data["variables"]
     audit("device.variables", serial, names=sorted(data["variables"]))
@@ -83,8 +84,8 @@ def reprovision_device(serial: str) -> tuple[Response, int]:
     """Start a new job for a device whose last job ended (its next contact picks it up)."""
     device = _device(serial)
     try:
-        job = engine.reprovision(device)
-    except engine.JobConflict as exc:
+        job = operations.reprovision(device)
+    except JobConflict as exc:
         raise conflict(str(exc)) from exc
     if job is None:
         raise invalid(f"no profile matches device {serial!r}")
@@ -103,8 +104,8 @@ def claim_device(serial: str) -> Response:
         raise invalid(f"field 'profile': no profile named {data['profile']!r}", fields=["profile"])
     previous = device.state
     try:
-        engine.claim(device, profile)
-    except engine.JobConflict as exc:
+        operations.claim(device, profile)
+    except JobConflict as exc:
         raise conflict(str(exc)) from exc
     audit("device.claim", serial, profile=profile.name, previous_state=previous)
     db.session.commit()

@@ -6,14 +6,15 @@ from flask import Response, jsonify, request
 from sqlalchemy import func, select
 
 from ..models import Device, ProvisioningJob, db
-from ..provisioning import engine
+from ..provisioning import operations
+from ..provisioning.types import TERMINAL_STATES, JobConflict
 from . import blueprint
 from .auth import audit, current_token
 from .errors import conflict, invalid, not_found
 from .representations import job_json
 from .validation import Field, check_fields, json_body, page, query_args
 
-JOB_STATES = ("running", *engine.TERMINAL_STATES)
+JOB_STATES = ("running", *TERMINAL_STATES)
 
 
 def _job(job_id: int) -> ProvisioningJob:
@@ -58,8 +59,8 @@ def cancel_job(job_id: int) -> Response:
     job = _job(job_id)
     reason = str(data.get("reason") or f"cancelled by {current_token().name}")
     try:
-        engine.cancel_job(job, reason)
-    except engine.JobConflict as exc:
+        operations.cancel_job(job, reason)
+    except JobConflict as exc:
         raise conflict(str(exc)) from exc
     audit("job.cancel", str(job.id), device=job.device.serial, reason=reason)
     db.session.commit()
@@ -72,8 +73,8 @@ def retry_job(job_id: int) -> tuple[Response, int]:
     _optional_body({})
     job = _job(job_id)
     try:
-        new = engine.restart_job(job)
-    except engine.JobConflict as exc:
+        new = operations.restart_job(job)
+    except JobConflict as exc:
         raise conflict(str(exc)) from exc
     if new is None:
         raise invalid(f"no profile matches device {job.device.serial!r} any more")

@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Response, jsonify
 
-from ..provisioning.engine import DEVICE_STATES, RUNNING, TERMINAL_STATES
 from ..provisioning.images import NAME_PATTERN
+from ..provisioning.types import DEVICE_STATES, RUNNING, TERMINAL_STATES
 from ..version import __version__
 from . import blueprint
 from .validation import MAX_OFFSET, MAX_TEXT, VARIABLE_NAME

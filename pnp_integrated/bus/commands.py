@@ -38,6 +38,8 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from ..models import AuditEntry, Device, Image, ProcessedCommand, Profile, ProvisioningJob, db
 from ..outbox import record_event
+from ..provisioning import operations
+from ..provisioning.types import JobConflict
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +149,11 @@ def _known_device(serial: str) -> Device:
 
 def reprovision_device(command: dict[str, Any]) -> str:
     """``device.reprovision``: ``device`` (serial); a new job from the first step, started at the next contact."""
-    from ..provisioning import engine
-
     serial = _text(command, "device", 255)
     device = _known_device(serial)
     try:
-        job = engine.reprovision(device)
-    except engine.JobConflict as exc:
+        job = operations.reprovision(device)
+    except JobConflict as exc:
         raise CommandRejected(f"{exc}; send job.cancel first") from exc
     if job is None:
         raise CommandRejected(f"no profile matches device {serial!r}: create one (profile.upsert) first")
@@ -162,7 +162,6 @@ def reprovision_device(command: dict[str, Any]) -> str:
 
 def cancel_job(command: dict[str, Any]) -> str:
     """``job.cancel``: ``job`` (id) or ``device`` (serial: its current job), optional ``reason``."""
-    from ..provisioning import engine
 
     reason = _text(command, "reason", 500, required=False) or f"cancelled by Prime (command {command['id']})"
     job_id = command.get("job")
@@ -182,8 +181,8 @@ def cancel_job(command: dict[str, Any]) -> str:
     else:
         raise CommandRejected("job.cancel needs 'job' (a job id) or 'device' (a serial)")
     try:
-        engine.cancel_job(job, reason)
-    except engine.JobConflict as exc:
+        operations.cancel_job(job, reason)
+    except JobConflict as exc:
         raise CommandRejected(str(exc)) from exc
     return f"job {job.id}"
 

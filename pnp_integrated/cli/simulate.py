@@ -79,8 +79,9 @@ def ensure_demo_profile(serials: list[str], with_image: bool) -> list[str]:
     from sqlalchemy import select
 
     from ..models import Device, Image, Profile, ProvisioningJob, db
-    from ..provisioning import engine
+    from ..provisioning import operations
     from ..provisioning.images import store_image
+    from ..provisioning.types import TERMINAL_STATES
 
     said: list[str] = []
     profile = db.session.scalar(select(Profile).where(Profile.name == DEMO_PROFILE))
@@ -105,8 +106,8 @@ def ensure_demo_profile(serials: list[str], with_image: bool) -> list[str]:
     rerun = 0
     for device in db.session.scalars(select(Device).where(Device.serial.in_(serials))):
         job = db.session.get(ProvisioningJob, device.current_job_id) if device.current_job_id else None
-        if job is not None and job.state in engine.TERMINAL_STATES:  # unclaimed ones are claimed on contact
-            engine.reprovision(device)
+        if job is not None and job.state in TERMINAL_STATES:  # unclaimed ones are claimed on contact
+            operations.reprovision(device)
             rerun += 1
     db.session.commit()
     said.append(f"profile {DEMO_PROFILE} claims {serials[0]}..{serials[-1]}: configuration template, post-PnP "

@@ -19,6 +19,8 @@ from sqlalchemy import or_, select
 
 from ..context import gateway_state
 from ..models import Image, db
+from ..provisioning import engine
+from ..provisioning.types import ActionKind, DeviceFacts, DeviceIdentity, Outcome
 from ..urls import DeviceUrls
 from . import provision
 from .messages import Document, XmlRefused, image_instruction_download, image_instruction_none, parse_xml
@@ -63,16 +65,9 @@ def http_msg_dispatcher() -> Response:
         db.session.remove()
 
 
-def _engine() -> Any:
-    from ..provisioning import engine
-
-    return engine
-
-
 def _facts(doc: Document) -> Any:
     """DeviceFacts from an inventory: the running image (version from the image repository when it is known there,
     or from a ``version`` attribute) and the free space of each filesystem."""
-    engine = _engine()
     element = doc.element
     assert element is not None
     running = element.find("image")
@@ -87,20 +82,19 @@ def _facts(doc: Document) -> Any:
         name, free = fs.get("name", ""), fs.get("free", "")
         if name and free.isdigit():
             filesystems[name] = int(free)
-    return engine.DeviceFacts(version=version, image_file=image_file, filesystems=filesystems)
+    return DeviceFacts(version=version, image_file=image_file, filesystems=filesystems)
 
 
 def _inventory(device_id: str, doc: Document) -> str:
-    engine = _engine()
     settings = gateway_state().settings
     address = request.remote_addr or ""
-    action = engine.contact(engine.DeviceIdentity(serial=device_id, protocol="cns", address=address))
-    if action.kind == engine.ActionKind.IDENTIFY:
-        action = engine.report(device_id, action.correlator, engine.Outcome(success=True, facts=_facts(doc),
+    action = engine.contact(DeviceIdentity(serial=device_id, protocol="cns", address=address))
+    if action.kind == ActionKind.IDENTIFY:
+        action = engine.report(device_id, action.correlator, Outcome(success=True, facts=_facts(doc),
                                                                             raw={"inventory": True}),
                                must_record=True)
         provision.push(action, device_id, device_id, settings)
-    if action.kind == engine.ActionKind.IMAGE_INSTALL and action.image is not None:
+    if action.kind == ActionKind.IMAGE_INSTALL and action.image is not None:
         image = action.image
         filesystem = image.filesystem or "flash:"
         url = DeviceUrls.http(settings).file(image.path)
@@ -110,14 +104,13 @@ def _inventory(device_id: str, doc: Document) -> str:
 
 
 def _status(device_id: str, doc: Document) -> Response:
-    engine = _engine()
     state = doc.text.get("state", "").lower()
     if state not in IMAGE_STATES:
         return _error(400, f"<state> must be one of {', '.join(IMAGE_STATES)}")
     identifier = doc.attributes.get("identifier", "")
     if state in ("activated", "failed") and identifier:
         detail = doc.text.get("detail", "")
-        outcome = engine.Outcome(success=state == "activated", detail=detail or f"image {state}",
+        outcome = Outcome(success=state == "activated", detail=detail or f"image {state}",
                                  error_code="" if state == "activated" else "image-failed", raw={"state": state})
         action = engine.report(device_id, identifier, outcome, must_record=True)  # no <ack/> before it is recorded
         provision.push(action, device_id, device_id, gateway_state().settings)

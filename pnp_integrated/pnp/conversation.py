@@ -9,7 +9,7 @@ name answers the request it was given under it. A device that sends no correlato
 
 from __future__ import annotations
 
-from ..provisioning.engine import Action, ActionKind, DeviceFacts, DeviceIdentity, Outcome
+from ..provisioning.types import Action, ActionKind, DeviceFacts, DeviceIdentity, Outcome
 from ..urls import DeviceUrls
 from .messages import (
     Backoff,

@@ -13,6 +13,7 @@ from flask import Blueprint, Response, request
 
 from ..models import Device, db
 from ..provisioning import engine
+from ..provisioning.types import DeviceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def config_asp() -> Response:
             db.select(Device.id).where(Device.serial == device_id)) is None:
         # First sight of this device: the engine records it (unclaimed, reported once) or claims it for a profile,
         # in which case its initial configuration exists now.
-        engine.contact(engine.DeviceIdentity(serial=device_id, protocol="cns", address=request.remote_addr or ""))
+        engine.contact(DeviceIdentity(serial=device_id, protocol="cns", address=request.remote_addr or ""))
         text = engine.rendered_config(device_id, None)
     if text is None:
         what = f"device {device_id}" + (f" and request {identifier}" if identifier else "")

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from pnp_integrated.api.tokens import issue_token
 from pnp_integrated.models import ApiToken, AuditEntry, db
 from pnp_integrated.provisioning import engine
-from pnp_integrated.provisioning.engine import ActionKind, DeviceIdentity, Outcome
+from pnp_integrated.provisioning.types import ActionKind, DeviceIdentity, Outcome
 
 Call = Callable[..., Any]
 

@@ -22,7 +22,7 @@ from pnp_integrated.api.openapi import SPEC
 from pnp_integrated.api.tokens import issue_token
 from pnp_integrated.models import db
 from pnp_integrated.provisioning import engine
-from pnp_integrated.provisioning.engine import DeviceIdentity, Outcome
+from pnp_integrated.provisioning.types import DeviceIdentity, Outcome
 
 MAX_EXAMPLES = 20  # per operation and mode: the whole run stays around a minute
 

@@ -19,7 +19,7 @@ from pnp_integrated.bus.commands import CommandOutcome, apply_command
 from pnp_integrated.devsim.cns import CnsLink, connect
 from pnp_integrated.models import AuditEntry, OutboxEvent, Profile, ProvisioningJob, db
 from pnp_integrated.provisioning import engine
-from pnp_integrated.provisioning.engine import DeviceIdentity
+from pnp_integrated.provisioning.types import DeviceIdentity
 from tests.protocol.test_cns_gateway import CnsNode
 
 CNS_SUBJECTS = ("cisco.mgmt.cns.config.load", "cisco.mgmt.cns.exec.cmd")

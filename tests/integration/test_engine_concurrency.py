@@ -11,8 +11,8 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from pnp_integrated.models import Device, JobStep, OutboxEvent, Profile, ProvisioningJob, db
-from pnp_integrated.provisioning import engine
-from pnp_integrated.provisioning.engine import ActionKind, DeviceIdentity, Outcome
+from pnp_integrated.provisioning import engine, operations
+from pnp_integrated.provisioning.types import ActionKind, DeviceIdentity, Outcome
 
 pytestmark = pytest.mark.postgres
 
@@ -131,7 +131,7 @@ def test_a_claim_racing_contacts_gives_one_job_with_the_claimed_profile(app_fact
             device = db.session.scalar(select(Device).where(Device.serial == "FDO5"))
             profile = db.session.scalar(select(Profile).where(Profile.name == "claimed"))
             assert device is not None and profile is not None
-            engine.claim(device, profile)
+            operations.claim(device, profile)
             db.session.commit()
             return None
         return engine.contact(DeviceIdentity(serial="FDO5", protocol="pnp")).kind

@@ -35,7 +35,7 @@ from pnp_integrated.pnp.messages import (
     parse_work_request,
     parse_work_response,
 )
-from pnp_integrated.provisioning.engine import Action, ActionKind, ImageRef
+from pnp_integrated.provisioning.types import Action, ActionKind, ImageRef
 from pnp_integrated.urls import DeviceUrls
 
 CAPTURES = Path(__file__).resolve().parents[1] / "data" / "pnp"

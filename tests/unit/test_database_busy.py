@@ -8,6 +8,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import exc
 
 from pnp_integrated.provisioning import engine
+from pnp_integrated.provisioning.types import EngineBusy
 
 WORK_REQUEST = (Path(__file__).resolve().parents[1] / "data" / "pnp" / "csr1000v-17.3.4a-work-request.xml").read_bytes()
 
@@ -17,7 +18,7 @@ WORK_REQUEST = (Path(__file__).resolve().parents[1] / "data" / "pnp" / "csr1000v
     exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")),
     # PostgreSQL ended a transaction this worker left idle past PNP_DB_DEAD_PEER_TIMEOUT (a starved worker)
     exc.InternalError("SELECT 1", {}, psycopg.errors.IdleInTransactionSessionTimeout("terminating connection")),
-    engine.EngineBusy("the database stayed contended"),
+    EngineBusy("the database stayed contended"),
 ], ids=["pool", "outage", "transaction-ended", "contended"])
 def test_work_request_during_a_database_outage_is_told_to_retry(client: FlaskClient, monkeypatch: pytest.MonkeyPatch,
                                                                  error: Exception) -> None:

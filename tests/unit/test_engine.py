@@ -11,8 +11,8 @@ from flask import Flask
 from sqlalchemy import select
 
 from pnp_integrated.models import Device, Image, JobStep, OutboxEvent, Profile, ProvisioningJob, db
-from pnp_integrated.provisioning import engine
-from pnp_integrated.provisioning.engine import ActionKind, DeviceFacts, DeviceIdentity, Outcome
+from pnp_integrated.provisioning import engine, operations
+from pnp_integrated.provisioning.types import Action, ActionKind, DeviceFacts, DeviceIdentity, JobConflict, Outcome
 
 
 @pytest.fixture
@@ -36,11 +36,11 @@ def add_image(name: str = "ios.bin", version: str = "17.9.4", size: int = 1000) 
     return image
 
 
-def hello(serial: str = "FOC1", pid: str = "ISR4331/K9", **kw: Any) -> engine.Action:
+def hello(serial: str = "FOC1", pid: str = "ISR4331/K9", **kw: Any) -> Action:
     return engine.contact(DeviceIdentity(serial=serial, protocol="pnp", pid=pid, address="10.0.0.7", **kw))
 
 
-def ok(action: engine.Action, serial: str = "FOC1", **facts: Any) -> engine.Action:
+def ok(action: Action, serial: str = "FOC1", **facts: Any) -> Action:
     return engine.report(serial, action.correlator, Outcome(True, facts=DeviceFacts(**facts) if facts else None))
 
 
@@ -192,11 +192,11 @@ def test_cancelled_job_answers_cancelled(ctx: Flask) -> None:
     hello()
     job = db.session.scalar(select(ProvisioningJob))
     assert job is not None
-    engine.cancel_job(job, "cancelled by operator")
+    operations.cancel_job(job, "cancelled by operator")
     db.session.commit()
     assert hello().kind is ActionKind.CANCELLED
-    with pytest.raises(engine.JobConflict):
-        engine.cancel_job(job, "again")
+    with pytest.raises(JobConflict):
+        operations.cancel_job(job, "again")
 
 
 def test_bad_serial_is_refused(ctx: Flask) -> None:

@@ -10,8 +10,9 @@ from flask import Flask
 from sqlalchemy import select
 
 from pnp_integrated.models import Device, OutboxEvent, Profile, ProvisioningJob, db
-from pnp_integrated.provisioning import engine
-from pnp_integrated.provisioning.engine import ActionKind, DeviceIdentity, Outcome
+from pnp_integrated.outbox import device_payload
+from pnp_integrated.provisioning import engine, operations
+from pnp_integrated.provisioning.types import DEVICE_EXPECTED, Action, ActionKind, DeviceIdentity, JobConflict, Outcome
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def add_profile(name: str, **fields: Any) -> Profile:
     return profile
 
 
-def hello(serial: str = "FOC1", pid: str = "ISR4331/K9") -> engine.Action:
+def hello(serial: str = "FOC1", pid: str = "ISR4331/K9") -> Action:
     return engine.contact(DeviceIdentity(serial=serial, protocol="pnp", pid=pid))
 
 
@@ -38,11 +39,11 @@ def device(serial: str = "FOC1") -> Device:
 
 
 def claim(serial: str, profile: Profile) -> None:
-    engine.claim(device(serial), profile)
+    operations.claim(device(serial), profile)
     db.session.commit()
 
 
-def run_to_end(action: engine.Action, serial: str = "FOC1") -> engine.Action:
+def run_to_end(action: Action, serial: str = "FOC1") -> Action:
     while action.kind not in (ActionKind.DONE, ActionKind.FAILED):
         action = engine.report(serial, action.correlator, Outcome(True))
     return action
@@ -54,7 +55,7 @@ def test_claimed_device_is_provisioned_with_its_profile_at_next_contact(ctx: Fla
     claim("FOC1", branch)
     assert device().state == "claimed" and device().current_job_id is None
     claimed = [e.payload for e in db.session.scalars(select(OutboxEvent).where(OutboxEvent.type == "device.claimed"))]
-    assert claimed == [{"device": engine.device_payload(device()), "profile": "branch"}]
+    assert claimed == [{"device": device_payload(device()), "profile": "branch"}]
 
     first = hello()
     assert first.kind is ActionKind.IDENTIFY
@@ -68,7 +69,7 @@ def test_a_claim_wins_over_every_matching_rule(ctx: Flask) -> None:
     add_profile("by-serial", match_serials=["FOC1"], config_template="hostname rule")
     add_profile("fallback", is_default=True, config_template="hostname default")
     chosen = add_profile("chosen", config_template="hostname chosen")
-    db.session.add(Device(serial="FOC1", state=engine.DEVICE_EXPECTED))  # pre-registered, never seen yet
+    db.session.add(Device(serial="FOC1", state=DEVICE_EXPECTED))  # pre-registered, never seen yet
     db.session.commit()
     claim("FOC1", chosen)
     config = engine.report("FOC1", hello().correlator, Outcome(True))
@@ -79,8 +80,8 @@ def test_claim_refused_while_a_job_runs(ctx: Flask) -> None:
     add_profile("all", is_default=True, config_template="hostname x")
     other = add_profile("other", config_template="hostname y")
     first = hello()
-    with pytest.raises(engine.JobConflict, match="cancel that job first"):
-        engine.claim(device(), other)
+    with pytest.raises(JobConflict, match="cancel that job first"):
+        operations.claim(device(), other)
     db.session.rollback()
     assert engine.pending("FOC1") == first  # the running job is untouched
     assert not db.session.scalars(select(OutboxEvent).where(OutboxEvent.type == "device.claimed")).all()
@@ -104,7 +105,7 @@ def test_reprovision_keeps_the_claimed_profile(ctx: Flask) -> None:
     claim("FOC1", chosen)
     add_profile("fallback", is_default=True, config_template="hostname default")
     assert run_to_end(hello()).kind is ActionKind.DONE
-    job = engine.reprovision(device())
+    job = operations.reprovision(device())
     db.session.commit()
     assert job is not None and job.profile_id == chosen.id
 

@@ -13,7 +13,7 @@ from pnp_integrated.context import gateway_state
 from pnp_integrated.ha.resume import resume_unfinished
 from pnp_integrated.models import DeviceSession, Profile, db
 from pnp_integrated.provisioning import engine
-from pnp_integrated.provisioning.engine import ActionKind, DeviceFacts, DeviceIdentity, Outcome
+from pnp_integrated.provisioning.types import ActionKind, DeviceFacts, DeviceIdentity, Outcome
 
 
 @dataclass
