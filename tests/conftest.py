@@ -17,10 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from pnp_integrated import create_app
-from pnp_integrated.config import load_settings
 from pnp_integrated.devsim.node import PNP_ENV_PREFIX, free_port_block, node_settings
-from pnp_integrated.prime.accounts import PRIME_LOGIN, prime_passcode
-from pnp_integrated.prime.client import StompClient
 
 
 @pytest.fixture(autouse=True)
@@ -29,22 +26,6 @@ def _clean_pnp_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(PNP_ENV_PREFIX):
             monkeypatch.delenv(name)
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something true (returned) or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def prime_client(data_dir: Path, port: int, **options: Any) -> StompClient:
-    """A STOMP client logged in as the simulated Prime of ``data_dir`` (its event sink's own account)."""
-    settings = load_settings({"data_dir": str(data_dir)}, environ={})
-    return StompClient("127.0.0.1", port, login=(PRIME_LOGIN, prime_passcode(settings)), **options)
 
 
 def upgrade_database(app: Flask) -> None:

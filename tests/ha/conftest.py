@@ -7,7 +7,6 @@ built with ``pnpp lab up``, and always takes it down (processes, namespaces, bri
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,16 +17,6 @@ from pnp_integrated.lab import HaLab
 # Per test process: CI and a developer may run these tests on one host at the same time.
 PREFIX = f"pnpt{os.getpid() % 10000}"
 SUBNET = f"10.78.{os.getpid() % 250}"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds it took for ``condition`` to hold; AssertionError naming ``what`` after ``timeout``."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from pnp_integrated.lab import HaLab
-from tests.ha.conftest import wait_for
-from tests.ha.test_failover import states
+from tests.support import states, wait_until
 
 # Part of `make test`; `make test-fleet` runs it alone.
 pytestmark = pytest.mark.fleet
@@ -39,7 +38,7 @@ def job_events(lab: HaLab, prefix: str) -> dict[str, dict[str, str]]:
 
 def test_hard_kill_mid_provisioning_every_device_completes(ha_lab: Callable[[str], HaLab], tmp_path: Path) -> None:
     lab = ha_lab("prime")
-    wait_for(lambda: states(lab) == ("ACTIVE", "PASSIVE"), 30, "the primary's gateway to be ACTIVE")
+    wait_until(lambda: states(lab) == ("ACTIVE", "PASSIVE"), 30, "the primary's gateway to be ACTIVE")
     results = tmp_path / "fleet.jsonl"
     fleet = lab.start_fleet(results, "--cns", str(CNS_DEVICES), "--pnp", str(PNP_DEVICES), "--ramp", "20",
                             "--deadline", str(DEVICE_DEADLINE), "--serial-prefix", "FO")
@@ -48,11 +47,11 @@ def test_hard_kill_mid_provisioning_every_device_completes(ha_lab: Callable[[str
             jobs = list(lab.job_states("FO").values())
             return jobs.count("completed") >= 20 and jobs.count("running") >= 100
 
-        wait_for(mid_provisioning, 120, "20 devices done and 100 mid-provisioning")
+        wait_until(mid_provisioning, 120, "20 devices done and 100 mid-provisioning")
         before = lab.job_states("FO")
         lab.kill_node("prime-a")  # every process of the node, and its cable
         # Its monitoring port answers slowly while every device comes back at once.
-        wait_for(lambda: lab.state("prime-b", timeout=20) == "ACTIVE", 60, "prime-b to become ACTIVE")
+        wait_until(lambda: lab.state("prime-b", timeout=20) == "ACTIVE", 60, "prime-b to become ACTIVE")
         assert lab.vip_holders()[-1:] == ["prime-b"]
 
         fleet.wait(timeout=DEVICE_DEADLINE + 60)
@@ -77,7 +76,7 @@ def test_hard_kill_mid_provisioning_every_device_completes(ha_lab: Callable[[str
         rows = lab.outbox()
         return all(sent for _, sent in rows) and {i for i, _ in rows} <= lab.prime_event_ids()
 
-    wait_for(every_event_in_prime, 60, "every outbox event to reach a Prime sink")
+    wait_until(every_event_in_prime, 60, "every outbox event to reach a Prime sink")
     events = job_events(lab, "FO")
     assert len(events) == CNS_DEVICES + PNP_DEVICES
     assert all(list(kinds.values()).count("job.completed") == 1 for kinds in events.values())

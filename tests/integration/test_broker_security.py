@@ -33,7 +33,7 @@ from pnp_integrated.prime.accounts import (
 from pnp_integrated.prime.client import StompClientError
 from pnp_integrated.prime.server import PrimeProcess
 from pnp_integrated.tls import ensure_certificates
-from tests.conftest import prime_client, wait_until
+from tests.support import prime_client, wait_until
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from pnp_integrated.devsim.node import node_environment
 from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Profile, db
 from pnp_integrated.prime.accounts import enrol_local_gateway
 from pnp_integrated.prime.server import PrimeProcess, events_path
-from tests.conftest import prime_client, wait_until
+from tests.support import prime_client, wait_until
 
 Node = tuple[Flask, PrimeProcess]
 

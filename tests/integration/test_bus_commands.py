@@ -20,7 +20,7 @@ from pnp_integrated.devsim.cns import CnsLink, connect
 from pnp_integrated.models import AuditEntry, OutboxEvent, Profile, ProvisioningJob, db
 from pnp_integrated.provisioning import engine
 from pnp_integrated.provisioning.types import DeviceIdentity
-from tests.protocol.test_cns_gateway import CnsNode
+from tests.support import CnsNode
 
 CNS_SUBJECTS = ("cisco.mgmt.cns.config.load", "cisco.mgmt.cns.exec.cmd")
 

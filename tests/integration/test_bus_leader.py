@@ -13,7 +13,7 @@ from flask import Flask
 from pnp_integrated.bus import lease
 from pnp_integrated.bus.leader import LeaderLoop
 from pnp_integrated.models import LeaderLease, db
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 
 def worker(app: Flask, name: str) -> LeaderLoop:

@@ -39,7 +39,7 @@ from pnp_integrated.prime.client import StompClient
 from pnp_integrated.prime.server import PrimeProcess, events_path
 from pnp_integrated.prime.stomp import make_frame
 from pnp_integrated.tls import ensure_certificates
-from tests.conftest import prime_client, wait_until
+from tests.support import prime_client, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGE_OPTIONS: dict[str, Any] = {"receipt_timeout": 3, "connect_timeout": 3, "poll_interval": 0.1,

@@ -19,7 +19,7 @@ from pnp_integrated.devsim.node import node_environment, node_settings
 from pnp_integrated.prime.accounts import enrol_local_gateway
 from pnp_integrated.prime.server import PrimeProcess
 from pnp_integrated.tls import ensure_certificates
-from tests.conftest import prime_client
+from tests.support import prime_client
 
 
 @pytest.fixture

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from pnp_integrated.devsim.node import PNPP, RunningNode
+from pnp_integrated.devsim.node import RunningNode
 from pnp_integrated.devsim.pnp import SimulatedDevice, simulate
+from tests.support import create_default_profile
 
 CHROMIUM = "/usr/bin/chromium"
 # Chromium's background services try to reach the internet; this machine's network is closed, so switch them off.
@@ -30,16 +28,6 @@ def browser() -> Iterator[Browser]:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
-
-
-def create_default_profile(node: RunningNode) -> None:
-    token = subprocess.run([PNPP, "token", "create", "--role", "admin"], env=node.env, check=True,
-                           capture_output=True, text=True).stdout.strip()
-    body = json.dumps({"name": "branch", "is_default": True, "config_template": "hostname {{ serial }}"}).encode()
-    request = urllib.request.Request(node.url("/api/v1/profiles"), data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        assert resp.status == 201
 
 
 def test_dashboard_shows_the_status_rows_and_follows_a_provisioned_device(

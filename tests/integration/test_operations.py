@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.devsim.pnp import SimulatedDevice, simulate
-from tests.integration.test_dashboard import create_default_profile
+from tests.support import create_default_profile
 
 
 def metric_values(text: str, name: str) -> dict[str, float]:

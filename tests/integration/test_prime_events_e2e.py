@@ -19,8 +19,7 @@ from pnp_integrated.destinations import COMMANDS_QUEUE
 from pnp_integrated.devsim.cns import CnsLink, connect
 from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.prime.sink import EventStore
-from tests.conftest import prime_client
-from tests.conftest import wait_until as wait_for
+from tests.support import prime_client, wait_until
 
 DEVICES = 5
 
@@ -79,7 +78,7 @@ def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node:
         complete = all(sum(s.startswith(prefix) for s in done) == DEVICES for prefix in ("PNP", "CNS"))
         return by_device if complete else None
 
-    by_device = wait_for(heard, 60, "Prime to hear every device connect and complete")
+    by_device = wait_until(heard, 60, "Prime to hear every device connect and complete")
     serials = sorted(s for s in by_device if s.startswith(("PNP", "CNS")))
     assert len(serials) == 2 * DEVICES
     for serial in serials:
@@ -113,7 +112,7 @@ def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node:
         for body in ({"id": "reprovision-1", "type": "device.reprovision", "device": "PNP000001"},  # a redelivery
                      {"id": "cancel-1", "type": "job.cancel", "device": "PNP000001", "reason": "site not ready"}):
             bus.send(COMMANDS_QUEUE, json.dumps(body).encode(), {"persistent": "true"})
-    [cancelled] = wait_for(lambda: jobs_of(node, "PNP000001", "job.failed"), 30, "the new job to be cancelled")
+    [cancelled] = wait_until(lambda: jobs_of(node, "PNP000001", "job.failed"), 30, "the new job to be cancelled")
     assert jobs_of(node, "PNP000001", "job.step") - first_jobs == {cancelled}  # one new job, not two
     assert not [e for e in stored_events(node) if e["type"] == "command.rejected"]
 
@@ -148,7 +147,7 @@ def test_prime_hears_simulated_devices_connect_and_get_provisioned(running_node:
         found = [e for e in stored_events(node) if e["type"] == "cns.event" and serial_of(e).startswith("LIVE")]
         return found if len(found) >= len(links) else None
 
-    answers = wait_for(exec_answers, 30, "the exec answers at Prime")
+    answers = wait_until(exec_answers, 30, "the exec answers at Prime")
     assert sorted(serial_of(e) for e in answers) == sorted(f"LIVE{n}" for n in range(1, len(links) + 1))
     assert all("<status>success</status>" in e["xml"] for e in answers)
 

@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from unittest import mock
 
 import pytest
 from flask import Flask
@@ -17,85 +16,8 @@ from pnp_integrated import create_app
 from pnp_integrated.cns.worker import deliver
 from pnp_integrated.context import gateway_state
 from pnp_integrated.devsim.cns import CnsLink, LinkClosed, connect, dispatch, hello_frame
-from pnp_integrated.models import DeviceSession, OutboxEvent, db
-
-
-class CnsNode:
-    """The CNS listeners of one worker, run by a gevent hub in a background thread (tests use plain sockets)."""
-
-    def __init__(self, app: Flask) -> None:
-        self.app = app
-        self.settings = gateway_state(app).settings
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import gevent
-
-        from pnp_integrated import listeners
-        from pnp_integrated.listeners import ListenerController
-        from pnp_integrated.runtime import raw_listener_specs
-        from pnp_integrated.tls import server_context
-
-        try:
-            state = gateway_state(self.app)
-            specs = [s for s in raw_listener_specs(self.app, self.settings) if s.name.startswith("CNS")]
-            controller = ListenerController(specs, context=server_context(self.settings, state.certs),
-                                            handshake_timeout=self.settings.tls_handshake_timeout)
-            # Unpatched (no monkey-patching in tests) listening sockets must be non-blocking for gevent's accept loop.
-            def nonblocking_bind(*args: Any, **kwargs: Any) -> socket.socket:
-                sock = bind(*args, **kwargs)
-                sock.setblocking(False)
-                return sock
-
-            bind = listeners.bind_socket
-            with mock.patch.object(listeners, "bind_socket", nonblocking_bind):
-                controller.start()
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        while not self._stop.is_set():
-            gevent.sleep(0.02)
-        controller.stop(1)
-        gateway_state(self.app).cns_worker.stop()
-
-    def start(self) -> CnsNode:
-        self._thread.start()
-        self._ready.wait(20)
-        if self._error:
-            raise self._error
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    @property
-    def plain(self) -> list[int]:
-        return self.settings.gateway_plain_ports
-
-    @property
-    def tls(self) -> list[int]:
-        return self.settings.gateway_tls_ports
-
-    def live_rows(self) -> list[DeviceSession]:
-        with self.app.app_context():
-            rows = list(db.session.scalars(select(DeviceSession).where(DeviceSession.closed_at.is_(None))
-                                           .order_by(DeviceSession.id)))
-            db.session.expunge_all()
-            db.session.remove()
-            return rows
-
-    def outbox(self, type_: str) -> list[dict[str, Any]]:
-        with self.app.app_context():
-            rows = [e.payload for e in db.session.scalars(select(OutboxEvent).where(OutboxEvent.type == type_)
-                                                         .order_by(OutboxEvent.id))]
-            db.session.remove()
-            return rows
+from pnp_integrated.models import DeviceSession, db
+from tests.support import CnsNode, wait_until
 
 
 @pytest.fixture
@@ -115,16 +37,6 @@ def node_factory(app_factory: Callable[..., Flask]) -> Iterator[Callable[..., Cn
 @pytest.fixture
 def node(node_factory: Callable[..., CnsNode]) -> CnsNode:
     return node_factory()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 HOST = "127.0.0.1"
@@ -178,7 +90,7 @@ def test_welcome_gives_a_session_and_the_keepalive(node: CnsNode) -> None:
         assert answer.command == "WELCOME" and answer.get("Keepalive") == "30"
         [row] = node.live_rows()
         assert (row.token, row.device_key, row.port, row.tls) == (answer.get("Session"), "FTX1", node.plain[0], False)
-    wait_for(lambda: not node.live_rows())
+    wait_until(lambda: not node.live_rows(), 5, "every session to close")
     assert [e["device"]["id"] for e in node.outbox("device.disconnected")] == ["FTX1"]
 
 
@@ -225,7 +137,7 @@ def test_a_device_that_hung_up_while_waiting_for_admission_is_not_admitted(node:
     gone.send(hello_frame("GAVEUP1"))
     patient = CnsLink.open(HOST, ports[0], tls=tls)
     patient.send(hello_frame("PATIENT1"))
-    wait_for(lambda: gate.waiting == 2)
+    wait_until(lambda: gate.waiting == 2, 5, "two devices waiting for admission")
     gone.close()  # its wait for WELCOME ran out: it will come back through the dispatcher
     time.sleep(0.2)
     gate.opened.set()
@@ -245,7 +157,7 @@ def test_dispatcher_says_busy_while_the_admission_queue_is_long(node: CnsNode) -
         link = CnsLink.open(HOST, node.plain[n])
         link.send(hello_frame(f"QUEUED{n}"))
         queued.append(link)
-    wait_for(lambda: gate.waiting == 2)
+    wait_until(lambda: gate.waiting == 2, 5, "two devices waiting for admission")
     answer = dispatch(HOST, node.settings.dispatcher_plain_port, "STORM1")
     assert answer.command == "BUSY" and int(answer.get("Retry-After") or 0) >= 5
     assert "admitting" in (answer.get("Message") or "")
@@ -305,7 +217,7 @@ def test_idle_session_is_closed_after_keepalive_times_retries(node: CnsNode) -> 
         started = time.monotonic()
         assert link.closed_by_peer(timeout=5)
         assert 0.5 < time.monotonic() - started < 3
-    wait_for(lambda: not node.live_rows())
+    wait_until(lambda: not node.live_rows(), 5, "every session to close")
 
 
 def test_pings_keep_a_session_alive(node: CnsNode) -> None:
@@ -458,7 +370,8 @@ def test_bye_ends_the_session_cleanly(node: CnsNode) -> None:
         assert [link.receive().command, link.receive().command] == ["RECEIPT", "BYE"]
         with pytest.raises(LinkClosed):
             link.receive()
-    rows = wait_for(lambda: [r for r in closed_rows(node) if r.device_key == "BYE1"])
+    rows = wait_until(lambda: [r for r in closed_rows(node) if r.device_key == "BYE1"], 5,
+                      "the session of BYE1 to close")
     assert rows[0].close_reason == "BYE from device"
 
 
@@ -490,7 +403,7 @@ def test_connection_reset_mid_frame_closes_the_session(node: CnsNode) -> None:
     link.send_raw(b"CNS/1 PUBLISH\nSubject:a.b\nContent-Length:100\n\n<x")
     link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     link.close()
-    wait_for(lambda: not node.live_rows())
+    wait_until(lambda: not node.live_rows(), 5, "every session to close")
 
 
 def test_stopping_the_gateway_tells_devices_to_come_back(node_factory: Callable[..., CnsNode]) -> None:

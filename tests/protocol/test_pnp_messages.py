@@ -37,6 +37,7 @@ from pnp_integrated.pnp.messages import (
 )
 from pnp_integrated.provisioning.types import Action, ActionKind, ImageRef
 from pnp_integrated.urls import DeviceUrls
+from tests.support import BILLION_LAUGHS, CSR_WORK_REQUEST
 
 CAPTURES = Path(__file__).resolve().parents[1] / "data" / "pnp"
 
@@ -44,25 +45,6 @@ UDI = Udi("CSR1000V", "V00", "99CWJ5DOLWQ")
 NS = {"p": "urn:cisco:pnp"}
 
 # The captured CSR1000V 17.3.4a messages (the files are in tests/data/pnp); inline copies keep each test readable.
-CSR_WORK_REQUEST = b"""<pnp xmlns="urn:cisco:pnp" version="1.0" udi="PID:CSR1000V,VID:V00,SN:99CWJ5DOLWQ">
-  <info xmlns="urn:cisco:pnp:work-info" correlator="CiscoPnP-1.0-R33.200930-I1-P592-T43891-2">
-    <deviceId>
-      <udi>PID:CSR1000V,VID:V00,SN:99CWJ5DOLWQ</udi>
-      <macAddress></macAddress>
-      <hostname>Router</hostname>
-      <authRequired>false</authRequired>
-      <viaProxy>false</viaProxy>
-      <securityAdvise>Password in clear text in unsecured transport</securityAdvise>
-    </deviceId>
-    <reason>
-      <reload>
-        <message>factory-reset</message><code>PnP Service Info 2408</code>
-        <startupConfigPresent>false</startupConfigPresent>
-      </reload>
-    </reason>
-  </info>
-</pnp>"""
-
 CSR_DEVICE_INFO = b"""<pnp xmlns="urn:cisco:pnp" version="1.0" udi="PID:CSR1000V,VID:V00,SN:95HUSMATW2U">
   <response xmlns="urn:cisco:pnp:device-info" correlator="CiscoPnP-1.0-R33.200930-I1-P592-T47132-2" success="1">
     <thisProfileName>pnp-zero-touch</thisProfileName>
@@ -343,11 +325,6 @@ def test_udi_parser_refuses(text: str) -> None:
 
 
 # ---- hostile input ------------------------------------------------------------------------------------------------
-BILLION_LAUGHS = b"""<?xml version="1.0"?>
-<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
-<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
-<pnp xmlns="urn:cisco:pnp" version="1.0" udi="PID:A,VID:B,SN:&lol3;"><info xmlns="urn:cisco:pnp:work-info"
- correlator="c"/></pnp>"""
 EXTERNAL_ENTITY = b"""<?xml version="1.0"?><!DOCTYPE pnp [<!ENTITY x SYSTEM "file:///etc/passwd">]>
 <pnp xmlns="urn:cisco:pnp" version="1.0" udi="PID:A,VID:B,SN:1"><info xmlns="urn:cisco:pnp:work-info"
  correlator="&x;"/></pnp>"""

@@ -29,7 +29,7 @@ from pnp_integrated.pnp.messages import (
     encode,
     parse_server_message,
 )
-from tests.protocol.test_pnp_messages import BILLION_LAUGHS, CSR_WORK_REQUEST
+from tests.support import BILLION_LAUGHS, CSR_WORK_REQUEST
 
 UDI = Udi("ISR4451-X/K9", "V01", "FOC2001X0AB")
 INFO = DeviceInfo(version="17.3.4a", image_file="bootflash:packages.conf",

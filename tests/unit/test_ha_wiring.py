@@ -24,7 +24,7 @@ from sqlalchemy import select
 from pnp_integrated.bus.leader import LeaderLoop
 from pnp_integrated.context import accepting_devices, gateway_state, node_role, retry_after
 from pnp_integrated.models import OutboxEvent, db
-from tests.conftest import wait_until as wait_for
+from tests.support import wait_until
 
 
 @dataclass
@@ -125,13 +125,13 @@ def test_active_node_follows_prime_and_hands_over_at_once(pair: Callable[..., No
     # A lease far longer than the wait below: prime-b can only take over because prime-a released it.
     a, b = pair("prime-a", ttl=120), pair("prime-b", ttl=120)
     a.prime.state = "active"
-    wait_for(lambda: a.state() == "ACTIVE", 5, "prime-a to become ACTIVE")
+    wait_until(lambda: a.state() == "ACTIVE", 5, "prime-a to become ACTIVE")
     assert b.state() == "PASSIVE" and not accepting_devices(b.app)
     assert a.app.test_client().get("/pnp/HELLO").status_code == 200
 
     # Prime fails over: prime-a's health monitor says standby, prime-b's active.
     a.prime.state, b.prime.state = "standby", "active"
-    wait_for(lambda: b.state() == "ACTIVE", 30, "prime-b to become ACTIVE (prime-a must release its lease)")
+    wait_until(lambda: b.state() == "ACTIVE", 30, "prime-b to become ACTIVE (prime-a must release its lease)")
     assert a.state() == "PASSIVE"
     assert a.app.test_client().get("/pnp/HELLO").status_code == 503
     assert b.app.test_client().get("/pnp/HELLO").status_code == 200
@@ -145,7 +145,7 @@ def test_active_node_follows_prime_and_hands_over_at_once(pair: Callable[..., No
 def test_two_nodes_claiming_the_vip_never_both_serve(pair: Callable[[str], Node]) -> None:
     a = pair("prime-a")
     a.prime.state = "active"
-    wait_for(lambda: a.state() == "ACTIVE", 5, "prime-a to become ACTIVE")
+    wait_until(lambda: a.state() == "ACTIVE", 5, "prime-a to become ACTIVE")
     b = pair("prime-b")
     b.prime.state = "active"  # both believe they hold the VIP (a keepalived without fencing)
     for _ in range(15):
