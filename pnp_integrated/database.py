@@ -224,8 +224,21 @@ def schema_revisions() -> tuple[str | None, str | None]:
     return current, script.get_current_head()
 
 
-# Any constant works; it only has to be the same for every node sharing the database.
+# Any constants work; they only have to be the same for every node sharing the database.
 MIGRATION_LOCK_KEY = 0x504E50
+ADMISSION_LOCK_CLASS = 0x504E51
+
+
+def admission_turn(port: int) -> None:
+    """Make the current transaction the only one admitting a CNS device to ``port`` until it ends.
+
+    PostgreSQL: a transaction-scoped advisory lock per port (released at commit or rollback). SQLite needs nothing
+    here: the admission's first statement is its insert, which takes the database's one write lock, so what it
+    counts next includes every admission committed before it and none can commit meanwhile.
+    """
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text("SELECT pg_advisory_xact_lock(:cls, :port)"),
+                           {"cls": ADMISSION_LOCK_CLASS, "port": port})
 
 
 @contextmanager

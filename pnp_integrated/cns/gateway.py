@@ -21,6 +21,7 @@ from gevent.lock import RLock
 from gevent.monkey import get_original
 from sqlalchemy import func, select
 
+from ..database import admission_turn
 from ..models import DeviceSession, db
 from ..outbox import record_event
 from . import provision
@@ -256,38 +257,44 @@ class GatewayConnection:
             slots.release(time.monotonic() - started)
 
     def _admit_now(self, hello: Hello) -> str:
+        """One transaction: the capacity check, the session row and ``device.connected`` commit together or not at all.
+
+        Admissions to one port take turns (:func:`~pnp_integrated.database.admission_turn`), so the count of live rows
+        includes every admission before this one and two workers cannot both take the last place; a device refused
+        for capacity leaves no row and no event, and Prime hears of a connection only once it is admitted.
+        """
         settings = self.settings
         with self.app.app_context():
+            admission_turn(self.port)
             row = DeviceSession(device_key=hello.device_id, protocol="cns", node=settings.node_name,
                                 worker_pid=self.worker.pid, port=self.port, tls=self.tls, address=self.address,
                                 subjects=[])
             db.session.add(row)
-            db.session.flush()
+            db.session.flush()  # SQLite: the first write takes the write lock, so the count below is current
             older = list(db.session.scalars(select(DeviceSession).where(
                 DeviceSession.device_key == hello.device_id, DeviceSession.closed_at.is_(None),
                 DeviceSession.node == settings.node_name, DeviceSession.protocol == "cns",
                 DeviceSession.id < row.id)))
             close_sessions(older, "replaced by a newer session")
+            live = db.session.scalar(select(func.count()).select_from(DeviceSession).where(
+                DeviceSession.port == self.port, DeviceSession.node == settings.node_name,
+                DeviceSession.closed_at.is_(None))) or 0
+            if live > settings.cns_port_capacity:  # this row included, the ones it replaces not
+                db.session.rollback()
+                self.token = ""
+                self.send(busy(BUSY_RETRY_AFTER, f"port {self.port} is at capacity"))
+                return "port at capacity"
             record_event("device.connected", {"device": session_device(row)})
-            self.token, row_id = row.token, row.id  # read before the commit expires them (a query each)
+            # Read before the commit expires them: nothing below may open a transaction across socket or mailbox I/O.
+            self.token = row.token
+            replaced = [(old.worker_pid, old.token) for old in older]
             if peer_hung_up(self.sock):  # it gave up while the database was slow: no session, no event
                 db.session.rollback()
                 self.token = ""
                 return "hung up while being admitted"
             db.session.commit()
-            # Admission is decided after the insert: the first `capacity` live rows of the port (by id) win,
-            # so two workers admitting at once cannot both take the last place.
-            ahead = db.session.scalar(select(func.count()).select_from(DeviceSession).where(
-                DeviceSession.port == self.port, DeviceSession.node == settings.node_name,
-                DeviceSession.closed_at.is_(None), DeviceSession.id <= row_id)) or 0
-            if ahead > settings.cns_port_capacity:
-                close_sessions([row], "port at capacity")
-                db.session.commit()
-                self.token = ""
-                self.send(busy(BUSY_RETRY_AFTER, f"port {self.port} is at capacity"))
-                return "port at capacity"
-            for old in older:
-                end_session(settings, old, 409, "replaced by a newer session of the same Device-Id")
+            for worker_pid, token in replaced:  # mailbox I/O with no transaction open
+                end_session(settings, worker_pid, token, 409, "replaced by a newer session of the same Device-Id")
         self.worker.connections[self.token] = self
         self.send(welcome(self.token, hello.keepalive))
         log.info("CNS device %s connected on port %s from %s", hello.device_id, self.port, self.address)

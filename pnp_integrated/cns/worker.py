@@ -310,13 +310,16 @@ def cns_worker(app: Flask) -> CnsWorker:
     return worker
 
 
-def end_session(settings: Settings, row: DeviceSession, code: int, message: str) -> bool:
-    """End a live session wherever it is held (this worker or another); ``False`` if its worker is unreachable."""
+def end_session(settings: Settings, worker_pid: int, token: str, code: int, message: str) -> bool:
+    """End a live session wherever it is held (this worker or another); ``False`` if its worker is unreachable.
+
+    Needs an app context but no transaction: the caller read ``worker_pid`` and ``token`` of the session row.
+    """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     worker: CnsWorker | None = gateway_state(app).cns_worker
-    if worker is not None and row.worker_pid == worker.pid:
-        return worker.end_local(row.token, code, message)
-    return bool(post(settings, row.worker_pid, {"op": "end", "token": row.token, "code": code, "message": message}))
+    if worker is not None and worker_pid == worker.pid:
+        return worker.end_local(token, code, message)
+    return bool(post(settings, worker_pid, {"op": "end", "token": token, "code": code, "message": message}))
 
 
 def deliver(device_key: str, subject: str, xml: str) -> bool:

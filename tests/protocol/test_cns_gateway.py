@@ -260,6 +260,10 @@ def test_full_gateway_port_answers_busy(node_factory: Callable[..., CnsNode]) ->
             assert answer.command == "BUSY" and answer.get("Retry-After")
             assert link.closed_by_peer()
         assert [r.device_key for r in node.live_rows()] == ["ONE"]
+    # Prime hears of the admitted device only: a refused one never "connected", so it never "disconnects" either.
+    assert [e["device"]["id"] for e in node.outbox("device.connected")] == ["ONE"]
+    gone = wait_until(lambda: node.outbox("device.disconnected"), 5, "ONE's disconnection")
+    assert [e["device"]["id"] for e in gone] == ["ONE"]
 
 
 def test_passive_node_refuses_with_503(node: CnsNode) -> None:
