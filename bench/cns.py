@@ -248,7 +248,7 @@ def sessions_phase(node: Node, count: int, tls: bool, processes: int, concurrenc
 
 
 def pct(values: list[float], q: float) -> float:
-    from pnp_integrated.devsim.cns import percentile
+    from pnp_integrated.devsim import percentile
 
     return percentile(values, q)
 

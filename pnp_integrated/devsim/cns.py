@@ -23,6 +23,7 @@ from typing import Any
 
 from ..cns.codec import GATEWAY_COMMANDS, NEED_DATA, CnsProtocolError, Frame, FrameReader, make_frame, serialize
 from ..cns.messages import CONFIG_LOAD, EXEC_CMD, XmlRefused, parse_xml
+from . import percentile
 
 DEFAULT_SUBJECTS = (CONFIG_LOAD, EXEC_CMD)
 
@@ -424,14 +425,6 @@ class CnsDevice:
 
 def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """The ``fraction`` quantile of ``values`` (nearest rank); 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
 def step_table(reports: list[DeviceReport]) -> list[str]:

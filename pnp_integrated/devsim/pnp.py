@@ -49,7 +49,7 @@ from ..pnp.messages import (
     encode,
     parse_server_message,
 )
-from . import retry_after_seconds
+from . import percentile, retry_after_seconds
 
 CHUNK = 256 * 1024
 XML_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
@@ -471,15 +471,6 @@ def simulate(devices: Iterable[SimulatedDevice], base_url: str, *, context: ssl.
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(devices))), thread_name_prefix="pnp-agent") as pool:
         return list(pool.map(play, devices))
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """The value below which ``fraction`` of ``values`` lie (nearest rank); 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[index]
 
 
 def summary_rows(reports: list[DeviceReport]) -> list[tuple[str, int, float, float]]:

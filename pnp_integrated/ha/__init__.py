@@ -11,11 +11,8 @@ truth is the kernel's address table and the lease row in the database); this pac
 
 from __future__ import annotations
 
-import json
 import logging
-import ssl
 import threading
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +20,7 @@ from flask import Flask, Response, request
 
 from ..config import Settings
 from ..context import NodeRole, accepting_devices, gateway_state, node_role, retry_after
+from ..healthcheck import ask_health
 from .vip import VipFollower, vip_can_move, vip_is_local
 
 log = logging.getLogger(__name__)
@@ -40,17 +38,7 @@ def lease_holder_node(holder: str) -> str:
 
 def prime_health(settings: Settings, host: str = "127.0.0.1", timeout: float = 2.0) -> dict[str, Any] | None:
     """The JSON answer of a Prime health monitor (the co-located one by default); ``None`` when unreachable."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # our own node or its peer; the answer carries no secret
-    target = f"[{host}]" if ":" in host else host
-    try:
-        with urllib.request.urlopen(f"https://{target}:{settings.health_port}/health", timeout=timeout,
-                                    context=ctx) as resp:
-            data = json.load(resp)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return ask_health(host, settings.health_port, timeout=timeout)
 
 
 def prime_reports_active(settings: Settings, timeout: float = 2.0) -> bool:

@@ -16,21 +16,17 @@ states change but no address moves (a single host, where the VIP is loopback).
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import shutil
 import socket
-import ssl
 import struct
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from typing import Any
 
 from ..config import Settings
+from ..healthcheck import ask_health as ask
 from .health import HealthState
 
 log = logging.getLogger(__name__)
@@ -95,36 +91,6 @@ def send_gratuitous_arp(interface: str, address: str) -> None:
         broadcast = b"\xff" * 6
         arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, ip, b"\0" * 6, ip)
         sock.send(broadcast + mac + struct.pack("!H", 0x0806) + arp)
-
-
-def _context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # the peer's health answer is public; its certificate is its own CA's
-    return ctx
-
-
-def health_url(host: str, port: int, path: str = "/health") -> str:
-    target = f"[{host}]" if ":" in host else host
-    return f"https://{target}:{port}{path}"
-
-
-def ask(host: str, port: int, path: str = "/health", method: str = "GET", timeout: float = 2.0) \
-        -> dict[str, Any] | None:
-    """JSON answer of a Prime health monitor (any status); ``None`` when unreachable."""
-    request = urllib.request.Request(health_url(host, port, path), method=method,
-                                     data=b"" if method == "POST" else None)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=_context()) as resp:
-            data = json.load(resp)
-    except urllib.error.HTTPError as exc:
-        try:
-            data = json.load(exc)
-        except ValueError:
-            return None
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class PeerWatch:

@@ -1,0 +1,43 @@
+"""The one reader of a Prime health monitor (``https://<host>:8082/health``), for the gateway and the simulated Prime.
+
+The answer says who a Prime node is in its HA pair; it carries no secret, and a node's certificate is its own CA's,
+so the certificate is not verified here (trust for the broker is pinned separately, by ``pnpp prime trust``).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def _context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def health_url(host: str, port: int, path: str = "/health") -> str:
+    target = f"[{host}]" if ":" in host else host
+    return f"https://{target}:{port}{path}"
+
+
+def ask_health(host: str, port: int, path: str = "/health", method: str = "GET", timeout: float = 2.0) \
+        -> dict[str, Any] | None:
+    """The JSON object a health monitor answers (whatever its status code); ``None`` when unreachable or not JSON."""
+    request = urllib.request.Request(health_url(host, port, path), method=method,
+                                     data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=_context()) as resp:
+            data = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            data = json.load(exc)
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
