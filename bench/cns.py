@@ -50,7 +50,8 @@ def child_main(spec: dict[str, Any]) -> None:
     import gevent
     from gevent.pool import Pool
 
-    from pnp_integrated.devsim.cns import CnsDevice, CnsLink, dispatch, hello_frame
+    from pnp_integrated.devsim.cns import CnsDevice
+    from pnp_integrated.devsim.link import CnsLink, dispatch, hello_frame
 
     host, dispatcher, tls = spec["host"], spec["dispatcher_port"], spec["tls"]
     serials = spec["serials"]

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.proc import gateway_cpu_seconds  # noqa: E402
 from pnp_integrated.config import Settings  # noqa: E402
-from pnp_integrated.devsim.cns import CnsLink, dispatch, hello_frame  # noqa: E402
+from pnp_integrated.devsim.link import CnsLink, dispatch, hello_frame  # noqa: E402
 from pnp_integrated.lab import HaLab  # noqa: E402
 
 PREFIX, SUBNET = "pnpb", "10.76.0"
@@ -194,7 +194,8 @@ def main() -> None:
             events.append(path)
             holders.append(subprocess.Popen(
                 ["ip", "netns", "exec", lab.plan.devices_namespace, sys.executable, "-m",
-                 "pnp_integrated.lab.holders", "--first", str(first), "--count", str(count), "--host", lab.plan.vip,
+                 "pnp_integrated.lab.hold_sessions", "--first", str(first), "--count", str(count),
+                 "--host", lab.plan.vip,
                  "--dispatcher-port", str(PORTS.dispatcher_tls_port), "--tls", "--keepalive", str(args.keepalive),
                  "--ramp", str(max(5.0, args.devices / 400)), "--events", str(path)],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(root / f"holders-{index}.log").open("wb")))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from ..lab import MOVERS, HaLab, LabError
+from ..lab import HaLab
+from ..lab.plan import MOVERS, LabError
 from ..lab.fleet import FLEET_CONFIG, FLEET_POST, FLEET_PROFILE
 
 DEFAULT_DIR = "pnp-lab"

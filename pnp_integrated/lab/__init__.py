@@ -24,95 +24,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..credentials import write_secret
-
-MOVERS = ("prime", "keepalived")
-STATE_FILE = "lab.json"
-PG_PORT = 25432  # the first choice; another is taken when something else listens there
-READY_TIMEOUT = 90.0
-
-
-class LabError(RuntimeError):
-    """The lab could not be built or driven; the message says what failed."""
-
-
-@dataclass
-class LabNode:
-    """One Prime node of the lab."""
-
-    name: str  # node name (prime-a, prime-b)
-    namespace: str
-    address: str
-    role: str  # primary / secondary
-    data_dir: str
-    pid: int = 0  # pnpp run
-    keepalived_pid: int = 0
-
-
-@dataclass
-class LabPlan:
-    """Everything that identifies a lab; saved as ``lab.json``."""
-
-    root: str
-    prefix: str = "pnplab"
-    subnet: str = "10.77.0"
-    mover: str = "prime"
-    workers: int = 2
-    nodes: list[LabNode] = field(default_factory=list)
-    pg_dir: str = ""
-    node_settings: dict[str, str] = field(default_factory=dict)  # extra PNP_* settings of both nodes
-    pg_port: int = PG_PORT
-
-    @property
-    def bridge(self) -> str:
-        return f"{self.prefix}br"
-
-    @property
-    def gateway_ip(self) -> str:
-        return f"{self.subnet}.1"
-
-    @property
-    def vip(self) -> str:
-        return f"{self.subnet}.100"
-
-    @property
-    def devices_namespace(self) -> str:
-        return f"{self.prefix}-dev"
-
-    @property
-    def devices_ip(self) -> str:
-        return f"{self.subnet}.50"
-
-    @property
-    def database_url(self) -> str:
-        return f"postgresql+psycopg://postgres@{self.gateway_ip}:{self.pg_port}/pnp"
-
-    def node(self, name: str) -> LabNode:
-        for node in self.nodes:
-            if node.name == name or node.namespace.endswith(f"-{name}"):
-                return node
-        raise LabError(f"no lab node {name!r} (nodes: {', '.join(n.name for n in self.nodes)})")
-
-
-def _run(*cmd: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    try:
-        done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        raise LabError(f"{cmd[0]} is not installed (see deploy/system-packages.sh)") from None
-    if check and done.returncode != 0:
-        raise LabError(f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip()}")
-    return done
-
-
-def _pg_bin(name: str) -> str:
-    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    if not found:
-        raise LabError(f"PostgreSQL's {name} not found: install the Debian package postgresql")
-    return str(found[-1])
+from .plan import MOVERS, PG_PORT, READY_TIMEOUT, STATE_FILE, LabError, LabNode, LabPlan
+from .procs import alive, free_port, pg_bin, run, wait_group_gone
 
 
 class HaLab:
@@ -130,7 +48,7 @@ class HaLab:
             raise LabError(f"prefix {prefix!r}: use up to 8 letters and digits (interface names are short)")
         root = root.resolve()
         plan = LabPlan(str(root), prefix, subnet, mover, workers, node_settings=dict(node_settings or {}),
-                       pg_port=_free_port(PG_PORT))
+                       pg_port=free_port(PG_PORT))
         for letter, role, host in (("a", "primary", 11), ("b", "secondary", 12)):
             plan.nodes.append(LabNode(f"prime-{letter}", f"{prefix}-{letter}", f"{subnet}.{host}", role,
                                       str(root / f"node-{letter}")))
@@ -178,9 +96,9 @@ class HaLab:
         for namespace in [n.namespace for n in self.plan.nodes] + [self.plan.devices_namespace]:
             self._kill_namespace(namespace)
             # The veth pair goes with its outer end at once; a deleted namespace frees it only later.
-            _run("ip", "link", "del", self._outer(namespace), check=False)
-            _run("ip", "netns", "del", namespace, check=False)
-        _run("ip", "link", "del", self.plan.bridge, check=False)
+            run("ip", "link", "del", self._outer(namespace), check=False)
+            run("ip", "netns", "del", namespace, check=False)
+        run("ip", "link", "del", self.plan.bridge, check=False)
         self.stop_postgres()
         for node in self.plan.nodes:
             node.pid = node.keepalived_pid = 0
@@ -190,16 +108,16 @@ class HaLab:
     # ---- network ------------------------------------------------------------------------------------------------
     def build_network(self) -> None:
         p = self.plan
-        _run("ip", "link", "add", p.bridge, "type", "bridge")
-        _run("ip", "addr", "add", f"{p.gateway_ip}/24", "dev", p.bridge)
-        _run("ip", "link", "set", p.bridge, "up")
+        run("ip", "link", "add", p.bridge, "type", "bridge")
+        run("ip", "addr", "add", f"{p.gateway_ip}/24", "dev", p.bridge)
+        run("ip", "link", "set", p.bridge, "up")
         members = [(n.namespace, n.address) for n in p.nodes] + [(p.devices_namespace, p.devices_ip)]
         for namespace, address in members:
             outer = self._outer(namespace)
-            _run("ip", "netns", "add", namespace)
-            _run("ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0", "netns", namespace)
-            _run("ip", "link", "set", outer, "master", p.bridge)
-            _run("ip", "link", "set", outer, "up")
+            run("ip", "netns", "add", namespace)
+            run("ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+            run("ip", "link", "set", outer, "master", p.bridge)
+            run("ip", "link", "set", outer, "up")
             self.exec(namespace, "ip", "link", "set", "lo", "up")
             self.exec(namespace, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
             self.exec(namespace, "ip", "link", "set", "eth0", "up")
@@ -211,7 +129,7 @@ class HaLab:
 
     def exec(self, namespace: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a command inside a lab namespace."""
-        return _run("ip", "netns", "exec", namespace, *cmd, check=check)
+        return run("ip", "netns", "exec", namespace, *cmd, check=check)
 
     def vip_holders(self) -> list[str]:
         """Names of the nodes whose eth0 carries the VIP right now."""
@@ -258,7 +176,7 @@ class HaLab:
 
     def set_link(self, name: str, up: bool) -> None:
         """Plug or unplug a node's cable (its veth on the bridge)."""
-        _run("ip", "link", "set", self._outer(self.plan.node(name).namespace), "up" if up else "down")
+        run("ip", "link", "set", self._outer(self.plan.node(name).namespace), "up" if up else "down")
 
     # ---- PostgreSQL ---------------------------------------------------------------------------------------------
     def start_postgres(self) -> None:
@@ -269,18 +187,18 @@ class HaLab:
         self.plan.pg_dir = str(data)
         self.save()  # before it starts: `down` must find the server even if the start fails half way
         as_pg = ("runuser", "-u", "postgres", "--")
-        _run(*as_pg, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        run(*as_pg, pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         with (data / "pg_hba.conf").open("a") as hba:
             hba.write(f"host all all {self.plan.subnet}.0/24 trust\n")
-        _run(*as_pg, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "start",
+        run(*as_pg, pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "start",
              "-o", f"-p {self.plan.pg_port} -k {root} -c listen_addresses={self.plan.gateway_ip} -c fsync=off "
                    "-c max_connections=400")
-        _run(*as_pg, _pg_bin("createdb"), "-h", self.plan.gateway_ip, "-p", str(self.plan.pg_port), "-U", "postgres",
+        run(*as_pg, pg_bin("createdb"), "-h", self.plan.gateway_ip, "-p", str(self.plan.pg_port), "-U", "postgres",
              "pnp")
 
     def stop_postgres(self) -> None:
         if self.plan.pg_dir and Path(self.plan.pg_dir).exists():
-            _run("runuser", "-u", "postgres", "--", _pg_bin("pg_ctl"), "-D", self.plan.pg_dir, "-m", "immediate",
+            run("runuser", "-u", "postgres", "--", pg_bin("pg_ctl"), "-D", self.plan.pg_dir, "-m", "immediate",
                  "stop", check=False)
         if self.plan.pg_dir:
             shutil.rmtree(Path(self.plan.pg_dir).parent, ignore_errors=True)
@@ -371,7 +289,7 @@ class HaLab:
                 pass
             # Gone before returning: a keepalived started again meanwhile would find the old one running (its pid
             # file) and exit at once ("daemon is already running").
-            _wait_group_gone(node.keepalived_pid, timeout=15.0)
+            wait_group_gone(node.keepalived_pid, timeout=15.0)
             node.keepalived_pid = 0
             self.save()
 
@@ -393,7 +311,7 @@ class HaLab:
             except ProcessLookupError:
                 pass
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _alive(node.pid):
+            while time.monotonic() < deadline and alive(node.pid):
                 time.sleep(0.1)
         self._kill_namespace(node.namespace, only_pids_of=("pnpp", "gunicorn", "python"))
         node.pid = 0
@@ -407,7 +325,7 @@ class HaLab:
         a machine that loses power never does.
         """
         pids = []
-        for text in _run("ip", "netns", "pids", namespace, check=False).stdout.split():
+        for text in run("ip", "netns", "pids", namespace, check=False).stdout.split():
             pid = int(text)
             if only_pids_of:
                 try:
@@ -477,7 +395,7 @@ class HaLab:
         node = self.plan.node(name)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if node.pid and not _alive(node.pid):
+            if node.pid and not alive(node.pid):
                 raise LabError(f"{name}: pnpp run exited:\n{self.log_tail(name)}")
             if self.status(name) is not None:
                 return
@@ -501,46 +419,3 @@ class HaLab:
         out.append(f"  devices  netns {p.devices_namespace} {p.devices_ip}: "
                    f"ip netns exec {p.devices_namespace} pnpp simulate cns ...")
         return "\n".join(out)
-
-
-def _free_port(preferred: int) -> int:
-    """``preferred`` when nothing listens there (on any address), else a port the kernel says is free."""
-    import socket
-
-    for port in (preferred, 0):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("", port))
-            except OSError:
-                continue
-            return int(probe.getsockname()[1])
-    raise LabError("no free TCP port for the lab's PostgreSQL")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _wait_group_gone(pgid: int, timeout: float) -> None:
-    """Wait until no process of group ``pgid`` is left (reaping the leader if it is our child), at most ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pgid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)

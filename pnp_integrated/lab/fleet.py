@@ -26,7 +26,7 @@ from typing import Any
 from ..cns.codec import CnsProtocolError, Frame
 from ..cns.messages import CONFIG_LOAD, EXEC_CMD, XmlRefused, parse_xml
 from ..devsim import retry_after_seconds
-from ..devsim.cns import CnsLink, LinkClosed, dispatch, hello_frame
+from ..devsim.link import CnsLink, LinkClosed, dispatch, hello_frame
 from ..devsim.pnp import PnpAgent, SimulatedDevice
 
 FLEET_PROFILE = "lab-fleet"

@@ -1,8 +1,8 @@
 """Many CNS devices that hold their sessions and come back after a failover: one gevent greenlet per device.
 
-Run as a program only (it patches the process with gevent when imported)::
+Run as a program (:mod:`.hold_sessions` patches the process with gevent first; importing this module patches nothing)::
 
-    python -m pnp_integrated.lab.holders --first 1 --count 5000 --host VIP --dispatcher-port P --tls --events FILE
+    python -m pnp_integrated.lab.hold_sessions --first 1 --count 5000 --host VIP --dispatcher-port P --tls --events FILE
 
 Each device goes dispatcher -> REDIRECT -> gateway port -> HELLO -> WELCOME and holds the session, sending a PING
 every ``--keepalive`` seconds as the CNS agent does; a session that is reset, refused or unanswered for three
@@ -11,21 +11,17 @@ gave with a BUSY or ERROR). Every session that comes up or goes down is written 
 ``up|down <serial> <unix time>``. One process holds at most about 19,000 sockets.
 """
 
-from gevent import monkey
+import argparse
+import random
+import resource
+import time
+from typing import TextIO
 
-monkey.patch_all()
+import gevent
 
-import argparse  # noqa: E402
-import random  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
-from typing import TextIO  # noqa: E402
-
-import gevent  # noqa: E402
-
-from ..cns.codec import CnsProtocolError, make_frame  # noqa: E402
-from ..devsim.cns import CnsLink, LinkClosed, dispatch, hello_frame  # noqa: E402
-from .fleet import GatewayLost  # noqa: E402
+from ..cns.codec import CnsProtocolError, make_frame
+from ..devsim.link import CnsLink, LinkClosed, dispatch, hello_frame
+from .fleet import GatewayLost
 
 MAX_SOCKETS = 19_000
 BACKOFF_FIRST, BACKOFF_LONGEST = 0.25, 2.0
@@ -118,7 +114,3 @@ def main() -> None:
                                           args.keepalive, events))
             gevent.sleep(args.ramp / args.count)
         gevent.joinall(greenlets)
-
-
-if __name__ == "__main__":
-    main()

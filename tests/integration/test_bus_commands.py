@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from pnp_integrated import create_app
 from pnp_integrated.bus.commands import CommandOutcome, apply_command
-from pnp_integrated.devsim.cns import CnsLink, connect
+from pnp_integrated.devsim.link import CnsLink, connect
 from pnp_integrated.models import AuditEntry, OutboxEvent, Profile, ProvisioningJob, db
 from pnp_integrated.provisioning import engine
 from pnp_integrated.provisioning.types import DeviceIdentity

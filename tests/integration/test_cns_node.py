@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from pnp_integrated import create_app
 from pnp_integrated.cns.worker import deliver
-from pnp_integrated.devsim.cns import CnsLink, connect, dispatch
+from pnp_integrated.devsim.link import CnsLink, connect, dispatch
 from pnp_integrated.devsim.node import RunningNode
 from pnp_integrated.models import DeviceSession, db
 

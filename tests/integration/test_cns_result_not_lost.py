@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from pnp_integrated import create_app
 from pnp_integrated.cli.lab import ensure_fleet_profile
-from pnp_integrated.devsim.cns import CnsLink
+from pnp_integrated.devsim.link import CnsLink
 from pnp_integrated.devsim.node import RunningNode
 from pnp_integrated.lab.fleet import FailoverCnsDevice, GatewayLost, Published
 from pnp_integrated.models import Device, JobStep, ProvisioningJob, db

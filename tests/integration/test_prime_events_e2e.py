@@ -16,7 +16,7 @@ from typing import Any
 from pnp_integrated.bus.state import read_state
 from pnp_integrated.config import load_settings
 from pnp_integrated.destinations import COMMANDS_QUEUE
-from pnp_integrated.devsim.cns import CnsLink, connect
+from pnp_integrated.devsim.link import CnsLink, connect
 from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.prime.sink import EventStore
 from tests.support import prime_client, wait_until

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from pnp_integrated import create_app
 from pnp_integrated.cns.worker import deliver
 from pnp_integrated.context import gateway_state
-from pnp_integrated.devsim.cns import CnsLink, LinkClosed, connect, dispatch, hello_frame
+from pnp_integrated.devsim.link import CnsLink, LinkClosed, connect, dispatch, hello_frame
 from pnp_integrated.models import DeviceSession, db
 from tests.support import CnsNode, wait_until
 
