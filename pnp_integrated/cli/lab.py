@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from ..lab import HaLab
-from ..lab.plan import MOVERS, LabError
 from ..lab.fleet import FLEET_CONFIG, FLEET_POST, FLEET_PROFILE
+from ..lab.plan import MOVERS, LabError
 
 DEFAULT_DIR = "pnp-lab"
 
