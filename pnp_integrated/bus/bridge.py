@@ -101,7 +101,7 @@ class PrimeBridge:
     def __init__(self, app: Flask, target: BridgeTarget | None = None, *, holder: str = "",
                  is_leader: Callable[[], bool] = lambda: True, batch_size: int = 100,
                  receipt_timeout: float = 10.0, connect_timeout: float = 10.0, poll_interval: float = 0.5,
-                 max_backoff: float = 30.0, heartbeats: tuple[int, int] = (10000, 10000)) -> None:
+                 max_backoff: float = 30.0, heartbeats: tuple[int, int] = (10000, 10000), term: int = 0) -> None:
         self.app = app
         self.target = target or default_target(app)
         self.holder = holder
@@ -112,6 +112,7 @@ class PrimeBridge:
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
         self.heartbeats = heartbeats
+        self.term = term  # the leader lease's term this bridge runs for: its status writes belong to it
         self.connections = 0  # successful connections since start
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -310,6 +311,6 @@ class PrimeBridge:
         settings = gateway_state(self.app).settings
         try:
             write_state(settings, BridgeState(connected, self.target.peer, self.holder, os.getpid(),
-                                              1 if connected else 0, detail, time.time()))
+                                              1 if connected else 0, detail, time.time(), self.term))
         except OSError as exc:
             log.warning("cannot record the bridge state: %s", exc)

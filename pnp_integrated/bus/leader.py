@@ -194,7 +194,7 @@ class LeaderLoop:
 
     def _start_bridge(self) -> None:
         self.bridge = PrimeBridge(self.app, holder=self.holder, is_leader=lambda: self.is_leader,
-                                  **self._bridge_options)
+                                  term=self.term or 0, **self._bridge_options)
         self._bridge_thread = threading.Thread(target=self.bridge.run, name="pnp-prime-bridge", daemon=True)
         self._bridge_thread.start()
 

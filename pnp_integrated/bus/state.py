@@ -1,11 +1,14 @@
 """The bridge's connection state, shared with ``/status`` through a small file under ``<data_dir>/run``.
 
 Only the leader worker writes it; any worker (or ``pnpp status``) reads it. A file whose writer is gone reads as
-DOWN, so a crashed leader never shows a stale UP.
+DOWN, so a crashed leader never shows a stale UP. The state belongs to the leader's term: a bridge of an older term
+(a former leader still shutting down) cannot overwrite what the current leader wrote, so its "bridge stopped" never
+turns the row DOWN while events flow.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -25,19 +28,29 @@ class BridgeState:
     connections: int = 0
     detail: str = ""
     since: float = 0.0
+    term: int = 0  # the leader lease's term of the bridge that wrote it
 
 
 def state_path(settings: Settings) -> Path:
     return settings.data_dir / "run" / "bridge.json"
 
 
-def write_state(settings: Settings, state: BridgeState) -> None:
-    """Replace the state file atomically (readers never see half a file)."""
+def write_state(settings: Settings, state: BridgeState) -> bool:
+    """Replace the state file atomically (readers never see half a file), unless a live bridge of a later term wrote it.
+
+    Returns whether it was written. Writers take turns on a lock file, so the check and the write are one step.
+    """
     path = state_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(state)))
-    os.replace(tmp, path)
+    with (path.parent / "bridge.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = read_state(settings)
+        if current is not None and current.term > state.term and current.pid != state.pid:
+            return False
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(state)))
+        os.replace(tmp, path)
+    return True
 
 
 def read_state(settings: Settings) -> BridgeState | None:
