@@ -108,6 +108,9 @@ def metrics_view() -> Response:
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def init_app(app: Flask) -> None:
     """Time every request; register ``/metrics``."""
 
@@ -119,8 +122,9 @@ def init_app(app: Flask) -> None:
     def _observe(response: Any) -> Any:
         started = g.get("pnp_request_started")
         if started is not None:
-            endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-            REQUEST_SECONDS.labels(endpoint, request.method).observe(time.perf_counter() - started)
+            endpoint = request.url_rule.rule if request.url_rule else "unmatched"  # the app's routes: a bounded set
+            method = request.method if request.method in HTTP_METHODS else "other"  # a client may send any word
+            REQUEST_SECONDS.labels(endpoint, method).observe(time.perf_counter() - started)
         return response
 
     app.register_blueprint(blueprint)

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from ..children import die_with_parent
 from ..config import DIFFERENT_IP_REFUSAL, ConfigError, Settings, load_settings
 from .common import GUNICORN_CONF, PROJECT_ROOT, app_or_exit, database_error_text, fail, settings_or_exit
 
@@ -44,7 +45,7 @@ def run(workers: int | None, broker: str, log_format: str | None) -> None:
 
     prime_child = start_prime_child(settings, broker)  # Prime (broker, health) first, as on a Prime node
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--chdir", str(PROJECT_ROOT), "wsgi:app"]
-    child = subprocess.Popen(cmd)
+    child = subprocess.Popen(cmd, preexec_fn=die_with_parent)  # gunicorn stops when pnpp run is killed
 
     def forward(signum: int, _frame: Any) -> None:
         child.send_signal(signum)

@@ -304,6 +304,13 @@ def start_prime_child(settings: Settings, broker: str = "embedded") -> PrimeProc
         credentials = enrol_local_gateway(settings, activemq=broker == "activemq")
     except (CredentialsMissing, AccountError) as exc:
         _fail(str(exc), 2)
+    from ..children import port_holder
+
+    for name in ("broker_port", "bus_port", "health_port"):
+        holder = port_holder(getattr(settings, name))
+        if holder:
+            _fail(f"the simulated Prime cannot start: port {getattr(settings, name)} (PNP_{name.upper()}) is held by "
+                  f"{holder}; stop that process or move PNP_{name.upper()}", 2)
     child = PrimeProcess(settings, broker=broker)
     try:
         child.start()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..children import die_with_parent
 from ..config import Settings
 from .accounts import PRIME_LOGIN, AccountStore, accounts_path, authenticator, prime_passcode
 from .broker import Broker, BrokerController, BrokerPorts, MessageStore
@@ -185,8 +186,9 @@ class PrimeProcess:
         import sys
 
         cmd = [sys.executable, "-m", "pnp_integrated.prime", "serve", "--broker", self.broker]
-        # Own process group: kill() takes an ActiveMQ grandchild down with it.
-        self.process = subprocess.Popen(cmd, env=self.env, stderr=self.stderr, start_new_session=True)
+        # Own process group: kill() takes an ActiveMQ grandchild down with it; and it stops when its parent dies.
+        self.process = subprocess.Popen(cmd, env=self.env, stderr=self.stderr, start_new_session=True,
+                                        preexec_fn=die_with_parent)
         ports = [("127.0.0.1", self.settings.bus_port), ("127.0.0.1", self.settings.broker_port),
                  ("127.0.0.1", self.settings.health_port)]
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -9,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
-from pnp_integrated.devsim.node import PNPP, RunningNode, node_environment, node_settings, port_accepts
+from pnp_integrated.devsim.node import PNPP, RunningNode, node_environment, node_settings, port_accepts, start_node
 
 DRAIN = 2.0
 GRACE = 5.0  # gunicorn kills workers still alive PNP_DRAIN_TIMEOUT + 5 s after SIGTERM (deploy/gunicorn.conf.py)
@@ -162,3 +165,33 @@ def test_unreachable_database_refuses_to_start_without_a_traceback(tmp_path: Pat
     assert f"pnpp: cannot prepare the database 127.0.0.1:{closed_port}/pnp: connection failed" in result.stdout
     assert "Traceback" not in result.stdout
     assert opened == []
+
+
+def test_a_killed_node_takes_its_prime_and_gateway_with_it_and_starts_again(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "node")
+    ports = [node.port("broker_port"), node.port("bus_port"), node.port("health_port"), node.port("http_port")]
+    children = psutil.Process(node.process.pid).children(recursive=True)
+    assert children, "pnpp run started no children"
+    node.process.send_signal(signal.SIGKILL)  # only pnpp run itself, as the OOM killer would
+    node.process.wait(10)
+    _, alive = psutil.wait_procs(children, timeout=30)
+    try:
+        assert alive == [], f"left running after pnpp run died: {[p.pid for p in alive]}"
+        assert [p for p in ports if port_accepts(p, timeout=0.5)] == []
+        again = start_node(tmp_path / "node", **{k: v for k, v in node.settings.items() if k != "data_dir"})
+        again.stop()
+    finally:
+        for proc in alive:
+            proc.kill()
+        node.stop(timeout=5)
+
+
+def test_a_prime_port_held_by_another_process_stops_the_node_naming_it(tmp_path: Path) -> None:
+    settings = node_settings(tmp_path / "data")
+    with socket.socket() as squatter:
+        squatter.bind(("0.0.0.0", settings["broker_port"]))
+        squatter.listen()
+        result, _ = run_refused(tmp_path, settings, [])
+    assert result.returncode == 2
+    assert f"port {settings['broker_port']} (PNP_BROKER_PORT) is held by pid {os.getpid()}" in result.stdout
+    assert "Traceback" not in result.stdout
