@@ -54,7 +54,9 @@ class PnPGateway:
         app.config.setdefault("SQLALCHEMY_DATABASE_URI", settings.sqlalchemy_url)
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",
                               engine_options(app.config["SQLALCHEMY_DATABASE_URI"], settings))
-        app.config.setdefault("MAX_CONTENT_LENGTH", settings.http_max_body_bytes)
+        # Flask's defaults hold MAX_CONTENT_LENGTH = None (no limit), so setdefault would leave every route unbounded.
+        if app.config.get("MAX_CONTENT_LENGTH") is None:
+            app.config["MAX_CONTENT_LENGTH"] = settings.http_max_body_bytes
         db.init_app(app)
         migrate = Migrate(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True, compare_type=True)
         from .ha import initial_role, refuse_devices_when_passive

@@ -43,7 +43,15 @@ from .session import (
     refusal,
     welcome,
 )
-from .worker import CnsWorker, close_sessions, cns_worker, end_session, node_is_passive, session_device
+from .worker import (
+    ADMISSION_SLOTS,
+    CnsWorker,
+    close_sessions,
+    cns_worker,
+    end_session,
+    node_is_passive,
+    session_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,16 +264,23 @@ class GatewayConnection:
         finally:
             slots.release(time.monotonic() - started)
 
+    def _live_on_port(self) -> int:
+        return db.session.scalar(select(func.count()).select_from(DeviceSession).where(
+            DeviceSession.port == self.port, DeviceSession.node == self.settings.node_name,
+            DeviceSession.closed_at.is_(None))) or 0
+
     def _admit_now(self, hello: Hello) -> str:
         """One transaction: the capacity check, the session row and ``device.connected`` commit together or not at all.
 
-        Admissions to one port take turns (:func:`~pnp_integrated.database.admission_turn`), so the count of live rows
-        includes every admission before this one and two workers cannot both take the last place; a device refused
-        for capacity leaves no row and no event, and Prime hears of a connection only once it is admitted.
+        Near capacity, admissions to one port take turns (:func:`~pnp_integrated.database.admission_turn`), so the
+        count of live rows includes every admission before this one and two workers cannot both take the last place;
+        a device refused for capacity leaves no row and no event, and Prime hears of a connection only once it is
+        admitted.
         """
         settings = self.settings
         with self.app.app_context():
-            admission_turn(self.port)
+            admission_turn(self.port, lambda: self._live_on_port() + self.settings.workers * ADMISSION_SLOTS
+                           > self.settings.cns_port_capacity)
             row = DeviceSession(device_key=hello.device_id, protocol="cns", node=settings.node_name,
                                 worker_pid=self.worker.pid, port=self.port, tls=self.tls, address=self.address,
                                 subjects=[])
@@ -276,10 +291,7 @@ class GatewayConnection:
                 DeviceSession.node == settings.node_name, DeviceSession.protocol == "cns",
                 DeviceSession.id < row.id)))
             close_sessions(older, "replaced by a newer session")
-            live = db.session.scalar(select(func.count()).select_from(DeviceSession).where(
-                DeviceSession.port == self.port, DeviceSession.node == settings.node_name,
-                DeviceSession.closed_at.is_(None))) or 0
-            if live > settings.cns_port_capacity:  # this row included, the ones it replaces not
+            if self._live_on_port() > settings.cns_port_capacity:  # this row included, the ones it replaces not
                 db.session.rollback()
                 self.token = ""
                 self.send(busy(BUSY_RETRY_AFTER, f"port {self.port} is at capacity"))

@@ -251,8 +251,12 @@ def test_hello_twice_on_one_connection_is_400(node: CnsNode) -> None:
         assert link.closed_by_peer()
 
 
-def test_full_gateway_port_answers_busy(node_factory: Callable[..., CnsNode]) -> None:
-    node = node_factory(cns_port_capacity=1)
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_full_gateway_port_answers_busy(node_factory: Callable[..., CnsNode], database: str,
+                                        request: pytest.FixtureRequest) -> None:
+    # PostgreSQL: near capacity the admissions to a port take turns on an advisory lock.
+    extra = {"database_url": request.getfixturevalue("postgres_url")} if database == "postgresql" else {}
+    node = node_factory(cns_port_capacity=1, **extra)
     first, _ = connect(HOST, node.plain[0], "ONE")
     with first:
         link, answer = connect(HOST, node.plain[0], "TWO")
