@@ -38,16 +38,17 @@ class NodeRole:
     transitions: int = 0
     state: str = field(default="ACTIVE")
 
+    @property
+    def node_leads(self) -> bool:
+        """Whether the leader lease was last seen held by a worker of this node (which: ``LeaderLoop.is_leader``)."""
+        return self.lease_node == self.settings.node_name
+
     def evaluate(self, now: dt.datetime) -> str:
         """Recompute ACTIVE/PASSIVE from the cached facts; count transitions."""
         if self.settings.ha_mode == "none":
             new = "ACTIVE"
         else:
-            lease_ok = (
-                self.lease_node == self.settings.node_name
-                and self.lease_expires is not None
-                and self.lease_expires > now
-            )
+            lease_ok = self.node_leads and self.lease_expires is not None and self.lease_expires > now
             new = "ACTIVE" if self.vip_ok and lease_ok else "PASSIVE"
         if new != self.state:
             self.transitions += 1
@@ -108,12 +109,6 @@ def accepting_devices(app: Flask | None = None) -> bool:
     for the next round of its leader loop.
     """
     return node_role(app).evaluate(utcnow()) == "ACTIVE"
-
-
-def this_worker_leads(app: Flask | None = None) -> bool:
-    """Whether this worker process holds the leader lease now (it then runs the Prime bridge)."""
-    leader = gateway_state(app).leader
-    return bool(leader is not None and leader.is_leader)
 
 
 def retry_after() -> int:

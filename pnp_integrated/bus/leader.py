@@ -102,7 +102,7 @@ class LeaderLoop:
         PASSIVE with the VIP here (its node died: take over at once, not up to a renewal period later)."""
         role = node_role(self.app)
         if (self.term is not None or not role.vip_ok or role.lease_expires is None
-                or role.lease_node == role.settings.node_name):
+                or role.node_leads):
             return self.renew_every
         left = (role.lease_expires - utcnow()).total_seconds()
         if self.stale_after is not None:  # takeable once the holder missed stale_after seconds of renewals
@@ -183,7 +183,7 @@ class LeaderLoop:
 
     def _act_on(self, role: ha.NodeRole) -> None:
         """Carry out a change of the node's role once per change, in this worker."""
-        state, leading = role.state, self.term is not None
+        state, leading = role.state, self.is_leader
         if state != self._acted_state:
             self._acted_state = state
             if state == "ACTIVE":
