@@ -21,14 +21,27 @@ def die_with_parent() -> None:
 
 
 def port_holder(port: int) -> str:
-    """``pid 1234 (python -m pnp_integrated.prime serve)`` for the process listening on TCP ``port``; empty if none."""
+    """``pid 1234 (python -m pnp_integrated.prime serve)`` when another process listens on TCP ``port``; empty if none.
+
+    A bind test first (the port is free in the common case, and that costs nothing); only a port that is taken is
+    looked up among the host's sockets.
+    """
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+            return ""
+        except OSError:
+            pass
     import psutil
 
     try:
         listening = [c for c in psutil.net_connections(kind="tcp")
                      if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
     except (psutil.Error, OSError):
-        return ""
+        return "another process"
     for conn in listening:
         if conn.pid is None:
             return "another process (its pid is not visible to this user)"
@@ -37,4 +50,4 @@ def port_holder(port: int) -> str:
         except psutil.Error:
             command = "?"
         return f"pid {conn.pid} ({command})"
-    return ""
+    return "another process"
