@@ -23,6 +23,9 @@ from .tls import CertPaths
 
 EXTENSION_KEY = "pnp_gateway"
 RETRY_AFTER_SECONDS = 10  # what a device refused while the node is PASSIVE is told to wait
+# ... while the VIP is already here and the node is taking the leader lease over: it is ACTIVE within a second, and
+# a device told to wait 10 s then would come back long after every other one.
+TAKING_OVER_RETRY_AFTER_SECONDS = 2
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +114,12 @@ def accepting_devices(app: Flask | None = None) -> bool:
     return node_role(app).evaluate(utcnow()) == "ACTIVE"
 
 
-def retry_after() -> int:
-    """Seconds a refused device should wait before trying again (the Retry-After of 503 answers)."""
-    return RETRY_AFTER_SECONDS
+def retry_after(app: Flask | None = None) -> int:
+    """Seconds a device refused while PASSIVE should wait before trying again (the Retry-After of 503 answers).
+
+    Short while the VIP is here and only the lease is still to be taken (the node is taking over), else the standby's.
+    """
+    return TAKING_OVER_RETRY_AFTER_SECONDS if node_role(app).vip_ok else RETRY_AFTER_SECONDS
 
 
 def sqlite_write_turn() -> Any:

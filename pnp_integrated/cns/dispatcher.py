@@ -23,7 +23,6 @@ from .codec import DEVICE_COMMANDS, CnsProtocolError, FrameReader, error_frame
 from .gateway import (
     ADMISSION_RETRY_AFTER,
     BUSY_RETRY_AFTER,
-    PASSIVE_RETRY_AFTER,
     FrameStream,
     FrameTimeout,
     close_socket,
@@ -102,7 +101,7 @@ class Dispatcher:
             close_socket(sock)
 
     def _dispatch(self, sock: Any, address: tuple[str, int]) -> None:
-        from ..context import gateway_state
+        from ..context import gateway_state, retry_after
 
         settings = gateway_state(self.app).settings
         reader = FrameReader(DEVICE_COMMANDS, max_header_bytes=settings.cns_max_header_bytes,
@@ -124,15 +123,15 @@ class Dispatcher:
             return
         assert isinstance(decision, Admit)
         if node_is_passive(self.app):
-            send_frame(sock, refusal(Refuse(503, "node is passive (standby); retry later"), PASSIVE_RETRY_AFTER))
+            send_frame(sock, refusal(Refuse(503, "node is passive (standby); retry later"), retry_after(self.app)))
             return
         worker = cns_worker(self.app)
         wait = worker.admission_slots.expected_wait()
         if wait >= worker.admission_wait_busy:
             # A fleet is coming back at once (failover): a device told when to return costs one handshake; one sent
             # on to wait past its patience costs two, and comes back anyway.
-            retry_after = min(ADMISSION_BUSY_LONGEST, max(ADMISSION_RETRY_AFTER, math.ceil(wait)))
-            send_frame(sock, busy(retry_after, f"gateway busy admitting {worker.admission_slots.waiting} devices; "
+            come_back = min(ADMISSION_BUSY_LONGEST, max(ADMISSION_RETRY_AFTER, math.ceil(wait)))
+            send_frame(sock, busy(come_back, f"gateway busy admitting {worker.admission_slots.waiting} devices; "
                                                "retry later"))
             return
         try:

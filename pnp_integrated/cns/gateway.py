@@ -21,6 +21,7 @@ from gevent.lock import RLock
 from gevent.monkey import get_original
 from sqlalchemy import func, select
 
+from ..context import retry_after
 from ..database import admission_turn
 from ..models import DeviceSession, db
 from ..outbox import record_event
@@ -246,7 +247,7 @@ class GatewayConnection:
     # ---- admission ------------------------------------------------------------------------------------------
     def _admit(self, hello: Hello) -> str:
         if node_is_passive(self.app):
-            self.send(refusal(Refuse(503, "node is passive (standby); retry later"), PASSIVE_RETRY_AFTER))
+            self.send(refusal(Refuse(503, "node is passive (standby); retry later"), retry_after(self.app)))
             return "node passive"
         # A bounded number of admissions run at once per worker; the rest wait their turn without using CPU, so a
         # fleet returning after a failover cannot delay the PONGs of held sessions or the leader lease renewal.

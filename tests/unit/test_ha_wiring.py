@@ -102,7 +102,7 @@ def test_passive_node_answers_device_requests_503_with_retry_after(app_factory: 
     for path in ("/pnp/HELLO", "/cns/config.asp?DeviceID=X", "/images/ios.bin", "/resources/day0.cfg"):
         answer = client.get(path)
         assert answer.status_code == 503, path
-        assert answer.headers["Retry-After"] == str(retry_after())
+        assert answer.headers["Retry-After"] == str(retry_after(app))
         assert b"PASSIVE" in answer.data
     status = client.get("/status")
     assert status.status_code == 200  # operators can always ask
