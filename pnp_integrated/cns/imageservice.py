@@ -17,6 +17,7 @@ from xml.sax.saxutils import quoteattr
 from flask import Blueprint, Response, request
 from sqlalchemy import or_, select
 
+from ..bodies import limited_body
 from ..context import gateway_state
 from ..models import Image, db
 from ..provisioning import engine
@@ -49,7 +50,7 @@ def _escape(text: str) -> str:
 def http_msg_dispatcher() -> Response:
     """Answer an image-agent message: ``image-inventory`` -> ``image-instruction``; ``image-status`` -> ``ack``."""
     try:
-        doc = parse_xml(request.get_data(cache=False))
+        doc = parse_xml(limited_body())
     except XmlRefused as exc:
         return _error(400, str(exc))
     device_id = doc.attributes.get("device-id", "")

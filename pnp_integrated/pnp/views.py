@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, abort, request
+from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ..bodies import limited_body
 from ..context import current_settings
 from ..provisioning import engine
 from ..urls import DeviceUrls
@@ -29,17 +30,6 @@ def _xml(data: bytes) -> Response:
     return Response(data, 200, content_type=XML_TYPE)
 
 
-def _body() -> bytes:
-    """The request body, refused with 413 beyond ``http_max_body_bytes`` (also for chunked uploads)."""
-    limit = current_settings().http_max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        abort(413)
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
-        abort(413)
-    return data
-
-
 def _urls() -> DeviceUrls:
     # Devices are sent to the VIP (never a node address), on the transport they used to reach us.
     settings = current_settings()
@@ -51,14 +41,14 @@ def _urls() -> DeviceUrls:
 def hello() -> Response:
     """The agent checks that a PnP server is here (some agents POST an empty ``<info/>``)."""
     if request.method == "POST":
-        _body()
+        limited_body()
     return Response(b"", 200, content_type=XML_TYPE)
 
 
 @blueprint.post("/WORK-REQUEST")
 def work_request() -> Response:
     """A device asks for work."""
-    message = parse_work_request(_body(), current_settings().http_max_body_bytes)
+    message = parse_work_request(limited_body(), current_settings().http_max_body_bytes)
     action = engine.contact(identity_of(message, request.remote_addr or ""), device_correlator=message.correlator)
     reply = reply_to_work_request(action, message, _urls())
     log.debug("pnp %s: %s -> %s", message.udi.serial, action.kind.value, type(reply).__name__)
@@ -68,7 +58,7 @@ def work_request() -> Response:
 @blueprint.post("/WORK-RESPONSE")
 def work_response() -> Response:
     """A device reports the result of a request; the answer is always the bye (the next WORK-REQUEST gets work)."""
-    message = parse_work_response(_body(), current_settings().http_max_body_bytes)
+    message = parse_work_response(limited_body(), current_settings().http_max_body_bytes)
     serial = message.udi.serial
     if isinstance(message, Fault):
         # A fault carries no correlator: it answers whatever request the device holds, which is the pending one.

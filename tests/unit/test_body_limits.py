@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from flask import Flask
 
@@ -28,3 +30,10 @@ def test_the_json_api_refuses_an_oversized_body(app: Flask) -> None:
 def test_a_body_within_the_limit_is_still_served(app: Flask) -> None:
     answer = app.test_client().post("/cns/HttpMsgDispatcher", data=b"<not-cns/>", content_type="text/xml")
     assert answer.status_code != 413
+
+
+def test_a_chunked_body_past_the_limit_is_413_not_a_truncated_parse(app: Flask) -> None:
+    # No Content-Length (a chunked upload, the server has de-chunked it): the limit is found while reading.
+    answer = app.test_client().post("/cns/HttpMsgDispatcher", input_stream=io.BytesIO(b"<" * TOO_BIG),
+                                    content_type="text/xml", environ_overrides={"wsgi.input_terminated": True})
+    assert answer.status_code == 413
