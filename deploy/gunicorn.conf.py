@@ -32,6 +32,10 @@ except ListenerBindError as exc:
     sys.stderr.write(f"pnp-integrated: {exc}\n")
     sys.exit(2)
 
+# What the node creates (database, metrics files, certificates, secrets) is readable by its owner only, also when
+# gunicorn is started directly rather than by `pnpp run`.
+os.umask(0o077)
+
 # Request histograms of all workers are summed through prometheus_client's multiprocess mode.
 _metrics_dir = settings.data_dir.resolve() / "run" / "prometheus"
 shutil.rmtree(_metrics_dir, ignore_errors=True)

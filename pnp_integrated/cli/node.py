@@ -17,6 +17,8 @@ from ..children import die_with_parent
 from ..config import DIFFERENT_IP_REFUSAL, ConfigError, Settings, load_settings
 from .common import GUNICORN_CONF, PROJECT_ROOT, app_or_exit, database_error_text, fail, settings_or_exit
 
+NODE_UMASK = 0o077  # files 0600, directories 0700
+
 
 # ---- run ----------------------------------------------------------------------------------------------------------
 @click.command()
@@ -27,6 +29,8 @@ from .common import GUNICORN_CONF, PROJECT_ROOT, app_or_exit, database_error_tex
               help="one line per event as text or JSON (default: PNP_LOG_FORMAT, text)")
 def run(workers: int | None, broker: str, log_format: str | None) -> None:
     """Start the whole single node in the foreground (migrations applied first)."""
+    # Everything the node and its children create (database, Prime's stores, certificates, secrets) is its own only.
+    os.umask(NODE_UMASK)
     if workers is not None:
         os.environ["PNP_WORKERS"] = str(workers)
     if log_format is not None:

@@ -195,3 +195,17 @@ def test_a_prime_port_held_by_another_process_stops_the_node_naming_it(tmp_path:
     assert result.returncode == 2
     assert f"port {settings['broker_port']} (PNP_BROKER_PORT) is held by pid {os.getpid()}" in result.stdout
     assert "Traceback" not in result.stdout
+
+
+def test_what_a_node_creates_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "node")
+    try:
+        data = node.data_dir
+        created = [data, data / "pnp.sqlite3", data / "certs", data / "prime", data / "prime" / "events.sqlite3",
+                   data / "prime" / "broker.sqlite3", data / "secrets" / "broker-credentials.json"]
+        created += sorted((data / "certs").glob("*.pem"))
+        for path in created:
+            assert path.exists(), path
+            assert path.stat().st_mode & 0o077 == 0, f"{path} is {oct(path.stat().st_mode & 0o777)}"
+    finally:
+        node.stop()
