@@ -62,6 +62,8 @@ def parse_xml(body: bytes) -> Document:
         raise XmlRefused(f"XML refused: {type(exc).__name__} (DTDs and entities are not accepted)") from None
     except ET.ParseError as exc:
         raise XmlRefused(f"the body is not well-formed XML ({exc})") from None
+    except LookupError as exc:  # an XML declaration naming an encoding Python does not know
+        raise XmlRefused(f"the XML declaration names an unknown encoding ({exc})") from None
     text: dict[str, str] = {}
     for element in root.iter():
         if element is not root and len(element) == 0:
