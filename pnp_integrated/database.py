@@ -229,19 +229,24 @@ MIGRATION_LOCK_KEY = 0x504E50
 ADMISSION_LOCK_CLASS = 0x504E51
 
 
-def admission_turn(port: int, near_capacity: Callable[[], bool]) -> None:
+def admission_turn(port: int, near_capacity: Callable[[], bool]) -> bool:
     """Make the current transaction the only one admitting a CNS device to ``port``, when that matters.
 
-    PostgreSQL: while ``near_capacity()`` says the admissions that may be in flight could take the port past its
-    capacity, a transaction-scoped advisory lock per port (released at commit or rollback) makes them take turns, so
-    the count each one takes includes every admission before it. Far from capacity no turn is needed and none is
-    taken: waiting for one would only slow a returning fleet down. SQLite needs nothing: the admission's first
-    statement is its insert, which takes the database's one write lock, so what it counts next includes every
-    admission committed before it and none can commit meanwhile.
+    Returns whether the admission must still count the port's live sessions after its insert: ``False`` only where
+    ``near_capacity()`` has just shown that every admission that may be in flight fits, so a second count would only
+    cost a round trip on the hot path of a returning fleet.
+
+    PostgreSQL: near capacity, a transaction-scoped advisory lock per port (released at commit or rollback) makes
+    admissions take turns, so the count each one takes includes every admission before it; far from capacity no turn
+    is taken. SQLite: nothing to do here; the admission's first statement is its insert, which takes the database's
+    one write lock, so what it counts next includes every admission committed before it and none can commit meanwhile.
     """
-    if db.engine.dialect.name == "postgresql" and near_capacity():
-        db.session.execute(text("SELECT pg_advisory_xact_lock(:cls, :port)"),
-                           {"cls": ADMISSION_LOCK_CLASS, "port": port})
+    if db.engine.dialect.name != "postgresql":
+        return True
+    if not near_capacity():
+        return False
+    db.session.execute(text("SELECT pg_advisory_xact_lock(:cls, :port)"), {"cls": ADMISSION_LOCK_CLASS, "port": port})
+    return True
 
 
 @contextmanager

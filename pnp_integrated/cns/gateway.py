@@ -280,8 +280,8 @@ class GatewayConnection:
         """
         settings = self.settings
         with self.app.app_context():
-            admission_turn(self.port, lambda: self._live_on_port() + self.settings.workers * ADMISSION_SLOTS
-                           > self.settings.cns_port_capacity)
+            must_count = admission_turn(self.port, lambda: self._live_on_port() + settings.workers * ADMISSION_SLOTS
+                                        > settings.cns_port_capacity)
             row = DeviceSession(device_key=hello.device_id, protocol="cns", node=settings.node_name,
                                 worker_pid=self.worker.pid, port=self.port, tls=self.tls, address=self.address,
                                 subjects=[])
@@ -292,7 +292,7 @@ class GatewayConnection:
                 DeviceSession.node == settings.node_name, DeviceSession.protocol == "cns",
                 DeviceSession.id < row.id)))
             close_sessions(older, "replaced by a newer session")
-            if self._live_on_port() > settings.cns_port_capacity:  # this row included, the ones it replaces not
+            if must_count and self._live_on_port() > settings.cns_port_capacity:  # this row in, the replaced out
                 db.session.rollback()
                 self.token = ""
                 self.send(busy(BUSY_RETRY_AFTER, f"port {self.port} is at capacity"))
