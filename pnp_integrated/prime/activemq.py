@@ -17,6 +17,7 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from ..config import Settings, tls_floor
+from ..credentials import write_secret
 from ..tls import ensure_certificates
 from .accounts import AccountError, AccountStore, accounts_path
 
@@ -85,9 +86,7 @@ def _stores(settings: Settings, where: ActiveMQLayout) -> str:
         password = where.password_file.read_text().strip()
     else:
         password = secrets.token_urlsafe(18)
-        fd = os.open(where.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(password)
+        write_secret(where.password_file, password)
     newest_cert = max(p.stat().st_mtime for p in (certs.cert, certs.key, certs.ca))
     fresh = all(p.exists() and p.stat().st_mtime >= newest_cert for p in (where.keystore, where.truststore))
     if fresh:
@@ -173,9 +172,7 @@ def prepare(settings: Settings) -> ActiveMQLayout:
         text = render_config(settings, where, password)
     except AccountError as exc:
         raise ActiveMQError(str(exc)) from exc
-    fd = os.open(where.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    write_secret(where.config_file, text)  # it holds the store password and the accounts' passcodes
     return where
 
 
