@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,11 @@ RETRY_AFTER_SECONDS = 10  # what a device refused while the node is PASSIVE is t
 # ... while the VIP is already here and the node is taking the leader lease over: it is ACTIVE within a second, and
 # a device told to wait 10 s then would come back long after every other one.
 TAKING_OVER_RETRY_AFTER_SECONDS = 2
+# How long a device that arrives while the node is taking over is held for the lease instead of being sent away: the
+# lease is takeable at most HA_STALE_AFTER (3 s) after the dead holder's last renewal, and the VIP itself moves about
+# 3 s after a death, so the wait is a fraction of a second, where a refusal costs the device its Retry-After.
+TAKING_OVER_HOLD_SECONDS = 2.0
+TAKING_OVER_POLL_SECONDS = 0.05
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +111,22 @@ def node_role(app: Flask | None = None) -> NodeRole:
     return gateway_state(app).role
 
 
-def accepting_devices(app: Flask | None = None) -> bool:
+def accepting_devices(app: Flask | None = None, *, hold: float = 0.0) -> bool:
     """Whether this node serves devices right now (ACTIVE). Protocol adapters refuse new sessions when False.
 
     The lease expiry is re-checked at every call, so a node whose leader vanished stops accepting without waiting
-    for the next round of its leader loop.
+    for the next round of its leader loop. ``hold``: while the node is taking over (the VIP here, the lease not yet
+    taken), wait up to that many seconds for it to turn ACTIVE (a cooperative sleep in a gevent worker).
     """
-    return node_role(app).evaluate(utcnow()) == "ACTIVE"
+    role = node_role(app)
+    if role.evaluate(utcnow()) == "ACTIVE":
+        return True
+    deadline = time.monotonic() + hold
+    while role.vip_ok and time.monotonic() < deadline:
+        time.sleep(TAKING_OVER_POLL_SECONDS)
+        if role.evaluate(utcnow()) == "ACTIVE":
+            return True
+    return False
 
 
 def retry_after(app: Flask | None = None) -> int:

@@ -25,7 +25,7 @@ from flask import Flask, current_app
 from sqlalchemy import bindparam, select, update
 
 from ..config import Settings
-from ..context import accepting_devices, gateway_state
+from ..context import TAKING_OVER_HOLD_SECONDS, accepting_devices, gateway_state
 from ..models import DeviceSession, db, utcnow
 from ..outbox import record_event
 
@@ -75,8 +75,11 @@ def _short_path(path: Path) -> Iterator[str]:
 
 
 def node_is_passive(app: Flask) -> bool:
-    """Whether this node must refuse device sessions (HA standby); without HA the node is always active."""
-    return not accepting_devices(app)
+    """Whether this node must refuse device sessions (HA standby); without HA the node is always active.
+
+    A node taking over holds the device for its lease (``TAKING_OVER_HOLD_SECONDS``) before saying so.
+    """
+    return not accepting_devices(app, hold=TAKING_OVER_HOLD_SECONDS)
 
 
 def close_sessions(rows: list[DeviceSession], reason: str) -> None:

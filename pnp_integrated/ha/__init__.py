@@ -19,7 +19,7 @@ from typing import Any
 from flask import Flask, Response, request
 
 from ..config import Settings
-from ..context import NodeRole, accepting_devices, gateway_state, node_role, retry_after
+from ..context import TAKING_OVER_HOLD_SECONDS, NodeRole, accepting_devices, gateway_state, node_role, retry_after
 from ..healthcheck import ask_health
 from .vip import VipFollower, vip_can_move, vip_is_local
 
@@ -70,7 +70,7 @@ def initial_role(settings: Settings, measure: bool = True) -> NodeRole:
 # ---- per-app wiring ---------------------------------------------------------------------------------------------
 def refuse_devices_when_passive() -> Response | None:
     """``before_request`` hook: HTTP device endpoints answer 503 with Retry-After while the node is PASSIVE."""
-    if not request.path.startswith(DEVICE_PATHS) or accepting_devices():
+    if not request.path.startswith(DEVICE_PATHS) or accepting_devices(hold=TAKING_OVER_HOLD_SECONDS):
         return None
     role = node_role()
     seconds = retry_after()

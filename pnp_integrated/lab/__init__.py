@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -296,11 +297,11 @@ class HaLab:
     def kill_node(self, name: str, unplug: bool = True) -> None:
         """A hard crash: SIGKILL every process in the node's namespace; ``unplug`` also takes its link down."""
         node = self.plan.node(name)
-        self._kill_namespace(node.namespace)
+        # Unplugged while frozen, before the kill: a machine that loses power sends nothing, but the kernel of a
+        # killed process closes its sockets and a FIN or RST would tell every device at once (on a live cable).
+        self._kill_namespace(node.namespace, while_frozen=(lambda: self.set_link(name, False)) if unplug else None)
         node.pid = node.keepalived_pid = 0
         self.save()
-        if unplug:
-            self.set_link(name, False)
 
     def stop_node(self, name: str, timeout: float = 30.0) -> None:
         """SIGTERM the node's ``pnpp run`` (gateway drains, Prime stops) and wait for it."""
@@ -317,12 +318,13 @@ class HaLab:
         node.pid = 0
         self.save()
 
-    def _kill_namespace(self, namespace: str, only_pids_of: tuple[str, ...] = ()) -> None:
+    def _kill_namespace(self, namespace: str, only_pids_of: tuple[str, ...] = (),
+                        while_frozen: Callable[[], None] | None = None) -> None:
         """SIGKILL the namespace's processes (those whose command line has a word of ``only_pids_of``, if given).
 
-        All are stopped first, then killed: killed one by one, the survivors would see the others die and react (a
-        keepalived child whose parent died shuts down cleanly, removing the VIP and telling its peer at once), which
-        a machine that loses power never does.
+        All are stopped first (then ``while_frozen`` runs), then killed: killed one by one, the survivors would see
+        the others die and react (a keepalived child whose parent died shuts down cleanly, removing the VIP and
+        telling its peer at once), which a machine that loses power never does.
         """
         pids = []
         for text in run("ip", "netns", "pids", namespace, check=False).stdout.split():
@@ -341,6 +343,8 @@ class HaLab:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
+            if sig == signal.SIGSTOP and while_frozen is not None:
+                while_frozen()
 
     def devices_env(self) -> dict[str, str]:
         """The environment of pnpp commands run in the devices namespace: the VIP, and the shared database."""

@@ -286,6 +286,35 @@ def test_passive_node_refuses_with_503(node: CnsNode) -> None:
             assert link.closed_by_peer()
 
 
+def test_node_taking_over_holds_a_device_for_its_lease_then_serves_it(node: CnsNode) -> None:
+    import dataclasses
+    import datetime as dt
+
+    from pnp_integrated.context import NodeRole
+    from pnp_integrated.models import utcnow
+
+    in_ha = dataclasses.replace(node.settings, ha_mode="vip")
+
+    def taking_over() -> None:
+        """The VIP has arrived, the lease follows 0.3 s later: a refusal now would cost the device its Retry-After."""
+        role = gateway_state(node.app).role = NodeRole(settings=in_ha, vip_ok=True, state="PASSIVE")
+
+        def lease_taken() -> None:
+            time.sleep(0.3)
+            role.lease_node, role.lease_expires = in_ha.node_name, utcnow() + dt.timedelta(seconds=60)
+
+        threading.Thread(target=lease_taken, daemon=True).start()
+
+    taking_over()
+    answer = dispatch(HOST, node.settings.dispatcher_plain_port, "TAKEOVER-D")
+    assert answer.command == "REDIRECT"
+    taking_over()
+    link, welcome = connect(HOST, node.plain[0], "TAKEOVER-G")
+    with link:
+        assert welcome.command == "WELCOME"
+    assert "TAKEOVER-G" in [e["device"]["id"] for e in node.outbox("device.connected")]
+
+
 # ---- framing errors and limits ------------------------------------------------------------------------------
 @pytest.mark.parametrize("wire", [b"GET / HTTP/1.1\r\n\r\n", b"CNS/1 FROB\n\n", b"CNS/1 HELLO\nno colon\n\n"])
 def test_garbage_is_400_and_closed(node: CnsNode, wire: bytes) -> None:
