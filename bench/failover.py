@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,11 +131,22 @@ def held_sessions(events: list[Path]) -> dict[str, tuple[str, float]]:
     return state
 
 
+def event_lines(events: list[Path]) -> list[list[str]]:
+    """Every line of the holders' event files, split: ``what serial time [why]``."""
+    return [line.split() for path in events if path.exists() for line in path.read_text().splitlines()]
+
+
 def first_loss(events: list[Path], killed: float) -> float | None:
     """When the first held session was found dead after the kill (the devices' keepalive decides when)."""
-    downs = [at for path in events if path.exists() for line in path.read_text().splitlines()
-             for what, _serial, at in [line.split()] if what == "down" and float(at) > killed]
-    return min(map(float, downs)) if downs else None
+    downs = [float(parts[2]) for parts in event_lines(events)
+             if parts[0] == "down" and float(parts[2]) > killed]
+    return min(downs) if downs else None
+
+
+def refusals(events: list[Path], killed: float) -> Counter[str]:
+    """Why devices failed to get a session back after the kill: BUSY, ERROR-503, TimeoutError ... and how often."""
+    return Counter(parts[3] for parts in event_lines(events)
+                   if parts[0] == "retry" and len(parts) == 4 and float(parts[2]) > killed)
 
 
 def sessions_back(events: list[Path], killed: float, count: int, timeout: float) -> tuple[float | None, int]:
@@ -252,6 +264,9 @@ def main() -> None:
             print(f"{name:<34}{value:>16}  {target:<20}{'' if met is None else 'yes' if met else 'NO'}")
         print(f"\ngateway CPU per re-established session (standby node, all its workers, the mixed fleet included): "
               f"{cpu_per_session * 1000:.1f} ms; {os.cpu_count()} cores shared with PostgreSQL and the devices")
+        sent_away = refusals(events, killed)
+        print("attempts that failed after the kill: " + (", ".join(f"{why} {n}" for why, n in sent_away.most_common())
+                                                          or "none"))
         print(f"mover {args.mover}, keepalive of the holding devices {args.keepalive:g}s, "
               f"fleet exit code {fleet.returncode}; lab in {root}")
         print(json.dumps({"to_active": to_active, "outage_cns": prober.outage("cns", killed),

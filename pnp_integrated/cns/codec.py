@@ -39,9 +39,10 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from .. import framing
+from ..framing import LF, FrameBuffer, FramingError, body_length
+
 PROTOCOL = "CNS/1"
-LF = b"\n"
-CR = b"\r"
 
 # Frames a device sends to the gateway, and frames the gateway sends to a device (cns-wire.md section 3).
 DEVICE_COMMANDS = frozenset({"HELLO", "SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH", "PING", "BYE"})
@@ -55,7 +56,6 @@ _NAME = re.compile(rb"[A-Za-z0-9-]+")
 _NAME_STR = re.compile(r"[A-Za-z0-9-]+")
 # Printable: no C0 controls (tab aside) and no DEL; CR and LF can never appear inside a line anyway.
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_DIGITS = re.compile(rb"[0-9]+")
 
 
 class CnsProtocolError(ValueError):
@@ -77,12 +77,8 @@ CLOSED = Sentinel.CLOSED
 
 
 @dataclass(frozen=True)
-class Frame:
+class Frame(framing.Frame):
     """One CNS-W1 frame. ``headers`` keeps order, case and repeats; look-ups ignore case."""
-
-    command: str
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``default``."""
@@ -98,8 +94,7 @@ Event = Frame | Sentinel
 
 def make_frame(command: str, headers: dict[str, str] | None = None, body: bytes | str = b"") -> Frame:
     """A frame from a header dict; ``str`` bodies are UTF-8 encoded."""
-    data = body.encode() if isinstance(body, str) else body
-    return Frame(command, tuple((headers or {}).items()), data)
+    return framing.frame_of(Frame, command, headers, body)
 
 
 def error_frame(code: int, message: str, **extra: str) -> Frame:
@@ -149,29 +144,20 @@ class FrameReader:
         self.accept = accept
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
-        self._buf = bytearray()
-        self._eof = False
+        self._buffer = FrameBuffer()
         self._error: CnsProtocolError | None = None
-        # head state
-        self._lines: list[bytes] = []
-        self._head_bytes = 0
-        # body state: (command, headers) once the head is parsed, with the body length still to read
+        # (command, headers) once a head is parsed, with the length of the body still to read
         self._head: tuple[str, tuple[tuple[str, str], ...]] | None = None
         self._body_length = 0
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; ``b""`` means the peer closed its side."""
-        if data:
-            if self._eof:
-                raise RuntimeError("data received after end of stream")
-            self._buf += data
-        else:
-            self._eof = True
+        self._buffer.receive_data(data)
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet turned into frames."""
-        return len(self._buf)
+        return len(self._buffer)
 
     def next_event(self) -> Event:
         """The next complete frame, :data:`NEED_DATA` or :data:`CLOSED`; raises :class:`CnsProtocolError`."""
@@ -179,59 +165,38 @@ class FrameReader:
             raise self._error
         try:
             event = self._next()
+        except FramingError as exc:
+            self._error = CnsProtocolError(413 if exc.too_large else 400, exc.message)
         except CnsProtocolError as exc:
             self._error = exc
-            self._buf.clear()
-            raise
-        return event
+        else:
+            return event
+        self._buffer.clear()
+        raise self._error
 
     # ---- internals ------------------------------------------------------------------------------------------
     def _next(self) -> Event:
         if self._head is None:
-            head = self._read_head()
-            if head is None:
+            while self._buffer.take_line_end():
+                pass  # blank lines between frames
+            lines = self._buffer.take_head(self.max_header_bytes)
+            if lines is None:
                 return self._starved()
-            self._head = head
-        if len(self._buf) < self._body_length:
+            self._head = self._parse_head(lines)
+        if len(self._buffer) < self._body_length:
             return self._starved()
         command, headers = self._head
-        body = bytes(self._buf[: self._body_length])
-        del self._buf[: self._body_length]
+        body = self._buffer.take(self._body_length)
         self._head = None
         self._body_length = 0
         return Frame(command, headers, body)
 
     def _starved(self) -> Event:
-        if not self._eof:
+        if not self._buffer.eof:
             return NEED_DATA
-        if self._head is None and not self._lines and not self._buf:
+        if self._head is None and not self._buffer:
             return CLOSED
         raise CnsProtocolError(400, "connection closed in the middle of a frame")
-
-    def _read_head(self) -> tuple[str, tuple[tuple[str, str], ...]] | None:
-        """Consume complete lines; the parsed head once its empty line arrived, else ``None``."""
-        while True:
-            end = self._buf.find(LF)
-            if end < 0:
-                # A partial line already over the limit can only grow: refuse it now.
-                if self._head_bytes + len(self._buf) > self.max_header_bytes:
-                    raise CnsProtocolError(413, f"frame head exceeds {self.max_header_bytes} octets")
-                return None
-            raw = bytes(self._buf[: end + 1])
-            del self._buf[: end + 1]
-            line = raw[:-1]
-            if line.endswith(CR):
-                line = line[:-1]
-            if not line:
-                if not self._lines:
-                    continue  # blank line between frames
-                lines = self._lines
-                self._lines, self._head_bytes = [], 0
-                return self._parse_head(lines)
-            self._head_bytes += len(raw)
-            if self._head_bytes > self.max_header_bytes:
-                raise CnsProtocolError(413, f"frame head exceeds {self.max_header_bytes} octets")
-            self._lines.append(line)
 
     def _parse_head(self, lines: list[bytes]) -> tuple[str, tuple[tuple[str, str], ...]]:
         start = _text(lines[0], "start line")
@@ -249,24 +214,14 @@ class FrameReader:
             text = _text(value, f"header {name[:64].decode('ascii')}").strip(" ")
             key = name.decode("ascii")
             if key.lower() == "content-length":
-                length = self._content_length(text, length)
+                given = body_length(text, self.max_body_bytes)
+                if length is not None and given != length:
+                    raise CnsProtocolError(400, "conflicting Content-Length headers")
+                length = given
                 continue
             headers.append((key, text))
         self._body_length = length or 0
         return command, tuple(headers)
-
-    def _content_length(self, text: str, previous: int | None) -> int:
-        if not _DIGITS.fullmatch(text.encode()):
-            raise CnsProtocolError(400, f"Content-Length {text[:32]!r} is not a number of octets")
-        digits = text.lstrip("0")
-        if len(digits) > len(str(self.max_body_bytes)):
-            raise CnsProtocolError(413, f"body of {text[:32]} octets exceeds {self.max_body_bytes}")
-        length = int(digits or "0")
-        if previous is not None and previous != length:
-            raise CnsProtocolError(400, "conflicting Content-Length headers")
-        if length > self.max_body_bytes:
-            raise CnsProtocolError(413, f"body of {length} octets exceeds {self.max_body_bytes}")
-        return length
 
 
 def _text(raw: bytes, what: str) -> str:

@@ -42,15 +42,17 @@ class GatewayLost(Exception):
     ``retry_after``: the seconds the gateway asked for (BUSY and ERROR 503 carry Retry-After); 0 when it said none.
     """
 
-    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+    def __init__(self, message: str, retry_after: float = 0.0, short: str = "lost") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.short = short  # one word for tallies: BUSY, ERROR-503, ...
 
     @classmethod
     def answered(cls, who: str, frame: Frame) -> GatewayLost:
         """``who`` (dispatcher, gateway) answered ``frame`` (BUSY, ERROR ...) instead of what the device wanted."""
-        return cls(f"{who} answered {frame.command} {frame.get('Code', '')} {frame.get('Message', '')}".rstrip(),
-                   retry_after_seconds(frame.get("Retry-After")))
+        code = frame.get("Code", "")
+        return cls(f"{who} answered {frame.command} {code} {frame.get('Message', '')}".rstrip(),
+                   retry_after_seconds(frame.get("Retry-After")), f"{frame.command}-{code}" if code else frame.command)
 
 
 @dataclass

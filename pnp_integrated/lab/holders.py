@@ -8,7 +8,8 @@ Each device goes dispatcher -> REDIRECT -> gateway port -> HELLO -> WELCOME and 
 every ``--keepalive`` seconds as the CNS agent does; a session that is reset, refused or unanswered for three
 keepalives is replaced through the dispatcher after a short jittered back-off (after about the Retry-After the gateway
 gave with a BUSY or ERROR). Every session that comes up or goes down is written to ``--events`` as
-``up|down <serial> <unix time>``. One process holds at most about 19,000 sockets.
+``up|down <serial> <unix time>``, and every failed attempt to get one as ``retry <serial> <unix time> <why>`` (what the
+gateway answered, or the socket error). One process holds at most about 19,000 sockets.
 """
 
 import argparse
@@ -34,8 +35,8 @@ class EventLog:
         self.out = out
         self.lines: list[str] = []
 
-    def note(self, what: str, serial: str) -> None:
-        self.lines.append(f"{what} {serial} {time.time():.3f}\n")
+    def note(self, what: str, serial: str, why: str = "") -> None:
+        self.lines.append(f"{what} {serial} {time.time():.3f}{' ' + why if why else ''}\n")
 
     def flush(self) -> None:
         if self.lines:
@@ -78,8 +79,11 @@ def hold(serial: str, host: str, dispatcher_port: int, tls: bool, keepalive: flo
                     link.send(make_frame("PING", {}))
         except GatewayLost as exc:
             wait = exc.retry_after  # as the gateway said (CNS-W1 BUSY and ERROR 503 carry Retry-After)
-        except (OSError, LinkClosed, CnsProtocolError):
-            pass
+            if not up:
+                events.note("retry", serial, exc.short)
+        except (OSError, LinkClosed, CnsProtocolError) as exc:
+            if not up:
+                events.note("retry", serial, type(exc).__name__)
         finally:
             if up:
                 events.note("down", serial)

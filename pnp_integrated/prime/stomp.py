@@ -23,8 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .. import framing
+from ..framing import LF, FrameBuffer, FramingError, body_length
+
 NUL = b"\x00"
-LF = b"\n"
 
 # Frames whose header values are sent verbatim (backwards compatibility with STOMP 1.0, spec 1.2).
 UNESCAPED_COMMANDS = frozenset({"CONNECT", "CONNECTED"})
@@ -51,33 +53,14 @@ class Heartbeat(Enum):
 HEARTBEAT = Heartbeat.EOL
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One STOMP frame. ``headers`` keeps order and repeats; :meth:`get` applies the first-one-wins rule."""
-
-    command: str
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        """The first value of header ``name`` (STOMP 1.2: repeated headers, the first wins)."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return default
-
-    def header_dict(self) -> dict[str, str]:
-        """Headers as a dict, first value of each name."""
-        out: dict[str, str] = {}
-        for key, value in self.headers:
-            out.setdefault(key, value)
-        return out
+class Frame(framing.Frame):
+    """One STOMP frame. ``headers`` keeps order and repeats; :meth:`get` applies the first-one-wins rule (spec 1.2),
+    with header names matched exactly."""
 
 
 def make_frame(command: str, headers: dict[str, str] | None = None, body: bytes | str = b"") -> Frame:
     """A frame from a header dict; ``str`` bodies are UTF-8 encoded."""
-    data = body.encode() if isinstance(body, str) else body
-    return Frame(command, tuple((headers or {}).items()), data)
+    return framing.frame_of(Frame, command, headers, body)
 
 
 @dataclass(frozen=True)
@@ -163,76 +146,63 @@ class FrameParser:
 
     limits: Limits = field(default_factory=Limits)
     commands: frozenset[str] = CLIENT_COMMANDS | SERVER_COMMANDS
-    _buf: bytearray = field(default_factory=bytearray)
+    _buffer: FrameBuffer = field(default_factory=FrameBuffer)
     _state: _State = _State.IDLE
     _pending: tuple[str, tuple[tuple[str, str], ...], int | None] | None = None
     _scan_from: int = 0  # where to resume looking for NUL in an unbounded body
-    closed: bool = False
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes received from the peer (``b""`` means end of stream)."""
-        if not data:
-            self.closed = True
-        self._buf += data
+        self._buffer.receive_data(data)
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buffer)
 
     def next_event(self) -> Frame | Heartbeat | None:
         """The next complete frame or heart-beat, or ``None`` when more bytes are needed."""
-        if self._state is _State.IDLE:
-            if not self._buf:
-                return None
-            if self._buf[0:1] == LF:
-                del self._buf[0:1]
-                return HEARTBEAT
-            if self._buf[0:2] == b"\r\n":
-                del self._buf[0:2]
-                return HEARTBEAT
-            if self._buf[0:1] == b"\r":
-                if len(self._buf) < 2:
+        try:
+            if self._state is _State.IDLE:
+                if self._buffer.take_line_end():
+                    return HEARTBEAT
+                if self._buffer.data[:1] == b"\r":
+                    if len(self._buffer) < 2:
+                        return None
+                    raise StompProtocolError("stray CR between frames")
+                if not self._read_head():
                     return None
-                raise StompProtocolError("stray CR between frames")
-            if not self._read_head():
-                return None
-        return self._read_body()
+            return self._read_body()
+        except FramingError as exc:
+            raise StompProtocolError(exc.message) from None
 
     def _read_head(self) -> bool:
-        # The header section ends at the first empty line; either EOL style (LF or CRLF) may be used per line.
-        limit = self.limits.max_command_bytes + self.limits.max_header_bytes
-        pos = 0
-        while True:
-            nl = self._buf.find(LF, pos, limit + 2)
-            if nl < 0:
-                if len(self._buf) > limit:
-                    raise StompProtocolError(f"frame headers larger than {self.limits.max_header_bytes} bytes")
-                if pos == 0 and len(self._buf) > self.limits.max_command_bytes:
-                    raise StompProtocolError(f"command longer than {self.limits.max_command_bytes} bytes")
-                if NUL in self._buf:
-                    raise StompProtocolError("frame ended (NUL) before its header section was complete")
-                return False
-            line_end = nl - 1 if nl > pos and self._buf[nl - 1 : nl] == b"\r" else nl
-            if pos > 0 and line_end == pos:
-                break
-            pos = nl + 1
-        head = bytes(self._buf[:pos])
-        del self._buf[: nl + 1]
-        if NUL in head:
+        buf = self._buffer.data
+        if not buf:
+            return False
+        try:
+            lines = self._buffer.take_head(self.limits.max_command_bytes + self.limits.max_header_bytes)
+        except FramingError:
+            raise StompProtocolError(f"frame headers larger than {self.limits.max_header_bytes} bytes") from None
+        if lines is None:
+            if LF not in buf and len(buf) > self.limits.max_command_bytes:
+                raise StompProtocolError(f"command longer than {self.limits.max_command_bytes} bytes")
+            if NUL in buf:
+                raise StompProtocolError("frame ended (NUL) before its header section was complete")
+            return False
+        if any(NUL in line for line in lines):
             raise StompProtocolError("NUL inside the frame headers")
         try:
-            text = head.decode("utf-8")
+            texts = [line.decode("utf-8") for line in lines]
         except UnicodeDecodeError as exc:
             raise StompProtocolError("frame headers are not valid UTF-8") from exc
-        lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")[:-1]]
-        command = lines[0]
+        command = texts[0]
         if command not in self.commands:
             raise StompProtocolError(f"unknown command {command[: self.limits.max_command_bytes]!r}")
-        if len(lines) - 1 > self.limits.max_headers:
+        if len(texts) - 1 > self.limits.max_headers:
             raise StompProtocolError(f"more than {self.limits.max_headers} headers")
         escape = command not in UNESCAPED_COMMANDS
         headers: list[tuple[str, str]] = []
-        for line in lines[1:]:
+        for line in texts[1:]:
             if ":" not in line:
                 raise StompProtocolError(f"header line without a colon: {line[:80]!r}")
             key, value = line.split(":", 1)
@@ -241,13 +211,8 @@ class FrameParser:
             headers.append((key, value))
         length: int | None = None
         for key, value in headers:
-            if key == "content-length":
-                if not value.isdigit():
-                    raise StompProtocolError(f"content-length {value[:40]!r} is not a number of octets")
-                length = int(value)
-                if length > self.limits.max_body_bytes:
-                    limit = self.limits.max_body_bytes
-                    raise StompProtocolError(f"body of {length} bytes exceeds the limit of {limit}")
+            if key == "content-length":  # the first one wins, as for every header
+                length = body_length(value, self.limits.max_body_bytes, header="content-length")
                 break
         self._pending = (command, tuple(headers), length)
         self._state = _State.BODY
@@ -257,24 +222,23 @@ class FrameParser:
     def _read_body(self) -> Frame | None:
         assert self._pending is not None
         command, headers, length = self._pending
+        buf = self._buffer.data
         if length is not None:
-            if len(self._buf) < length + 1:
+            if len(buf) < length + 1:
                 return None
-            if self._buf[length : length + 1] != NUL:
+            if buf[length : length + 1] != NUL:
                 raise StompProtocolError("frame body is not followed by NUL where content-length says it ends")
-            body = bytes(self._buf[:length])
-            del self._buf[: length + 1]
+            body = self._buffer.take(length + 1)[:-1]
         else:
-            nul = self._buf.find(NUL, self._scan_from)
+            nul = buf.find(NUL, self._scan_from)
             if nul < 0:
-                if len(self._buf) > self.limits.max_body_bytes:
+                if len(buf) > self.limits.max_body_bytes:
                     raise StompProtocolError(f"body exceeds the limit of {self.limits.max_body_bytes} bytes")
-                self._scan_from = len(self._buf)
+                self._scan_from = len(buf)
                 return None
             if nul > self.limits.max_body_bytes:
                 raise StompProtocolError(f"body exceeds the limit of {self.limits.max_body_bytes} bytes")
-            body = bytes(self._buf[:nul])
-            del self._buf[: nul + 1]
+            body = self._buffer.take(nul + 1)[:-1]
         self._pending = None
         self._state = _State.IDLE
         return Frame(command, headers, body)

@@ -97,6 +97,7 @@ def test_repeated_header_first_value_wins() -> None:
         (b"BOGUS\n\n\x00", "unknown command"),
         (b"SEND\nno-colon\n\n\x00", "without a colon"),
         (b"SEND\ncontent-length:abc\n\n\x00", "not a number"),
+        (b"SEND\ncontent-length:\xc2\xb2\n\n\x00", "not a number"),  # a digit to str.isdigit, not to int()
         (b"SEND\ncontent-length:2\n\nabc\x00", "not followed by NUL"),
         (b"SEND\ndestination:/q\x00", "NUL"),
         (b"SEND\ncontent-length:99999999\n\n", "exceeds the limit"),
