@@ -330,15 +330,22 @@ def deliver(device_key: str, subject: str, xml: str) -> bool:
 
     ``subject`` is the device-side subject (``cisco.mgmt.cns.config.load``) or its bus form with the Device-Id
     suffix. ``True`` once the DELIVER frame was written to the device; ``False`` when the device has no live session
-    on this node or did not subscribe to the subject. Needs an application context.
+    on this node or did not subscribe to the subject. Needs an application context, with the caller's changes
+    committed: the session row is read in a transaction of its own, ended before any worker or device is talked to
+    (an open transaction would hold a pooled connection and its snapshot for as long as the mailbox takes).
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     settings = gateway_state(app).settings
+    if db.session.new or db.session.dirty or db.session.deleted:
+        raise RuntimeError("deliver() ends its read transaction before talking to a worker: commit your changes first")
     row = db.session.scalars(
         select(DeviceSession).where(DeviceSession.device_key == device_key, DeviceSession.closed_at.is_(None),
                                     DeviceSession.node == settings.node_name, DeviceSession.protocol == "cns")
         .order_by(DeviceSession.id.desc()).limit(1)
     ).first()
+    if row is not None:
+        db.session.expunge(row)  # its values stay as read: nothing reloads it, and so nothing reopens a transaction
+    db.session.commit()  # only the read above is in it
     if row is None:
         return False
     worker: CnsWorker | None = gateway_state(app).cns_worker

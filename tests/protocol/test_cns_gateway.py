@@ -349,7 +349,21 @@ def test_subscribe_maps_subjects_per_device_and_deliver_respects_them(node: CnsN
         row = node.live_rows()[0]
         assert row.subjects == ["cisco.mgmt.cns.config.load.SUB1"] and row.last_frame_at > connected_at
         with other_process.app_context():
-            assert deliver("SUB1", "cisco.mgmt.cns.config.load", "<config-event/>") is True
+            # The other worker is reached through its mailbox with no database transaction of ours held open.
+            import pnp_integrated.cns.worker as cns_worker_module
+
+            real_post, open_during_post = cns_worker_module.post, []
+
+            def watched_post(*args: Any, **kwargs: Any) -> bool | None:
+                open_during_post.append(db.session().in_transaction())
+                return real_post(*args, **kwargs)
+
+            cns_worker_module.post = watched_post  # type: ignore[assignment]
+            try:
+                assert deliver("SUB1", "cisco.mgmt.cns.config.load", "<config-event/>") is True
+            finally:
+                cns_worker_module.post = real_post  # type: ignore[assignment]
+            assert open_during_post == [False]
             assert deliver("SUB1", "cisco.mgmt.cns.exec.cmd", "<exec-cmd-event/>") is False
             assert deliver("NOBODY", "cisco.mgmt.cns.config.load", "<config-event/>") is False
         frame = link.receive()
