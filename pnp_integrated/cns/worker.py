@@ -19,7 +19,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from flask import Flask, current_app
 from sqlalchemy import bindparam, select, update
@@ -28,9 +28,6 @@ from ..config import Settings
 from ..context import TAKING_OVER_HOLD_SECONDS, accepting_devices, gateway_state
 from ..models import DeviceSession, db, utcnow
 from ..outbox import record_event
-
-if TYPE_CHECKING:
-    from .gateway import GatewayConnection
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +46,15 @@ ADMISSION_SLOTS = 16
 # well within its patience (10 s from connecting to WELCOME in the simulators), or it gives up and costs two more
 # TLS handshakes.
 ADMISSION_WAIT_BUSY = 3.0
+
+
+class HeldSession(Protocol):
+    """What the worker needs of a live connection (a :class:`.gateway.GatewayConnection`): the gateway module
+    builds on this one, so it is named by its behaviour, not imported."""
+
+    def end(self, code: int, message: str) -> None: ...
+
+    def push(self, subject: str, xml: str) -> bool: ...
 
 
 def run_dir(settings: Settings) -> Path:
@@ -135,7 +141,7 @@ class CnsWorker:
         self.app = app
         self.settings: Settings = gateway_state(app).settings
         self.pid = os.getpid()
-        self.connections: dict[str, GatewayConnection] = {}
+        self.connections: dict[str, HeldSession] = {}
         self._mailbox: Any = None
         self._active: set[str] = set()  # tokens with a frame since the last activity flush
         self._subjects: dict[str, list[str]] = {}  # tokens whose subscriptions changed since then
