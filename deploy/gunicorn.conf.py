@@ -23,6 +23,7 @@ except ConfigError as exc:
 
 from pnp_integrated.listeners import ListenerBindError
 from pnp_integrated.runtime import http_bind_socket, probe_ports_free
+from pnp_integrated.storage import metrics_files_dir, prune_metrics_files
 
 try:
     probe_ports_free(settings)
@@ -36,8 +37,9 @@ except ListenerBindError as exc:
 # gunicorn is started directly rather than by `pnpp run`.
 os.umask(0o077)
 
-# Request histograms of all workers are summed through prometheus_client's multiprocess mode.
-_metrics_dir = settings.data_dir.resolve() / "run" / "prometheus"
+# Request histograms of all workers are summed through prometheus_client's multiprocess mode, in files kept in
+# memory where the host allows (see storage.metrics_files_dir: on a full data disk they would kill every worker).
+_metrics_dir = metrics_files_dir(settings)
 shutil.rmtree(_metrics_dir, ignore_errors=True)
 _metrics_dir.mkdir(parents=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
@@ -75,3 +77,8 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    prune_metrics_files(_metrics_dir, set(server.WORKERS) - {worker.pid})
+
+
+def on_exit(server):
+    shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -78,6 +78,9 @@ class Settings:
     broker_credentials_file: str = ""
     # The simulated Prime's broker closes a client that agreed no heart-beats and sent nothing for this long.
     broker_idle_timeout: float = 120.0
+    # Below this much free space where the node writes, it takes no new device work (503 / BUSY, a DOWN Disk row);
+    # 0 turns the check off.
+    disk_min_free_mb: int = 256
 
     # ---- derived values -------------------------------------------------------------------------------------
     @property
@@ -305,6 +308,8 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
     for name in ("cns_port_capacity", "workers"):
         if getattr(s, name) < 1:
             bad(name, "must be at least 1")
+    if s.disk_min_free_mb < 0:
+        bad("disk_min_free_mb", "must be a number of MiB, 0 or more (0 turns the free-space check off)")
     if s.cns_max_header_bytes < 256:
         bad("cns_max_header_bytes", "must be at least 256")
     if s.cns_max_body_bytes < 1024 or s.http_max_body_bytes < 1024:

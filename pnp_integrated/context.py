@@ -89,6 +89,7 @@ class GatewayState:
     leader: Any = None  # bus.leader.LeaderLoop of this process, while it runs
     lease_engine: Any = None  # bus.lease: the PostgreSQL engine of lease calls, made after the fork
     listening_scan: Any = None  # status.ListeningScan: the last reading of the node's listening sockets
+    disk: Any = None  # storage.DiskWatch: this worker's last reading of the node's free space
 
 
 def gateway_state(app: Flask | None = None) -> GatewayState:

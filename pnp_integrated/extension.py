@@ -60,6 +60,7 @@ class PnPGateway:
         db.init_app(app)
         migrate = Migrate(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True, compare_type=True)
         from .ha import initial_role, refuse_devices_when_passive
+        from .storage import refuse_devices_when_disk_low
 
         state = GatewayState(settings=settings, certs=certs, role=initial_role(settings, measure=False),
                              migrate=migrate)
@@ -67,6 +68,7 @@ class PnPGateway:
             state.write_turn = SQLiteWriteTurn(settings.data_dir / "db-write.lock")
         app.extensions[EXTENSION_KEY] = state
         app.before_request(refuse_devices_when_passive)  # HTTP device requests get 503 while PASSIVE
+        app.before_request(refuse_devices_when_disk_low)  # ... and while the disk is nearly full
 
         with app.app_context():
             if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):

@@ -100,6 +100,7 @@ def build_status(settings: Settings, *, cached_ports: bool = False) -> dict[str,
     from flask import current_app
 
     from .bus.state import status_rows as broker_rows
+    from .storage import disk_status_rows
 
     state = gateway_state(current_app)
     if state.listening_scan is None:
@@ -123,6 +124,7 @@ def build_status(settings: Settings, *, cached_ports: bool = False) -> dict[str,
     routes = {rule.rule for rule in current_app.url_map.iter_rules()}
     rows = [
         _row("System", "", True, f"pnp-integrated {__version__} on {settings.node_name}, pid {os.getppid()}"),
+        *disk_status_rows(current_app),
         broker["Event Messaging Bus"],
         *port_rows["CNS Gateway Dispatcher"],
         *port_rows["CNS Gateway"],

@@ -12,6 +12,10 @@ from urllib.parse import urlencode
 
 from .config import Settings
 
+# The path prefixes of every HTTP request a device makes (Open PnP, the CNS image agent and config, the image and
+# resource web services): what is refused while the node cannot take device work.
+DEVICE_PATHS = ("/pnp/", "/cns/", "/images/", "/resources/")
+
 
 def url_host(address: str) -> str:
     """An address as the host part of a URL (``[2001:db8::1]`` for IPv6)."""

@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
 from ..models import DeviceSession, db
+from ..storage import DISK_RETRY_AFTER, disk_low
 from .codec import DEVICE_COMMANDS, CnsProtocolError, FrameReader, error_frame
 from .gateway import (
     ADMISSION_RETRY_AFTER,
@@ -124,6 +125,10 @@ class Dispatcher:
         assert isinstance(decision, Admit)
         if node_is_passive(self.app):
             send_frame(sock, refusal(Refuse(503, "node is passive (standby); retry later"), retry_after(self.app)))
+            return
+        full = disk_low(self.app)
+        if full is not None:
+            send_frame(sock, busy(DISK_RETRY_AFTER, f"gateway cannot take devices now: {full.describe()}"))
             return
         worker = cns_worker(self.app)
         wait = worker.admission_slots.expected_wait()

@@ -25,6 +25,7 @@ from ..context import retry_after
 from ..database import admission_turn
 from ..models import DeviceSession, db
 from ..outbox import record_event
+from ..storage import DISK_RETRY_AFTER, disk_low
 from . import provision
 from .codec import CLOSED, DEVICE_COMMANDS, NEED_DATA, CnsProtocolError, Frame, FrameReader, error_frame, serialize
 from .messages import CONFIG_LOAD, EXEC_CMD
@@ -249,6 +250,10 @@ class GatewayConnection:
         if node_is_passive(self.app):
             self.send(refusal(Refuse(503, "node is passive (standby); retry later"), retry_after(self.app)))
             return "node passive"
+        full = disk_low(self.app)
+        if full is not None:
+            self.send(busy(DISK_RETRY_AFTER, f"gateway cannot take devices now: {full.describe()}"))
+            return "disk nearly full"
         # A bounded number of admissions run at once per worker; the rest wait their turn without using CPU, so a
         # fleet returning after a failover cannot delay the PONGs of held sessions or the leader lease renewal.
         slots = self.worker.admission_slots

@@ -21,12 +21,11 @@ from flask import Flask, Response, request
 from ..config import Settings
 from ..context import TAKING_OVER_HOLD_SECONDS, NodeRole, accepting_devices, gateway_state, node_role, retry_after
 from ..healthcheck import ask_health
+from ..urls import DEVICE_PATHS
 from .vip import VipFollower, vip_can_move, vip_is_local
 
 log = logging.getLogger(__name__)
 
-# HTTP paths devices use (Open PnP, CNS image agent and config, image and resource web services).
-DEVICE_PATHS = ("/pnp/", "/cns/", "/images/", "/resources/")
 # Where no VIP can move, the co-located Prime health monitor is asked this often.
 HEALTH_POLL_SECONDS = 1.0
 
