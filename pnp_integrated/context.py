@@ -88,8 +88,9 @@ class GatewayState:
     cns_worker: Any = None  # cns.worker.CnsWorker of this process (its pid says which)
     leader: Any = None  # bus.leader.LeaderLoop of this process, while it runs
     lease_engine: Any = None  # bus.lease: the PostgreSQL engine of lease calls, made after the fork
-    listening_scan: Any = None  # status.ListeningScan: the last reading of the node's listening sockets
     disk: Any = None  # storage.DiskWatch: this worker's last reading of the node's free space
+    readings: dict[str, Any] = field(default_factory=dict)  # status.SharedReading by name (status, metrics)
+    status_gate: Any = None  # a semaphore: how many /status requests this worker serves at once
 
 
 def gateway_state(app: Flask | None = None) -> GatewayState:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, render_template
+from flask import Blueprint, current_app, jsonify, render_template
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from .context import gateway_state
 from .models import Device, ProvisioningJob, db
 from .version import __version__
 
@@ -27,7 +26,7 @@ def _when(value: Any) -> str:
 
 def dashboard_data() -> dict[str, Any]:
     """Everything the page shows, measured now."""
-    from .status import build_status
+    from .status import current_status
 
     devices = db.session.scalars(select(Device).order_by(Device.last_seen.desc()).limit(ROWS_SHOWN)).all()
     jobs = db.session.scalars(
@@ -35,7 +34,7 @@ def dashboard_data() -> dict[str, Any]:
         .order_by(ProvisioningJob.updated_at.desc()).limit(ROWS_SHOWN)
     ).all()
     data = {
-        "status": build_status(gateway_state().settings, cached_ports=True),
+        "status": current_status(current_app._get_current_object(), max_age=2.0),  # type: ignore[attr-defined]
         "devices": [
             {"serial": d.serial, "pid": d.pid, "protocol": d.protocol, "address": d.address, "state": d.state,
              "last_seen": _when(d.last_seen)}

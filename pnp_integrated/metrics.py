@@ -23,6 +23,7 @@ from .context import gateway_state
 from .models import Device, DeviceSession, OutboxEvent, ProvisioningJob, db
 
 blueprint = Blueprint("metrics", __name__)
+METRICS_MAX_AGE = 2.0  # seconds a scrape may be answered from the last one (Prometheus scrapes every 15 s or so)
 
 REQUEST_SECONDS = Histogram(
     "pnp_http_request_duration_seconds",
@@ -39,7 +40,7 @@ class NodeCollector(Collector):
         self._app = app
 
     def collect(self) -> Iterator[Metric]:
-        from .status import build_status
+        from .status import current_status
 
         settings = gateway_state(self._app).settings
         sessions = GaugeMetricFamily("pnp_sessions", "Live device sessions per port", labels=["port", "transport"])
@@ -68,7 +69,7 @@ class NodeCollector(Collector):
         depth = db.session.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.sent_at.is_(None)))
         yield GaugeMetricFamily("pnp_outbox_depth", "Events waiting to be sent to Prime", value=depth or 0)
 
-        status = build_status(settings, cached_ports=True)
+        status = current_status(self._app, max_age=METRICS_MAX_AGE)
         ha = GaugeMetricFamily("pnp_ha_state", "1 for the gateway's current HA state", labels=["state"])
         for state in ("ACTIVE", "PASSIVE", "REFUSED"):
             ha.add_metric([state], 1 if status.get("state") == state else 0)
@@ -103,9 +104,17 @@ def _registry(app: Flask) -> CollectorRegistry:
 def metrics_view() -> Response:
     from flask import current_app
 
-    body = generate_latest(_registry(current_app._get_current_object()))  # type: ignore[attr-defined]
-    db.session.remove()
-    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+    from .status import shared_reading
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def build() -> bytes:
+        body = generate_latest(_registry(app))
+        db.session.remove()
+        return body
+
+    # Any number of scrapers at once cost one build per METRICS_MAX_AGE in each worker.
+    return Response(shared_reading(app, "metrics").get(build, METRICS_MAX_AGE), mimetype=CONTENT_TYPE_LATEST)
 
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

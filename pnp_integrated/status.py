@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import psutil
-from flask import Blueprint, jsonify
+from flask import Blueprint, Flask, current_app, jsonify
 from sqlalchemy import func, select
 
 from .config import Settings
@@ -35,24 +35,57 @@ def listening_pids() -> dict[int, list[int]]:
     return {port: sorted(pids) for port, pids in out.items()}
 
 
-# The scan walks every socket and every process's descriptors: with thousands of device sessions open it costs tens
-# of milliseconds. /status (an operator asking) reads afresh; /metrics scrapes and dashboard refreshes, which come by
-# themselves every few seconds, take a reading up to 2 s old.
-LISTENING_FRESH_FOR = 2.0
+class SharedReading:
+    """A value at most ``max_age`` seconds old, built by one caller at a time: the others wait for that build and
+    share its result, so a thousand readers at once cost one build, not a thousand.
+
+    Kept per worker in the gateway state (``GatewayState.readings``); the lock is gevent's once the worker is patched.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self._built_at = float("-inf")
+
+    def get(self, build: Callable[[], Any], max_age: float) -> Any:
+        if time.monotonic() - self._built_at < max_age:
+            return self._value
+        with self._lock:
+            if time.monotonic() - self._built_at >= max_age:  # nobody built it while we waited
+                self._value = build()
+                self._built_at = time.monotonic()
+            return self._value
 
 
-@dataclass
-class ListeningScan:
-    """This worker's last :func:`listening_pids` reading (kept in ``app.extensions``)."""
+def shared_reading(app: Flask, name: str) -> SharedReading:
+    readings = gateway_state(app).readings
+    if name not in readings:
+        readings[name] = SharedReading()
+    reading: SharedReading = readings[name]
+    return reading
 
-    read_at: float = float("-inf")
-    ports: dict[int, list[int]] = field(default_factory=dict)
 
-    def read(self, *, fresh_for: float = 0.0) -> dict[int, list[int]]:
-        """A reading at most ``fresh_for`` seconds old (0: a new one)."""
-        if time.monotonic() - self.read_at >= fresh_for:
-            self.ports, self.read_at = listening_pids(), time.monotonic()
-        return self.ports
+# /status answers from a reading at most this old: an operator asking twice a second sees each change within a
+# second, and any number of readers costs one build a second per worker.
+STATUS_MAX_AGE = 1.0
+# Status requests a worker serves at once; the rest get 503 + Retry-After at once rather than queueing up.
+STATUS_AT_ONCE = 64
+
+
+def current_status(app: Flask, max_age: float = STATUS_MAX_AGE) -> dict[str, Any]:
+    """The node's status, shared by every reader of this worker (see :class:`SharedReading`)."""
+    state = gateway_state(app)
+
+    def build() -> dict[str, Any]:
+        with app.app_context():
+            status = build_status(state.settings)
+            db.session.remove()
+            return status
+
+    status: dict[str, Any] = shared_reading(app, "status").get(build, max_age)
+    return status
 
 
 def live_sessions_by_port() -> dict[int, int]:
@@ -95,18 +128,16 @@ def web_service_rows(settings: Settings, pids: dict[int, list[int]], routes: set
     return rows
 
 
-def build_status(settings: Settings, *, cached_ports: bool = False) -> dict[str, Any]:
-    """The node's status, in the row order of Prime's ``pnpp status``; measured now unless ``cached_ports``."""
+def build_status(settings: Settings) -> dict[str, Any]:
+    """The node's status, in the row order of Prime's ``pnpp status``, measured now (readers use
+    :func:`current_status`: the listening-socket scan walks every descriptor of the host, tens of milliseconds with
+    thousands of device sessions)."""
     from flask import current_app
 
     from .bus.state import status_rows as broker_rows
     from .storage import disk_status_rows
 
-    state = gateway_state(current_app)
-    if state.listening_scan is None:
-        state.listening_scan = ListeningScan()
-    scan: ListeningScan = state.listening_scan
-    pids = scan.read(fresh_for=LISTENING_FRESH_FOR if cached_ports else 0.0)
+    pids = listening_pids()
     sessions = live_sessions_by_port()
     broker = {row["service"]: row for row in broker_rows(settings, pids)}
     port_rows: dict[str, list[dict[str, str]]] = defaultdict(list)
@@ -169,6 +200,15 @@ def format_table(status: dict[str, Any]) -> str:
 
 @blueprint.get("/status")
 def status_view() -> Any:
-    status = build_status(gateway_state().settings)
-    db.session.remove()
-    return jsonify(status), 200
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = gateway_state(app)
+    if state.status_gate is None:
+        import threading
+
+        state.status_gate = threading.BoundedSemaphore(STATUS_AT_ONCE)
+    if not state.status_gate.acquire(blocking=False):
+        return jsonify({"error": "too many status requests at once; retry in 1 s"}), 503, {"Retry-After": "1"}
+    try:
+        return jsonify(current_status(app)), 200
+    finally:
+        state.status_gate.release()
