@@ -81,6 +81,12 @@ class Settings:
     # Below this much free space where the node writes, it takes no new device work (503 / BUSY, a DOWN Disk row);
     # 0 turns the check off.
     disk_min_free_mb: int = 256
+    # What one CNS session may PUBLISH (every event is stored and sent to Prime); 0: no limit.
+    cns_publish_per_minute: int = 120
+    cns_publish_bytes_per_minute: int = 8 * 1024 * 1024
+    # Devices never seen before that one source address may introduce per minute (each is a row and a Prime event);
+    # 0: no limit. Loopback sources (this host's own simulators) are not limited.
+    new_devices_per_source_per_minute: int = 300
 
     # ---- derived values -------------------------------------------------------------------------------------
     @property
@@ -308,6 +314,9 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
     for name in ("cns_port_capacity", "workers"):
         if getattr(s, name) < 1:
             bad(name, "must be at least 1")
+    for name in ("cns_publish_per_minute", "cns_publish_bytes_per_minute", "new_devices_per_source_per_minute"):
+        if getattr(s, name) < 0:
+            bad(name, "must be 0 (no limit) or more")
     if s.disk_min_free_mb < 0:
         bad("disk_min_free_mb", "must be a number of MiB, 0 or more (0 turns the free-space check off)")
     if s.cns_max_header_bytes < 256:

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 
 from .context import gateway_state
 from .models import Device, DeviceSession, OutboxEvent, ProvisioningJob, db
+from .refusals import REFUSED
 
 blueprint = Blueprint("metrics", __name__)
 METRICS_MAX_AGE = 2.0  # seconds a scrape may be answered from the last one (Prometheus scrapes every 15 s or so)
@@ -96,6 +97,7 @@ def _registry(app: Flask) -> CollectorRegistry:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(REQUEST_SECONDS)
+        registry.register(REFUSED)
     registry.register(NodeCollector(app))
     return registry
 

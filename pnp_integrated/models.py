@@ -100,6 +100,9 @@ class Device(db.Model):  # type: ignore[name-defined,misc]
 
     profile: Mapped[Profile | None] = relationship()
 
+    # The per-source limit on devices never seen before counts recent first sightings from one address.
+    __table_args__ = (Index("ix_devices_source_first_seen", "address", "first_seen"),)
+
 
 class ProvisioningJob(db.Model):  # type: ignore[name-defined,misc]
     """One provisioning run of one device; ``step``/``state`` are the persisted state machine."""

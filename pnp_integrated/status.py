@@ -19,6 +19,7 @@ from .config import Settings
 from .context import gateway_state
 from .models import DeviceSession, db
 from .ports import node_ports
+from .refusals import STATUS_BUSY, count_refusal
 from .version import __version__
 
 blueprint = Blueprint("status", __name__)
@@ -207,6 +208,7 @@ def status_view() -> Any:
 
         state.status_gate = threading.BoundedSemaphore(STATUS_AT_ONCE)
     if not state.status_gate.acquire(blocking=False):
+        count_refusal(STATUS_BUSY)
         return jsonify({"error": "too many status requests at once; retry in 1 s"}), 503, {"Retry-After": "1"}
     try:
         return jsonify(current_status(app)), 200

@@ -22,6 +22,7 @@ from flask import Flask, Response, request
 
 from .config import Settings
 from .context import gateway_state
+from .refusals import DISK_LOW, count_refusal
 from .urls import DEVICE_PATHS
 
 MIB = 1024 * 1024
@@ -175,6 +176,7 @@ def refuse_devices_when_disk_low() -> Response | None:
     reading = disk_low()
     if reading is None:
         return None
+    count_refusal(DISK_LOW)
     body = f"PnP gateway cannot take device work now: {reading.describe()}; retry in {DISK_RETRY_AFTER}s\n"
     return Response(body, 503, {"Retry-After": str(DISK_RETRY_AFTER)}, content_type="text/plain; charset=utf-8")
 

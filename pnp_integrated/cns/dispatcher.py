@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
 from ..models import DeviceSession, db
+from ..refusals import DISK_LOW, count_refusal
 from ..storage import DISK_RETRY_AFTER, disk_low
 from .codec import DEVICE_COMMANDS, CnsProtocolError, FrameReader, error_frame
 from .gateway import (
@@ -128,6 +129,7 @@ class Dispatcher:
             return
         full = disk_low(self.app)
         if full is not None:
+            count_refusal(DISK_LOW)
             send_frame(sock, busy(DISK_RETRY_AFTER, f"gateway cannot take devices now: {full.describe()}"))
             return
         worker = cns_worker(self.app)

@@ -25,6 +25,8 @@ from ..context import retry_after
 from ..database import admission_turn
 from ..models import DeviceSession, db
 from ..outbox import record_event
+from ..provisioning.types import NEW_DEVICES_WAIT_SECONDS
+from ..refusals import DISK_LOW, NEW_DEVICES_PER_SOURCE, PUBLISH_FLOOD, count_refusal
 from ..storage import DISK_RETRY_AFTER, disk_low
 from . import provision
 from .codec import CLOSED, DEVICE_COMMANDS, NEED_DATA, CnsProtocolError, Frame, FrameReader, error_frame, serialize
@@ -137,7 +139,8 @@ class GatewayConnection:
         self.address = address[0] if address else ""
         self.port = port
         self.tls = tls
-        self.session = CnsSession()
+        self.session = CnsSession(publish_per_minute=self.settings.cns_publish_per_minute,
+                                  publish_bytes_per_minute=self.settings.cns_publish_bytes_per_minute)
         self.token = ""
         self.ended_by: str = ""  # set when another greenlet ended this session
         self._lock = RLock()
@@ -216,6 +219,8 @@ class GatewayConnection:
         self._touch()
         match decision:
             case Refuse(code=code, message=message, close=close):
+                if code == 413 and decision.retry_after is not None:
+                    count_refusal(PUBLISH_FLOOD)
                 self.send(refusal(decision))
                 return f"refused {code}: {message}" if close else ""
             case Admit(hello=hello):
@@ -252,8 +257,14 @@ class GatewayConnection:
             return "node passive"
         full = disk_low(self.app)
         if full is not None:
+            count_refusal(DISK_LOW)
             self.send(busy(DISK_RETRY_AFTER, f"gateway cannot take devices now: {full.describe()}"))
             return "disk nearly full"
+        if provision.new_device_refused(self.app, hello, self.address):
+            count_refusal(NEW_DEVICES_PER_SOURCE)
+            self.send(busy(NEW_DEVICES_WAIT_SECONDS, f"{self.address} introduced too many new devices this minute; "
+                                                     "retry later"))
+            return "too many new devices from its source"
         # A bounded number of admissions run at once per worker; the rest wait their turn without using CPU, so a
         # fleet returning after a failover cannot delay the PONGs of held sessions or the leader lease renewal.
         slots = self.worker.admission_slots

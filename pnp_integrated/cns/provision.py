@@ -63,6 +63,13 @@ def contact(app: Flask, hello: Hello, address: str) -> Action | None:
     return _in_app(app, "contact", hello.config_id, lambda: engine.contact(identity(hello, address)))
 
 
+def new_device_refused(app: Flask, hello: Hello, address: str) -> bool:
+    """Whether the device is unknown and its source over its new-device allowance (then it is not admitted)."""
+    refused = _in_app(app, "new-device check", hello.config_id,
+                      lambda: engine.new_device_refused(hello.config_id, address))
+    return bool(refused)
+
+
 def pending_action(app: Flask, hello: Hello | None, *, must_record: bool = False) -> Action | None:
     """The Action the engine is waiting on for this device, if any."""
     if hello is None:

@@ -11,7 +11,9 @@ lives in one place.
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -98,18 +100,54 @@ class Refuse:
     code: int
     message: str
     close: bool = True
+    retry_after: int | None = None  # seconds the device should wait before it comes back
 
 
 Decision = Admit | Subscribe | Unsubscribe | Publish | Ping | Goodbye | Refuse
 
 
-class CnsSession:
-    """One device connection's protocol state."""
+PUBLISH_FLOOD_RETRY_AFTER = 60
 
-    def __init__(self) -> None:
+
+class Budget:
+    """A token bucket: up to ``per_minute`` at once, refilled at ``per_minute`` a minute; 0 means no limit.
+
+    ``clock`` is injected (seconds, monotonic), so the protocol core stays free of time as of I/O.
+    """
+
+    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self.left = float(per_minute)
+        self.at = clock()
+
+    def spend(self, amount: float) -> bool:
+        """Take ``amount`` if there is that much left; False (nothing taken) when there is not."""
+        if self.per_minute <= 0:
+            return True
+        now = self.clock()
+        self.left = min(float(self.per_minute), self.left + (now - self.at) * self.per_minute / 60.0)
+        self.at = now
+        if amount > self.left:
+            return False
+        self.left -= amount
+        return True
+
+
+class CnsSession:
+    """One device connection's protocol state.
+
+    ``publish_per_minute`` / ``publish_bytes_per_minute`` bound what one session may PUBLISH (each event is stored
+    and sent to Prime): a device publishes a handful of results per job, a flood is refused with ERROR 429.
+    """
+
+    def __init__(self, *, publish_per_minute: int = 0, publish_bytes_per_minute: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.phase = Phase.AWAIT_HELLO
         self.hello: Hello | None = None
         self.subjects: set[str] = set()  # device-side subjects
+        self.publishes = Budget(publish_per_minute, clock)
+        self.publish_bytes = Budget(publish_bytes_per_minute, clock)
 
     @property
     def device_id(self) -> str:
@@ -190,6 +228,11 @@ class CnsSession:
         subject = self._subject(frame)
         if isinstance(subject, Refuse):
             return subject
+        if not (self.publishes.spend(1) and self.publish_bytes.spend(len(frame.body))):
+            # 413: this session sent more than it may (CNS-W1 has no rate code); the device reconnects later.
+            return Refuse(413, f"too much PUBLISH on this session (at most {self.publishes.per_minute} messages and "
+                               f"{self.publish_bytes.per_minute} octets a minute); reconnect later",
+                          retry_after=PUBLISH_FLOOD_RETRY_AFTER)
         try:
             document = parse_xml(frame.body)
         except XmlRefused as exc:
@@ -267,5 +310,6 @@ def deliver(subject: str, xml: str, message_id: str | None = None) -> Frame:
 
 
 def refusal(decision: Refuse, retry_after: int | None = None) -> Frame:
-    extra = {"Retry_After": str(retry_after)} if retry_after is not None else {}
+    wait = retry_after if retry_after is not None else decision.retry_after
+    extra = {"Retry_After": str(wait)} if wait is not None else {}
     return error_frame(decision.code, decision.message, **extra)

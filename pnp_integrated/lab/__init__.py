@@ -227,6 +227,8 @@ class HaLab:
             PNP_PRIME_ROLE=node.role,
             # One gateway login for the pair, known to both Prime nodes (Prime HA replicates its accounts).
             PNP_BROKER_CREDENTIALS_FILE=str(self.gateway_credentials_file()),
+            # Every simulated device comes from the devices namespace's one address: a whole fleet is new at once.
+            PNP_NEW_DEVICES_PER_SOURCE_PER_MINUTE="0",
         )
         if p.mover == "prime":
             env.update(PNP_PRIME_PEER=peer.address, PNP_PRIME_VIP_INTERFACE="eth0", PNP_PRIME_VIP_PREFIX="24")

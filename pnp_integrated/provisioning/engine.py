@@ -36,6 +36,8 @@ Every state change writes its Prime event (``device.unclaimed``, ``device.claime
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import logging
 import random
 import secrets
@@ -43,12 +45,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
-from ..context import sqlite_write_turn
+from ..context import current_settings, sqlite_write_turn
 from ..models import Device, JobStep, Profile, ProvisioningJob, db, utcnow
 from ..outbox import device_payload, job_payload, record_event
 from .matching import match_profile
@@ -64,6 +66,7 @@ from .types import (
     DEVICE_PROVISIONING,
     DEVICE_UNCLAIMED,
     FAILED,
+    NEW_DEVICES_WAIT_SECONDS,
     RUNNING,
     TERMINAL_STATES,
     UNCLAIMED_WAIT_SECONDS,
@@ -361,9 +364,46 @@ def _answers_pending(job: ProvisioningJob, correlator: str) -> bool:
     return correlator == job.correlator or correlator in (job.pending_request or {}).get("device_correlators", ())
 
 
+def new_devices_limited(address: str) -> bool:
+    """Whether ``address`` has introduced its allowance of devices never seen before this minute
+    (``PNP_NEW_DEVICES_PER_SOURCE_PER_MINUTE``): each is a row and a Prime event, and nobody has authenticated."""
+    limit = current_settings().new_devices_per_source_per_minute
+    if limit <= 0 or not address or _is_loopback(address):  # this host (its own simulators), not the network
+        return False
+    since = utcnow() - dt.timedelta(seconds=60)
+    recent = db.session.scalar(select(func.count()).select_from(Device).where(
+        Device.address == address[:64], Device.first_seen >= since)) or 0
+    return recent >= limit
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def new_device_refused(serial: str, address: str) -> bool:
+    """Whether a device of this serial would be refused now: unknown, from a source over its new-device allowance."""
+    if not new_devices_limited(address):
+        return False
+    return db.session.scalar(select(Device.id).where(Device.serial == serial)) is None
+
+
+def _refused_new_device(address: str) -> Action:
+    from ..refusals import NEW_DEVICES_PER_SOURCE, count_refusal
+
+    count_refusal(NEW_DEVICES_PER_SOURCE)
+    limit = current_settings().new_devices_per_source_per_minute
+    return Action(ActionKind.REFUSED, wait_seconds=NEW_DEVICES_WAIT_SECONDS,
+                  detail=f"{address} introduced {limit} new devices this minute; come back later")
+
+
 def _contact_action(identity: DeviceIdentity) -> Action:
     now = utcnow()
     device = locked_device(identity.serial)
+    if device is None and new_devices_limited(identity.address):
+        return _refused_new_device(identity.address)  # nothing recorded: no row, no event
     reported = device is not None and device.state == DEVICE_UNCLAIMED
     first_contact = device is None or not device.protocol  # unseen, or only known from the API so far
     if device is None:

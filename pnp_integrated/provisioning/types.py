@@ -18,6 +18,7 @@ class ActionKind(StrEnum):
     UNCLAIMED = "unclaimed"  # no profile matches: back off, never hand out another device's configuration
     FAILED = "failed"  # the job failed (reason in ``detail``)
     CANCELLED = "cancelled"
+    REFUSED = "refused"  # not taken now (too many new devices from its source): nothing recorded, come back later
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Action:
 
 UNCLAIMED_WAIT_SECONDS = 120  # an unclaimed device asks again this often; a profile may have appeared meanwhile
 BUSY_WAIT_SECONDS = 5  # the database stayed contended: the device asks again shortly
+NEW_DEVICES_WAIT_SECONDS = 60  # a device refused by the per-source limit on new devices comes back after this
 
 # Job states; the last three are terminal.
 RUNNING, COMPLETED, FAILED, CANCELLED = "running", "completed", "failed", "cancelled"

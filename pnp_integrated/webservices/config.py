@@ -13,7 +13,7 @@ from flask import Blueprint, Response, request
 
 from ..models import Device, db
 from ..provisioning import engine
-from ..provisioning.types import DeviceIdentity
+from ..provisioning.types import ActionKind, DeviceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,10 @@ def config_asp() -> Response:
             db.select(Device.id).where(Device.serial == device_id)) is None:
         # First sight of this device: the engine records it (unclaimed, reported once) or claims it for a profile,
         # in which case its initial configuration exists now.
-        engine.contact(DeviceIdentity(serial=device_id, protocol="cns", address=request.remote_addr or ""))
+        action = engine.contact(DeviceIdentity(serial=device_id, protocol="cns", address=request.remote_addr or ""))
+        if action.kind == ActionKind.REFUSED:
+            return Response(f"{action.detail}\n", 429, {"Retry-After": str(action.wait_seconds)},
+                            content_type="text/plain; charset=utf-8")
         text = engine.rendered_config(device_id, None)
     if text is None:
         what = f"device {device_id}" + (f" and request {identifier}" if identifier else "")

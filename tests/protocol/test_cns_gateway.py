@@ -5,11 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from flask import Flask
 from sqlalchemy import select
 
 from pnp_integrated import create_app
@@ -18,26 +17,6 @@ from pnp_integrated.context import gateway_state
 from pnp_integrated.devsim.link import CnsLink, LinkClosed, connect, dispatch, hello_frame
 from pnp_integrated.models import DeviceSession, db
 from tests.support import CnsNode, wait_until
-
-
-@pytest.fixture
-def node_factory(app_factory: Callable[..., Flask]) -> Iterator[Callable[..., CnsNode]]:
-    nodes: list[CnsNode] = []
-
-    def make(**overrides: Any) -> CnsNode:
-        node = CnsNode(app_factory(cns_hello_timeout=overrides.pop("cns_hello_timeout", 2), **overrides)).start()
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.stop()
-
-
-@pytest.fixture
-def node(node_factory: Callable[..., CnsNode]) -> CnsNode:
-    return node_factory()
-
 
 HOST = "127.0.0.1"
 

@@ -198,6 +198,8 @@ def test_mismatched_certificate_and_key_are_refused(tmp_path: Path) -> None:
         ("PNP_RETENTION_DAYS", "0", "must be a positive number of days"),
         ("PNP_WORKERS", "0", "must be at least 1"),
         ("PNP_DISK_MIN_FREE_MB", "-5", "must be a number of MiB, 0 or more"),
+        ("PNP_NEW_DEVICES_PER_SOURCE_PER_MINUTE", "-1", "must be 0 (no limit) or more"),
+        ("PNP_CNS_PUBLISH_PER_MINUTE", "-1", "must be 0 (no limit) or more"),
         ("PNP_LOG_FORMAT", "xml", "'xml' is not one of: text, json"),
         ("PNP_DATABASE_URL", "pnp.sqlite3", "'pnp.sqlite3' is not a database URL"),
         ("PNP_DATABASE_URL", "mysql://pnp@db/pnp", "only SQLite and PostgreSQL databases are supported"),

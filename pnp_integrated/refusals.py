@@ -1,0 +1,20 @@
+"""What the node refuses to protect itself, counted for ``/metrics`` (``pnp_refused_total{reason}``).
+
+The reasons are a fixed set, so the label stays bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+DISK_LOW = "disk-low"  # below PNP_DISK_MIN_FREE_MB: device work refused
+NEW_DEVICES_PER_SOURCE = "new-devices-per-source"  # a source introduced too many unknown devices this minute
+PUBLISH_FLOOD = "cns-publish-flood"  # a CNS session published more than its allowance
+STATUS_BUSY = "status-busy"  # more /status requests at once than a worker answers
+REASONS = (DISK_LOW, NEW_DEVICES_PER_SOURCE, PUBLISH_FLOOD, STATUS_BUSY)
+
+REFUSED = Counter("pnp_refused", "Requests the node refused to protect itself, by reason", ["reason"])
+
+
+def count_refusal(reason: str) -> None:
+    REFUSED.labels(reason if reason in REASONS else "other").inc()
