@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, render_template
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
@@ -51,11 +51,55 @@ def dashboard_data() -> dict[str, Any]:
     return data
 
 
+# The dashboard shows serials, addresses and job steps: it needs an API token (read or admin). A browser signs in
+# once with the token; it is kept in a cookie the page's scripts cannot read (HttpOnly), sent only to this node
+# (SameSite=Strict: no other site's page can make the browser use it), over HTTPS only when signed in over HTTPS.
+COOKIE = "pnp_console"
+COOKIE_SECONDS = 8 * 3600
+
+
+def _signed_in() -> bool:
+    from .api.tokens import token_for
+
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    if scheme.lower() == "bearer" and raw.strip():
+        return token_for(raw.strip()) is not None
+    return token_for(request.cookies.get(COOKIE, "")) is not None
+
+
+def _signin_page(problem: str = "", status: int = 401) -> Response:
+    return Response(render_template("signin.html", problem=problem), status, content_type="text/html; charset=utf-8")
+
+
 @blueprint.get("/")
-def dashboard_view() -> str:
+def dashboard_view() -> Response | str:
+    if not _signed_in():
+        return _signin_page()
     return render_template("dashboard.html", data=dashboard_data(), version=__version__)
+
+
+@blueprint.post("/dashboard/signin")
+def dashboard_signin() -> Response:
+    from .api.tokens import token_for
+
+    raw = (request.form.get("token") or "").strip()
+    if token_for(raw) is None:
+        return _signin_page("That token is not valid (or was revoked).")
+    answer = redirect(url_for("dashboard.dashboard_view"), 303)
+    answer.set_cookie(COOKIE, raw, max_age=COOKIE_SECONDS, httponly=True, samesite="Strict", secure=request.is_secure)
+    return answer
+
+
+@blueprint.post("/dashboard/signout")
+def dashboard_signout() -> Response:
+    answer = redirect(url_for("dashboard.dashboard_view"), 303)
+    answer.delete_cookie(COOKIE, httponly=True, samesite="Strict")
+    return answer
 
 
 @blueprint.get("/dashboard/data")
 def dashboard_data_view() -> Any:
+    if not _signed_in():
+        return jsonify({"error": "sign in with an API token (Authorization: Bearer <token>, or on the page)"}), 401
     return jsonify(dashboard_data())

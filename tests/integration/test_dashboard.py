@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from pnp_integrated.devsim.node import RunningNode
+from pnp_integrated.devsim.node import PNPP, RunningNode
 from pnp_integrated.devsim.pnp import SimulatedDevice, simulate
 from tests.support import create_default_profile
 
@@ -36,6 +37,15 @@ def test_dashboard_shows_the_status_rows_and_follows_a_provisioned_device(
     node = running_node()
     page = browser.new_page()
     page.goto(node.url("/"))
+    # Serials and addresses are behind a token: the page first asks for one.
+    expect(page.locator("h1")).to_have_text("PnP Gateway — sign in")
+    page.fill("#token", "not-a-token")
+    page.click("button[type=submit]")
+    expect(page.locator("#problem")).to_contain_text("not valid")
+    token = subprocess.run([PNPP, "token", "create", "--role", "read"], env=node.env, check=True,
+                           capture_output=True, text=True).stdout.strip()
+    page.fill("#token", token)
+    page.click("button[type=submit]")
 
     services = page.locator("#services tbody tr")
     expect(services.filter(has_text="CNS Gateway port:")).to_have_count(10)
@@ -52,4 +62,8 @@ def test_dashboard_shows_the_status_rows_and_follows_a_provisioned_device(
     device_row = page.locator("#devices tbody tr", has_text="DASH0001")
     expect(device_row).to_have_count(1, timeout=10_000)
     expect(page.locator("#jobs tbody tr", has_text="DASH0001")).to_contain_text("done", timeout=10_000)
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "pnp_console"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    page.click("#signout")
+    expect(page.locator("h1")).to_have_text("PnP Gateway — sign in")
     page.close()
