@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
+from werkzeug.routing import IntegerConverter
 
 from .config import Settings
 from .context import gateway_state
@@ -295,3 +296,12 @@ def _known_revisions() -> set[str]:
 
     script = ScriptDirectory.from_config(gateway_state().migrate.get_config())
     return {rev.revision for rev in script.walk_revisions()}
+
+
+class DatabaseIdConverter(IntegerConverter):
+    """``<int:...>`` in every route: a row id fits a signed 64-bit integer, so a larger number matches no route (404)
+    instead of reaching the database driver (which raises OverflowError: a 500)."""
+
+    def __init__(self, url_map: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(url_map, *args, **kwargs)

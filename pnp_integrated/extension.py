@@ -21,6 +21,7 @@ from .config import ConfigError, Settings, load_settings
 from .context import EXTENSION_KEY, GatewayState
 from .database import (
     MIGRATIONS_DIR,
+    DatabaseIdConverter,
     SchemaError,
     SQLiteWriteTurn,
     check_schema_current,
@@ -58,6 +59,7 @@ class PnPGateway:
         if app.config.get("MAX_CONTENT_LENGTH") is None:
             app.config["MAX_CONTENT_LENGTH"] = settings.http_max_body_bytes
         db.init_app(app)
+        app.url_map.converters["int"] = DatabaseIdConverter  # before any route: ids above 2^63 - 1 match nothing
         migrate = Migrate(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True, compare_type=True)
         from .ha import initial_role, refuse_devices_when_passive
         from .storage import refuse_devices_when_disk_low

@@ -24,6 +24,8 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from gevent.server import StreamServer
 from gunicorn.workers.ggevent import PyWSGIServer
 
+from .logs import client_mistake
+
 log = logging.getLogger(__name__)
 
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
@@ -73,7 +75,8 @@ def tls_handshake(raw: Any, address: tuple[str, int], context: ssl.SSLContext, t
         reason = f"no handshake within {timeout:g}s"
     except (ssl.SSLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-    log.info("TLS handshake refused on port %s from %s: %s", port, address[0], reason)
+    log.info("TLS handshake refused on port %s from %s: %s", port, address[0], reason,
+             extra=client_mistake(f"tls-refused-{port}"))
     try:
         raw.close()
     except OSError:
@@ -86,6 +89,14 @@ class _QuietWSGIHandler(WSGIHandler):
 
     def log_request(self) -> None:
         log.debug("%s", self.format_request())
+
+    def handle_error(self, t: Any, v: Any, tb: Any) -> None:
+        if isinstance(v, OSError):  # the client went away mid-request or mid-response (reset, TLS EOF): one line
+            log.info("HTTP client %s went away: %s", self.client_address[0] if self.client_address else "?",
+                     type(v).__name__, extra=client_mistake("http-client-gone"))
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
 
 
 class TLSWSGIServer(WSGIServer):
@@ -106,7 +117,11 @@ class TLSWSGIServer(WSGIServer):
         if tls is not None:
             # A client that goes silent (slowloris) is closed instead of holding its greenlet and socket forever.
             tls.settimeout(self._idle_timeout)
-            super().handle(tls, address)
+            try:
+                super().handle(tls, address)
+            except OSError as exc:  # gone while its connection was being closed (TLS EOF): not a server fault
+                log.info("HTTPS client %s went away: %s", address[0], type(exc).__name__,
+                         extra=client_mistake("http-client-gone"))
 
 
 class GatewayHTTPServer(PyWSGIServer):

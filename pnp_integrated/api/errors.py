@@ -49,6 +49,15 @@ def _http_code(exc: HTTPException) -> str:
     return (exc.name or "error").lower().replace(" ", "_").replace("-", "_")
 
 
+def _from_http_exception(exc: HTTPException) -> Response:
+    """The JSON answer of an HTTP error, keeping the headers it carries (``Allow`` on a 405, as RFC 9110 asks)."""
+    response = error_response(exc.code or 500, _http_code(exc), exc.description or exc.name)
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
 def install(blueprint: Blueprint) -> None:
     """Register the JSON error handlers on the API blueprint (and for unknown URLs under its prefix)."""
 
@@ -60,7 +69,7 @@ def install(blueprint: Blueprint) -> None:
     @blueprint.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         db.session.rollback()
-        return error_response(exc.code or 500, _http_code(exc), exc.description or exc.name)
+        return _from_http_exception(exc)
 
     @blueprint.errorhandler(StaleDataError)
     def _raced(_exc: StaleDataError) -> Response:
@@ -78,7 +87,7 @@ def install(blueprint: Blueprint) -> None:
     def _outside(exc: HTTPException) -> Response | HTTPException:
         # Unmatched URLs never reach the blueprint's handlers; answer JSON for the API's own prefix only.
         if request.path.startswith(prefix):
-            return error_response(exc.code or 404, _http_code(exc), exc.description or exc.name)
+            return _from_http_exception(exc)
         return exc
 
     blueprint.app_errorhandler(404)(_outside)
