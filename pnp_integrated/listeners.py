@@ -141,7 +141,11 @@ class GatewayHTTPServer(PyWSGIServer):
     def handle(self, sock: Any, address: tuple[str, int]) -> None:
         # As on HTTPS: a client that connects and goes silent is closed instead of holding a greenlet forever.
         sock.settimeout(self.idle_timeout)
-        super().handle(sock, address)
+        try:
+            super().handle(sock, address)
+        except OSError as exc:  # gone before its error answer was written (it sent garbage and left)
+            log.info("HTTP client %s went away: %s", address[0] if address else "?", type(exc).__name__,
+                     extra=client_mistake("http-client-gone"))
 
 
 @dataclass
