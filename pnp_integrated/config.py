@@ -81,6 +81,9 @@ class Settings:
     # Below this much free space where the node writes, it takes no new device work (503 / BUSY, a DOWN Disk row);
     # 0 turns the check off.
     disk_min_free_mb: int = 256
+    # The keys that seal profile credentials in the database (JSON, 0600); <data_dir>/secrets/... when empty. Both
+    # nodes of an HA pair need the same file.
+    profile_keys_file: str = ""
     # What one CNS session may PUBLISH (every event is stored and sent to Prime); 0: no limit.
     cns_publish_per_minute: int = 120
     cns_publish_bytes_per_minute: int = 8 * 1024 * 1024

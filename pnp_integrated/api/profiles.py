@@ -7,9 +7,11 @@ from typing import Any
 from flask import Response, jsonify
 from sqlalchemy import func, select
 
+from ..context import current_settings
 from ..models import Image, Profile, ProvisioningJob, db
 from ..provisioning.matching import pid_pattern_problem
 from ..provisioning.templates import TemplateProblem, check_template
+from ..sealing import seal
 from . import blueprint
 from .auth import audit
 from .errors import conflict, invalid, not_found
@@ -80,6 +82,8 @@ def _apply(profile: Profile, data: dict[str, Any]) -> None:
                 if image is None:
                     raise invalid(f"field 'image': no image named {value!r} in the repository", fields=["image"])
             profile.image = image
+        elif key == "credentials":
+            profile.credentials = seal(current_settings(), value)  # never stored in the clear
         else:
             setattr(profile, key, value)
     # Templates are checked with the variables they will have, so a typo shows now, not at the first device.

@@ -36,10 +36,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
+from ..context import current_settings
 from ..models import AuditEntry, Device, Image, ProcessedCommand, Profile, ProvisioningJob, db
 from ..outbox import record_event
 from ..provisioning import operations
 from ..provisioning.types import JobConflict
+from ..sealing import seal
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,8 @@ def upsert_profile(command: dict[str, Any]) -> str:
                 if image is None:
                     raise CommandRejected(f"no image named {value!r} in the repository")
             profile.image = image
+        elif key == "credentials":
+            profile.credentials = seal(current_settings(), value)  # never stored in the clear
         elif key != "name":
             setattr(profile, key, value)
     return str(name)

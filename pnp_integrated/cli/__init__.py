@@ -7,6 +7,7 @@ import click
 from ..prime.commands import prime
 from .bootstrap import bootstrap
 from .images import image, token
+from .keys import profile_keys
 from .lab import lab
 from .node import certs, config, db, run, status
 from .setup import setup
@@ -19,7 +20,7 @@ def main() -> None:
     """pnp-integrated: the Prime Infrastructure integrated Plug and Play gateway."""
 
 
-for command in (run, status, db, certs, config, setup, bootstrap, image, token, simulate, lab, prime):
+for command in (run, status, db, certs, config, setup, bootstrap, image, token, profile_keys, simulate, lab, prime):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -129,6 +129,12 @@ def _upgrade(settings: Settings, revision: str, quiet: bool = False) -> None:
             _refuse_unless_leader(settings)
         upgrade(revision=revision)
         after, _ = schema_revisions()
+        if after == head:
+            from ..sealing import seal_plaintext
+
+            sealed = seal_plaintext(settings)  # profiles written before credentials were sealed
+            if sealed:
+                click.echo(f"sealed the credentials of {sealed} profile(s) stored in the clear")
     if not quiet or before != after:
         click.echo(f"database {settings.sqlalchemy_url.split('@')[-1]}: {before or 'empty'} -> {after} (head {head})")
 

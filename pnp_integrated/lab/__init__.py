@@ -227,6 +227,8 @@ class HaLab:
             PNP_PRIME_ROLE=node.role,
             # One gateway login for the pair, known to both Prime nodes (Prime HA replicates its accounts).
             PNP_BROKER_CREDENTIALS_FILE=str(self.gateway_credentials_file()),
+            # One set of profile keys for the pair: the shared database holds what they seal.
+            PNP_PROFILE_KEYS_FILE=str(Path(p.root) / "secrets" / "profile-keys.json"),
             # Every simulated device comes from the devices namespace's one address: a whole fleet is new at once.
             PNP_NEW_DEVICES_PER_SOURCE_PER_MINUTE="0",
         )

@@ -53,6 +53,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from ..context import current_settings, sqlite_write_turn
 from ..models import Device, JobStep, Profile, ProvisioningJob, db, utcnow
 from ..outbox import device_payload, job_payload, record_event
+from ..sealing import SealError, unseal
 from .matching import match_profile
 from .steps import BY_NAME, STEP_NAMES, STEPS, Work
 from .templates import TemplateProblem, device_variables, render_template
@@ -227,7 +228,11 @@ def current_job(device: Device, lock: bool = True) -> ProvisioningJob | None:
 def _credentials(profile: Profile | None) -> dict[str, str] | None:
     if profile is None or not profile.credentials:
         return None
-    return {str(k): str(v) for k, v in profile.credentials.items()}
+    try:
+        return unseal(current_settings(), profile.credentials) or None
+    except SealError as exc:  # the device is asked without them (and fails its login): the log says why
+        log.error("profile %s: %s", profile.name, exc)
+        return None
 
 
 def _unclaimed_action(detail: str = "no profile matches this device") -> Action:
