@@ -34,6 +34,7 @@ from .model import (
     ImageInstallRequest,
     ReloadRequest,
     ServerMessage,
+    SyslogEvent,
     Udi,
     WorkRequest,
     WorkResponse,
@@ -89,10 +90,11 @@ def _request(service: str, correlator: str, *children: _El) -> _El:
     return _El("request", {"xmlns": f"{NS}:{service}", "correlator": correlator}, list(children))
 
 
-def _reload_element(reason: str, delay: int = 0, save_config: bool = False, erase: bool | None = None) -> _El:
-    el = _e("reload", _t("reason", reason), _t("delayIn", delay), _t("user", "pnp"),
-            _t("saveConfig", _flag(save_config)))
-    if erase is not None:
+def _reload_element(reason: str, delay: int = 0, save_config: bool | None = False, erase: bool = False) -> _El:
+    el = _e("reload", _t("reason", reason), _t("delayIn", delay), _t("user", "pnp"))
+    if save_config is not None:
+        el.children.append(_t("saveConfig", _flag(save_config)))
+    if erase:  # only when asked: Cisco's reload sample has no eraseConfig, and nothing here erases by default
         el.children.append(_t("eraseConfig", _flag(erase)))
     return el
 
@@ -110,11 +112,13 @@ def _config_upgrade_request(message: ConfigUpgradeRequest) -> _El:
     source = _e("source", _t("location", message.location))
     if message.checksum:
         source.children.append(_t("checksum", message.checksum))
-    config = _e("config", _e("copy", source, _t("applyTo", message.apply_to)), details=message.details)
+    copy = _e("copy", source, _t("applyTo", message.apply_to))
     if message.abort_on_syntax_fault:
-        config.children.append(_e("abortOnSyntaxFault"))
-    config.children.append(_reload_element("pnp config upgrade") if message.reload else _e("noReload"))
-    return _request(CONFIG_UPGRADE, message.correlator, config)
+        copy.children.append(_e("abortOnSyntaxFault"))  # inside <copy>, after applyTo (Cisco's schema)
+    config = _e("config", copy, details=message.details)
+    # <reload> or <noReload> follows <config>, as in Cisco's sample and schema (not inside it).
+    after = _reload_element("pnp config upgrade", save_config=None) if message.reload else _e("noReload")
+    return _request(CONFIG_UPGRADE, message.correlator, config, after)
 
 
 def _image_install_request(message: ImageInstallRequest) -> _El:
@@ -126,7 +130,7 @@ def _image_install_request(message: ImageInstallRequest) -> _El:
 
 def _cli_config_request(message: CliConfigRequest) -> _El:
     data = _e("cli-config-data", *(_t("cmd", line) for line in message.lines))
-    apply = _e("configApply", _e("config-data", data), details="all", action_on_fail=message.action_on_fail)
+    apply = _e("configApply", _e("config-data", data), details="all", action_on_fail=message.action_on_fail)  # schema
     if message.persist:
         apply.children.append(_e("configPersist"))
     return _request(CLI_CONFIG, message.correlator, apply)
@@ -189,6 +193,10 @@ def _fault(message: Fault) -> _El:
     return _El("response", {"xmlns": FAULT_NS}, [fault])
 
 
+def _syslog_event(message: SyslogEvent) -> _El:
+    return _El("event", {"xmlns": f"{NS}:syslog"}, [_e("msg", _t("rawFormat", line)) for line in message.lines])
+
+
 def _response_body(message: WorkResponse) -> _El:
     el = _El("response", {"xmlns": f"{NS}:{message.service}", "correlator": message.correlator,
                           "success": "1" if message.success else "0"})
@@ -232,6 +240,7 @@ _ENCODERS: dict[type, Callable[[Any], _El]] = {
     WorkRequest: _work_request,
     WorkResponse: _response_body,
     Fault: _fault,
+    SyslogEvent: _syslog_event,
 }
 
 

@@ -168,7 +168,15 @@ class Fault:
     details: str = ""
 
 
-DeviceMessage = WorkRequest | WorkResponse | Fault
+@dataclass(frozen=True)
+class SyslogEvent:
+    """``urn:cisco:pnp:syslog`` ``<event>``: syslog lines the device sends unasked; no correlator, nothing to answer."""
+
+    udi: Udi
+    lines: tuple[str, ...]
+
+
+DeviceMessage = WorkRequest | WorkResponse | Fault | SyslogEvent
 
 
 # ---- server -> device -----------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from .model import (
     ReloadRequest,
     ServerMessage,
     ServiceRequest,
+    SyslogEvent,
     Udi,
     WorkRequest,
     WorkResponse,
@@ -175,6 +176,8 @@ def parse_device_message(data: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) 
         if not service or len(service) > 64:
             raise PnpProtocolError("response names no service")
         return _work_response(udi, service, body)
+    if local == "event" and _service(body, "event") == "syslog":
+        return SyslogEvent(udi, tuple(_text(msg, "rawFormat")[:1024] for msg in _children(body, "msg"))[:100])
     raise PnpProtocolError(f"unexpected device message <{local}>")
 
 
@@ -186,8 +189,9 @@ def parse_work_request(data: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) ->
     return message
 
 
-def parse_work_response(data: bytes | str, max_bytes: int = DEFAULT_MAX_BYTES) -> WorkResponse | Fault:
-    """The body of ``POST /pnp/WORK-RESPONSE``."""
+def parse_work_response(data: bytes | str,
+                        max_bytes: int = DEFAULT_MAX_BYTES) -> WorkResponse | Fault | SyslogEvent:
+    """The body of ``POST /pnp/WORK-RESPONSE`` (where a device's unsolicited syslog event is taken too)."""
     message = parse_device_message(data, max_bytes)
     if isinstance(message, WorkRequest):
         raise PnpProtocolError("a WORK-RESPONSE carries a <response> element")
@@ -219,6 +223,12 @@ def _error_info(body: Element) -> ErrorInfo | None:
     return ErrorInfo(code=tokens[-1] if tokens else "", message=_text(el, "errorMessage")[:2000], raw_code=raw[:255])
 
 
+def _status_error(status: Element) -> ErrorInfo:
+    """The error of a napp-server ``<service-response-status>``."""
+    code = _text(status, "error-status")[:255]
+    return ErrorInfo(code=code, message=_text(status, "error-message")[:2000], raw_code=code)
+
+
 def _device_info(body: Element) -> DeviceInfo:
     filesystems = []
     for fs in _children(_child(body, "fileSystemList"), "fileSystem"):
@@ -240,9 +250,14 @@ def _device_info(body: Element) -> DeviceInfo:
 
 def _work_response(udi: Udi, service: str, body: Element) -> WorkResponse:
     success_attr = body.get("success", "").strip()
-    if success_attr not in ("0", "1", "true", "false"):
+    status = _child(body, "service-response-status")
+    if not success_attr and status is not None:
+        # napp-server answers carry no success attribute; their <transaction-status> says it (Cisco's schema).
+        success = _text(status, "transaction-status").strip().upper() == "TRANSACTION SUCCESSFUL"
+    elif success_attr not in ("0", "1", "true", "false"):
         raise PnpProtocolError(f"success={success_attr[:20]!r}: expected 1 or 0")
-    success = success_attr in ("1", "true")
+    else:
+        success = success_attr in ("1", "true")
     results = []
     for entry in _children(body, "resultEntry"):
         results.append(CliResult(
@@ -250,7 +265,8 @@ def _work_response(udi: Udi, service: str, body: Element) -> WorkResponse:
             success=_child(entry, "success") is not None, text=_text(entry, "text")))
     outputs = [_text(r, "text") for r in _children(_child(body, "execLog", "dialogueLog"), "received")]
     return WorkResponse(
-        udi=udi, service=service, correlator=_correlator(body), success=success, error=_error_info(body),
+        udi=udi, service=service, correlator=_correlator(body), success=success,
+        error=_error_info(body) or (_status_error(status) if status is not None and not success else None),
         device_info=_device_info(body) if service == DEVICE_INFO and success else None,
         cli_results=tuple(results), exec_output="\n".join(outputs))
 
@@ -305,8 +321,8 @@ def _parse_config_upgrade(udi: Udi, corr: str, body: Element, cred: Any) -> Serv
         raise PnpProtocolError("config-upgrade names no source location")
     return ConfigUpgradeRequest(
         udi, corr, location, apply_to=_text(config, "copy", "applyTo") or "running",
-        checksum=_text(config, "copy", "source", "checksum"), reload=config is not None and _reload_flag(config),
-        abort_on_syntax_fault=_child(config, "abortOnSyntaxFault") is not None,
+        checksum=_text(config, "copy", "source", "checksum"), reload=_reload_flag(body),
+        abort_on_syntax_fault=_child(config, "copy", "abortOnSyntaxFault") is not None,
         details=_attr(config, "details") if config is not None else "all", credentials=cred)
 
 

@@ -17,7 +17,7 @@ from ..context import current_settings
 from ..provisioning import engine
 from ..urls import DeviceUrls
 from .conversation import identity_of, outcome_of, reply_to_work_request
-from .messages import Bye, Fault, PnpProtocolError, encode, parse_work_request, parse_work_response
+from .messages import Bye, Fault, PnpProtocolError, SyslogEvent, encode, parse_work_request, parse_work_response
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,11 @@ def work_response() -> Response:
     """A device reports the result of a request; the answer is always the bye (the next WORK-REQUEST gets work)."""
     message = parse_work_response(limited_body(), current_settings().http_max_body_bytes)
     serial = message.udi.serial
+    if isinstance(message, SyslogEvent):
+        # Unsolicited (Cisco's syslog service): the lines are the device's own log; there is nothing to answer.
+        for line in message.lines:
+            log.info("pnp %s syslog: %s", serial, line, extra={"device": serial})
+        return Response(b"", 200, content_type=XML_TYPE)
     if isinstance(message, Fault):
         # A fault carries no correlator: it answers whatever request the device holds, which is the pending one.
         current = engine.pending(serial)

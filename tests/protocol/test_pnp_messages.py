@@ -142,9 +142,9 @@ def test_claimed_csr_is_asked_for_device_info_under_its_own_correlator() -> None
 SERVICE_CASES = [
     (DeviceInfoRequest(UDI, "c1", "all"), "device-info", ["deviceInfo"]),
     (ConfigUpgradeRequest(UDI, "c2", "http://192.0.2.10/cns/config.asp?DeviceID=X&Identifier=c2"), "config-upgrade",
-     ["config/copy/source/location", "config/copy/applyTo", "config/noReload"]),
+     ["config/copy/source/location", "config/copy/applyTo", "noReload"]),  # beside <config> (Cisco's schema)
     (ConfigUpgradeRequest(UDI, "c2r", "http://h/c", apply_to="startup", reload=True, abort_on_syntax_fault=True),
-     "config-upgrade", ["config/abortOnSyntaxFault", "config/reload/reason", "config/reload/delayIn"]),
+     "config-upgrade", ["config/copy/abortOnSyntaxFault", "reload/reason", "reload/delayIn"]),
     (ImageInstallRequest(UDI, "c3", "http://h/images/a.bin", "0123456789abcdef0123456789abcdef", "bootflash:a.bin"),
      "image-install", ["image/copy/source/location", "image/copy/source/checksum",
                        "image/copy/destination/location", "reload/reason", "reload/delayIn", "reload/saveConfig"]),
