@@ -21,9 +21,18 @@ except ConfigError as exc:
     sys.stderr.write(f"pnp-integrated: {exc}\n")
     sys.exit(2)
 
-from pnp_integrated.listeners import ListenerBindError
-from pnp_integrated.runtime import http_bind_socket, probe_ports_free
-from pnp_integrated.storage import metrics_files_dir, prune_metrics_files
+# Request histograms of all workers are summed through prometheus_client's multiprocess mode, in files kept in
+# memory where the host allows (on a full data disk they would kill every worker). Set before anything imports
+# prometheus_client: it reads PROMETHEUS_MULTIPROC_DIR once, at its import.
+from pnp_integrated.metrics_files import metrics_files_dir, prune_metrics_files
+
+_metrics_dir = metrics_files_dir(settings)
+shutil.rmtree(_metrics_dir, ignore_errors=True)
+_metrics_dir.mkdir(parents=True, mode=0o700)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
+
+from pnp_integrated.listeners import ListenerBindError  # noqa: E402 (after PROMETHEUS_MULTIPROC_DIR)
+from pnp_integrated.runtime import http_bind_socket, probe_ports_free  # noqa: E402
 
 try:
     probe_ports_free(settings)
@@ -37,12 +46,6 @@ except ListenerBindError as exc:
 # gunicorn is started directly rather than by `pnpp run`.
 os.umask(0o077)
 
-# Request histograms of all workers are summed through prometheus_client's multiprocess mode, in files kept in
-# memory where the host allows (see storage.metrics_files_dir: on a full data disk they would kill every worker).
-_metrics_dir = metrics_files_dir(settings)
-shutil.rmtree(_metrics_dir, ignore_errors=True)
-_metrics_dir.mkdir(parents=True)
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 
 bind = [f"fd://{_http_socket.fileno()}"]
 worker_class = "pnp_integrated.runtime.GatewayGeventWorker"  # gevent; accepts new connections in batches

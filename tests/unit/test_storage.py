@@ -9,7 +9,8 @@ from pathlib import Path
 
 from flask import Flask
 
-from pnp_integrated.storage import MIB, DiskReading, disk_low, disk_status_rows, prune_metrics_files
+from pnp_integrated.metrics_files import prune_metrics_files
+from pnp_integrated.storage import MIB, DiskReading, disk_low, disk_status_rows
 
 
 def test_a_node_with_room_to_write_takes_devices_and_says_how_much_is_left(app_factory: Callable[..., Flask]) -> None:
