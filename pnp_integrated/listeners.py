@@ -22,7 +22,7 @@ import gevent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from gevent.server import StreamServer
-from gunicorn.workers.ggevent import PyWSGIServer
+from gunicorn.workers.ggevent import PyWSGIHandler, PyWSGIServer
 
 from .logs import client_mistake
 
@@ -84,7 +84,24 @@ def tls_handshake(raw: Any, address: tuple[str, int], context: ssl.SSLContext, t
     return None
 
 
-class _QuietWSGIHandler(WSGIHandler):
+class _StrictHeaders:
+    """Refuses (400) a request whose header section does not parse cleanly.
+
+    The header parser underneath takes a bare CR as a line end and a line such as ``Host : x`` (a space before the
+    colon) as the end of the headers, silently: a proxy in front could read the same bytes otherwise. Both leave a
+    defect on the parsed headers, and such a request is refused instead of served with what was left.
+    """
+
+    def read_request(self, raw_requestline: Any) -> Any:
+        result = super().read_request(raw_requestline)  # type: ignore[misc]
+        if getattr(self.headers, "defects", None):  # type: ignore[attr-defined]
+            from gevent.pywsgi import _InvalidClientRequest
+
+            raise _InvalidClientRequest("malformed header section (bare CR, or a space before a colon)")
+        return result
+
+
+class _QuietWSGIHandler(_StrictHeaders, WSGIHandler):
     """pywsgi handler whose access log goes through logging at debug level (gunicorn keeps the HTTP access log)."""
 
     def log_request(self) -> None:
@@ -122,6 +139,10 @@ class TLSWSGIServer(WSGIServer):
             except OSError as exc:  # gone while its connection was being closed (TLS EOF): not a server fault
                 log.info("HTTPS client %s went away: %s", address[0], type(exc).__name__,
                          extra=client_mistake("http-client-gone"))
+
+
+class GatewayHTTPHandler(_StrictHeaders, PyWSGIHandler):
+    """gunicorn's handler on the plain HTTP port, with the same header checks as every other port."""
 
 
 class GatewayHTTPServer(PyWSGIServer):

@@ -11,7 +11,7 @@ from gunicorn.workers.ggevent import GeventPyWSGIWorker
 
 from .config import Settings
 from .context import gateway_state
-from .listeners import GatewayHTTPServer, ListenerController, ListenerSpec, bind_socket
+from .listeners import GatewayHTTPHandler, GatewayHTTPServer, ListenerController, ListenerSpec, bind_socket
 from .ports import MONITOR_ADDRESS, node_ports, port_setting
 from .tls import server_context
 
@@ -87,6 +87,8 @@ class GatewayGeventWorker(GeventPyWSGIWorker):
     gunicorn builds the plain HTTP server in :meth:`run`, after the application is loaded: the server gets the
     node's ``PNP_HTTP_IDLE_TIMEOUT`` from the application's settings.
     """
+
+    wsgi_handler = GatewayHTTPHandler
 
     def run(self) -> None:
         idle_timeout = gateway_state(self.wsgi).settings.http_idle_timeout

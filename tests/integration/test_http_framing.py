@@ -20,6 +20,8 @@ AMBIGUOUS = {
     "an unknown transfer coding": POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
     "a bad chunk line": POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
     "NUL in a header value": b"GET /pnp/HELLO HTTP/1.1\r\nHost: x\r\nX-Probe: a\x00b\r\n\r\n",
+    "a bare CR in a header value": b"GET /pnp/HELLO HTTP/1.1\r\nHost: x\r\nX-Probe: a\rb\r\n\r\n",
+    "a space before a header's colon": b"GET /pnp/HELLO HTTP/1.1\r\nHost : x\r\n\r\n",
 }
 
 
