@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import abort, request
 
 from .context import current_settings
@@ -24,24 +22,3 @@ def limited_body() -> bytes:
         abort(413)
     return data
 
-
-class RefuseSmuggledHeaders:
-    """WSGI middleware: a header value holding NUL or a bare CR is refused with 400 on every HTTP port.
-
-    The servers below split requests correctly (two Content-Lengths, Content-Length with Transfer-Encoding, folded
-    or unknown transfer codings are already refused), but they pass such values on; a proxy in front of the node
-    might read the same bytes as two headers, so neither side gets to guess.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        for key, value in environ.items():
-            if (key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")) and isinstance(value, str) \
-                    and ("\x00" in value or "\r" in value):
-                body = f"bad request: header {key[5:] if key.startswith('HTTP_') else key} holds NUL or CR\n".encode()
-                start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
-                                                   ("Content-Length", str(len(body))), ("Connection", "close")])
-                return [body]
-        return self.app(environ, start_response)

@@ -17,7 +17,6 @@ from flask_migrate import Migrate
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
-from .bodies import RefuseSmuggledHeaders
 from .config import ConfigError, Settings, load_settings
 from .context import EXTENSION_KEY, GatewayState
 from .database import (
@@ -60,7 +59,6 @@ class PnPGateway:
         if app.config.get("MAX_CONTENT_LENGTH") is None:
             app.config["MAX_CONTENT_LENGTH"] = settings.http_max_body_bytes
         db.init_app(app)
-        app.wsgi_app = RefuseSmuggledHeaders(app.wsgi_app)  # type: ignore[method-assign]
         app.url_map.converters["int"] = DatabaseIdConverter  # before any route: ids above 2^63 - 1 match nothing
         migrate = Migrate(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True, compare_type=True)
         from .ha import initial_role, refuse_devices_when_passive

@@ -85,19 +85,21 @@ def tls_handshake(raw: Any, address: tuple[str, int], context: ssl.SSLContext, t
 
 
 class _StrictHeaders:
-    """Refuses (400) a request whose header section does not parse cleanly.
+    """Refuses (400) a request whose header section a proxy in front could read otherwise, on every HTTP port.
 
     The header parser underneath takes a bare CR as a line end and a line such as ``Host : x`` (a space before the
-    colon) as the end of the headers, silently: a proxy in front could read the same bytes otherwise. Both leave a
-    defect on the parsed headers, and such a request is refused instead of served with what was left.
+    colon) as the end of the headers, silently; both leave a defect on the parsed headers. A NUL is kept inside the
+    value. Such a request is refused instead of served with what was left. (Two Content-Lengths, Content-Length with
+    Transfer-Encoding, folded or unknown transfer codings are refused by the servers themselves.)
     """
 
     def read_request(self, raw_requestline: Any) -> Any:
         result = super().read_request(raw_requestline)  # type: ignore[misc]
-        if getattr(self.headers, "defects", None):  # type: ignore[attr-defined]
+        headers = self.headers  # type: ignore[attr-defined]
+        if getattr(headers, "defects", None) or any("\x00" in value or "\r" in value for value in headers.values()):
             from gevent.pywsgi import _InvalidClientRequest
 
-            raise _InvalidClientRequest("malformed header section (bare CR, or a space before a colon)")
+            raise _InvalidClientRequest("malformed header section (NUL, bare CR, or a space before a colon)")
         return result
 
 

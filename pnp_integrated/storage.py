@@ -95,13 +95,13 @@ class DiskWatch:
         """The readings, measured again when older than ``every`` seconds (or ``fresh``: an operator is asking)."""
         now = time.monotonic()
         if fresh or now - self._read_at >= self.every:
-            fresh = []
+            readings = []
             for path in self.paths:
                 try:
-                    fresh.append(read_disk(path, self.minimum))
+                    readings.append(read_disk(path, self.minimum))
                 except OSError:  # a directory that vanished reads as full: nothing can be written there
-                    fresh.append(DiskReading(str(path), 0, 0, self.minimum))
-            self._readings, self._read_at = fresh, now
+                    readings.append(DiskReading(str(path), 0, 0, self.minimum))
+            self._readings, self._read_at = readings, now
         return self._readings
 
     def low(self) -> DiskReading | None:

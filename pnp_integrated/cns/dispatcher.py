@@ -19,8 +19,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
 from ..models import DeviceSession, db
-from ..refusals import DISK_LOW, count_refusal
-from ..storage import DISK_RETRY_AFTER, disk_low
 from .codec import DEVICE_COMMANDS, CnsProtocolError, FrameReader, error_frame
 from .gateway import (
     ADMISSION_RETRY_AFTER,
@@ -31,7 +29,7 @@ from .gateway import (
     send_frame,
 )
 from .session import Admit, CnsSession, Refuse, busy, receipt, redirect, refusal
-from .worker import cns_worker, node_is_passive
+from .worker import cns_worker, not_taking_devices
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +101,7 @@ class Dispatcher:
             close_socket(sock)
 
     def _dispatch(self, sock: Any, address: tuple[str, int]) -> None:
-        from ..context import gateway_state, retry_after
+        from ..context import gateway_state
 
         settings = gateway_state(self.app).settings
         reader = FrameReader(DEVICE_COMMANDS, max_header_bytes=settings.cns_max_header_bytes,
@@ -124,13 +122,9 @@ class Dispatcher:
             send_frame(sock, refusal(decision))
             return
         assert isinstance(decision, Admit)
-        if node_is_passive(self.app):
-            send_frame(sock, refusal(Refuse(503, "node is passive (standby); retry later"), retry_after(self.app)))
-            return
-        full = disk_low(self.app)
-        if full is not None:
-            count_refusal(DISK_LOW)
-            send_frame(sock, busy(DISK_RETRY_AFTER, f"gateway cannot take devices now: {full.describe()}"))
+        refused = not_taking_devices(self.app)
+        if refused is not None:
+            send_frame(sock, refused[0])
             return
         worker = cns_worker(self.app)
         wait = worker.admission_slots.expected_wait()

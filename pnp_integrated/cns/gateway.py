@@ -21,13 +21,11 @@ from gevent.lock import RLock
 from gevent.monkey import get_original
 from sqlalchemy import func, select
 
-from ..context import retry_after
 from ..database import admission_turn
 from ..models import DeviceSession, db
 from ..outbox import record_event
 from ..provisioning.types import NEW_DEVICES_WAIT_SECONDS
-from ..refusals import DISK_LOW, NEW_DEVICES_PER_SOURCE, PUBLISH_FLOOD, count_refusal
-from ..storage import DISK_RETRY_AFTER, disk_low
+from ..refusals import NEW_DEVICES_PER_SOURCE, count_refusal
 from . import provision
 from .codec import CLOSED, DEVICE_COMMANDS, NEED_DATA, CnsProtocolError, Frame, FrameReader, error_frame, serialize
 from .messages import CONFIG_LOAD, EXEC_CMD
@@ -53,7 +51,7 @@ from .worker import (
     close_sessions,
     cns_worker,
     end_session,
-    node_is_passive,
+    not_taking_devices,
     session_device,
 )
 
@@ -219,8 +217,8 @@ class GatewayConnection:
         self._touch()
         match decision:
             case Refuse(code=code, message=message, close=close):
-                if code == 413 and decision.retry_after is not None:
-                    count_refusal(PUBLISH_FLOOD)
+                if decision.protects:
+                    count_refusal(decision.protects)
                 self.send(refusal(decision))
                 return f"refused {code}: {message}" if close else ""
             case Admit(hello=hello):
@@ -252,14 +250,10 @@ class GatewayConnection:
 
     # ---- admission ------------------------------------------------------------------------------------------
     def _admit(self, hello: Hello) -> str:
-        if node_is_passive(self.app):
-            self.send(refusal(Refuse(503, "node is passive (standby); retry later"), retry_after(self.app)))
-            return "node passive"
-        full = disk_low(self.app)
-        if full is not None:
-            count_refusal(DISK_LOW)
-            self.send(busy(DISK_RETRY_AFTER, f"gateway cannot take devices now: {full.describe()}"))
-            return "disk nearly full"
+        refused = not_taking_devices(self.app)
+        if refused is not None:
+            self.send(refused[0])
+            return refused[1]
         if provision.new_device_refused(self.app, hello, self.address):
             count_refusal(NEW_DEVICES_PER_SOURCE)
             self.send(busy(NEW_DEVICES_WAIT_SECONDS, f"{self.address} introduced too many new devices this minute; "

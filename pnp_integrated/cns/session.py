@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from ..refusals import PUBLISH_FLOOD
 from .codec import Frame, error_frame, make_frame
 from .messages import EXPECTED_ROOTS, Document, XmlRefused, parse_xml
 
@@ -101,6 +102,7 @@ class Refuse:
     message: str
     close: bool = True
     retry_after: int | None = None  # seconds the device should wait before it comes back
+    protects: str = ""  # a refusal made to protect the node: its reason in pnp_refused_total (refusals.REASONS)
 
 
 Decision = Admit | Subscribe | Unsubscribe | Publish | Ping | Goodbye | Refuse
@@ -112,7 +114,7 @@ PUBLISH_FLOOD_RETRY_AFTER = 60
 class Budget:
     """A token bucket: up to ``per_minute`` at once, refilled at ``per_minute`` a minute; 0 means no limit.
 
-    ``clock`` is injected (seconds, monotonic), so the protocol core stays free of time as of I/O.
+    ``clock`` is injected (seconds, monotonic), so tests drive the protocol core with a fake one.
     """
 
     def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
@@ -138,7 +140,7 @@ class CnsSession:
     """One device connection's protocol state.
 
     ``publish_per_minute`` / ``publish_bytes_per_minute`` bound what one session may PUBLISH (each event is stored
-    and sent to Prime): a device publishes a handful of results per job, a flood is refused with ERROR 429.
+    and sent to Prime): a device publishes a handful of results per job, a flood is refused with ERROR 413.
     """
 
     def __init__(self, *, publish_per_minute: int = 0, publish_bytes_per_minute: int = 0,
@@ -232,7 +234,7 @@ class CnsSession:
             # 413: this session sent more than it may (CNS-W1 has no rate code); the device reconnects later.
             return Refuse(413, f"too much PUBLISH on this session (at most {self.publishes.per_minute} messages and "
                                f"{self.publish_bytes.per_minute} octets a minute); reconnect later",
-                          retry_after=PUBLISH_FLOOD_RETRY_AFTER)
+                          retry_after=PUBLISH_FLOOD_RETRY_AFTER, protects=PUBLISH_FLOOD)
         try:
             document = parse_xml(frame.body)
         except XmlRefused as exc:

@@ -25,9 +25,13 @@ from flask import Flask, current_app
 from sqlalchemy import bindparam, select, update
 
 from ..config import Settings
-from ..context import TAKING_OVER_HOLD_SECONDS, accepting_devices, gateway_state
+from ..context import TAKING_OVER_HOLD_SECONDS, accepting_devices, gateway_state, retry_after
 from ..models import DeviceSession, db, utcnow
 from ..outbox import record_event
+from ..refusals import DISK_LOW, count_refusal
+from ..storage import DISK_RETRY_AFTER, disk_low
+from .codec import Frame
+from .session import Refuse, busy, refusal
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +84,20 @@ def _short_path(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def node_is_passive(app: Flask) -> bool:
-    """Whether this node must refuse device sessions (HA standby); without HA the node is always active.
+def not_taking_devices(app: Flask) -> tuple[Frame, str] | None:
+    """Why this node takes no device session now, for the dispatcher and the gateway ports alike: the frame that
+    tells the device so and a close reason, or ``None`` when it takes them.
 
-    A node taking over holds the device for its lease (``TAKING_OVER_HOLD_SECONDS``) before saying so.
+    An HA standby answers ERROR 503 (a node taking over first holds the device for its lease,
+    ``TAKING_OVER_HOLD_SECONDS``); a node short of disk space answers BUSY.
     """
-    return not accepting_devices(app, hold=TAKING_OVER_HOLD_SECONDS)
+    if not accepting_devices(app, hold=TAKING_OVER_HOLD_SECONDS):
+        return refusal(Refuse(503, "node is passive (standby); retry later"), retry_after(app)), "node passive"
+    full = disk_low(app)
+    if full is not None:
+        count_refusal(DISK_LOW)
+        return busy(DISK_RETRY_AFTER, f"gateway cannot take devices now: {full.describe()}"), "disk nearly full"
+    return None
 
 
 def close_sessions(rows: list[DeviceSession], reason: str) -> None:

@@ -53,6 +53,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from ..context import current_settings, sqlite_write_turn
 from ..models import Device, JobStep, Profile, ProvisioningJob, db, utcnow
 from ..outbox import device_payload, job_payload, record_event
+from ..refusals import NEW_DEVICES_PER_SOURCE, count_refusal
 from ..sealing import SealError, unseal
 from .matching import match_profile
 from .steps import BY_NAME, STEP_NAMES, STEPS, Work
@@ -369,11 +370,19 @@ def _answers_pending(job: ProvisioningJob, correlator: str) -> bool:
     return correlator == job.correlator or correlator in (job.pending_request or {}).get("device_correlators", ())
 
 
+def _new_devices_limit(address: str) -> int:
+    """The allowance of new devices a minute that applies to ``address``; 0 when none does (no query needed)."""
+    limit = current_settings().new_devices_per_source_per_minute
+    if limit <= 0 or not address or _is_loopback(address):  # this host (its own simulators), not the network
+        return 0
+    return limit
+
+
 def new_devices_limited(address: str) -> bool:
     """Whether ``address`` has introduced its allowance of devices never seen before this minute
     (``PNP_NEW_DEVICES_PER_SOURCE_PER_MINUTE``): each is a row and a Prime event, and nobody has authenticated."""
-    limit = current_settings().new_devices_per_source_per_minute
-    if limit <= 0 or not address or _is_loopback(address):  # this host (its own simulators), not the network
+    limit = _new_devices_limit(address)
+    if not limit:
         return False
     since = utcnow() - dt.timedelta(seconds=60)
     recent = db.session.scalar(select(func.count()).select_from(Device).where(
@@ -389,15 +398,19 @@ def _is_loopback(address: str) -> bool:
 
 
 def new_device_refused(serial: str, address: str) -> bool:
-    """Whether a device of this serial would be refused now: unknown, from a source over its new-device allowance."""
-    if not new_devices_limited(address):
+    """Whether a device of this serial would be refused now: unknown, from a source over its new-device allowance.
+
+    Asked at every CNS admission: a known device (a whole fleet returning after a failover) costs one lookup by
+    serial, never the count.
+    """
+    if not _new_devices_limit(address):
         return False
-    return db.session.scalar(select(Device.id).where(Device.serial == serial)) is None
+    if db.session.scalar(select(Device.id).where(Device.serial == serial)) is not None:
+        return False
+    return new_devices_limited(address)
 
 
 def _refused_new_device(address: str) -> Action:
-    from ..refusals import NEW_DEVICES_PER_SOURCE, count_refusal
-
     count_refusal(NEW_DEVICES_PER_SOURCE)
     limit = current_settings().new_devices_per_source_per_minute
     return Action(ActionKind.REFUSED, wait_seconds=NEW_DEVICES_WAIT_SECONDS,

@@ -36,4 +36,5 @@ def test_status_answers_from_a_reading_at_most_a_second_old(app_factory: Callabl
     first = client.get("/status").get_json()
     assert client.get("/status").get_json() == first  # within the second: the same reading
     time.sleep(STATUS_MAX_AGE + 0.1)
-    assert client.get("/status").get_json()["rows"]  # measured again, still a whole table
+    again = client.get("/status").get_json()
+    assert again["at"] != first["at"] and again["rows"]  # measured again (``at`` has whole seconds), a whole table

@@ -35,10 +35,6 @@ def test_below_the_watermark_devices_get_503_and_operators_still_get_status(app_
     assert row["status"] == "DOWN" and "below PNP_DISK_MIN_FREE_MB" in row["info"]
 
 
-def test_zero_turns_the_check_off(app_factory: Callable[..., Flask]) -> None:
-    assert disk_low(app_factory(disk_min_free_mb=0)) is None
-
-
 def test_the_reading_says_where_and_how_much() -> None:
     low = DiskReading("/var/lib/pnp", 3 * MIB, 10 * 1024 * MIB, 256 * MIB)
     assert low.low
