@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from pnp_integrated.devsim.node import PNPP, RunningNode, node_environment, node_settings, port_accepts, start_node
+from pnp_integrated.status import STATUS_MAX_AGE
 
 DRAIN = 2.0
 GRACE = 5.0  # gunicorn kills workers still alive PNP_DRAIN_TIMEOUT + 5 s after SIGTERM (deploy/gunicorn.conf.py)
@@ -61,6 +62,8 @@ def test_node_serves_status_and_every_port_then_stops_cleanly(running_node: Call
     listed = " ".join(row["service"] + " " + row["info"] for row in data["rows"])
     for port in node.tcp_ports():
         assert str(port) in listed
+    # Each worker answers from a reading at most STATUS_MAX_AGE old: past it, every worker has seen the node healthy.
+    time.sleep(STATUS_MAX_AGE)
 
     result = subprocess.run([PNPP, "status"], env=node.env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
