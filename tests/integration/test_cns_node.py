@@ -16,6 +16,8 @@ from pnp_integrated.cns.worker import deliver
 from pnp_integrated.devsim.link import CnsLink, connect, dispatch
 from pnp_integrated.devsim.node import RunningNode
 from pnp_integrated.models import DeviceSession, db
+from pnp_integrated.status import STATUS_MAX_AGE
+from tests.support import wait_until
 
 HOST = "127.0.0.1"
 CONFIG_LOAD = "cisco.mgmt.cns.config.load"
@@ -128,9 +130,14 @@ def test_status_counts_devices_per_gateway_port(node: RunningNode, observer: Any
     port = gateway_ports(node)[4]
     links = [connect(HOST, port, f"COUNT{i}")[0] for i in range(3)]
     try:
-        _, status = node.get_json("/status")
-        [row] = [r for r in status["rows"] if r["service"] == f"CNS Gateway port: {port}"]
-        assert row["status"] == "UP" and "devices: 3" in row["info"]
+        def port_row_with_three() -> dict[str, str] | None:
+            _, status = node.get_json("/status")
+            [row] = [r for r in status["rows"] if r["service"] == f"CNS Gateway port: {port}"]
+            return row if "devices: 3" in row["info"] else None
+
+        # /status answers from a reading at most STATUS_MAX_AGE old: the three devices show within it.
+        row = wait_until(port_row_with_three, STATUS_MAX_AGE + 2, "the three devices in the port's status row")
+        assert row["status"] == "UP"
     finally:
         for link in links:
             link.close()
