@@ -103,7 +103,30 @@ class _StrictHeaders:
         return result
 
 
-class _QuietWSGIHandler(_StrictHeaders, WSGIHandler):
+REFUSAL_TEXT_LIMIT = 200  # characters of gevent's reason kept in the log line: a request line may be 8 KiB
+
+
+class _RefusalsLogged:
+    """Logs what pywsgi refuses (a request line or header section it cannot parse) as one rate-limited INFO line
+    of the listeners' logger: the client's mistake, which gevent itself writes to stderr once per request."""
+
+    def log_error(self, msg: str, *args: Any) -> None:
+        address = self.client_address  # type: ignore[attr-defined]
+        try:
+            reason = msg % args if args else msg
+        except (TypeError, ValueError):
+            reason = f"{msg!r} {args!r}"
+        # gevent names the client in its text; the line names it once, before the reason.
+        reason = reason.replace(f"(from {address}) ", "").replace(f" (from {address})", "")
+        reason = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason)  # one line, whatever was sent
+        if len(reason) > REFUSAL_TEXT_LIMIT:
+            reason = f"{reason[:REFUSAL_TEXT_LIMIT]}... ({len(reason)} characters)"
+        port = self.server.server_port  # type: ignore[attr-defined]
+        log.info("HTTP request refused on port %s from %s: %s", port, address[0] if address else "?", reason,
+                 extra=client_mistake(f"http-refused-{port}"))
+
+
+class _QuietWSGIHandler(_RefusalsLogged, _StrictHeaders, WSGIHandler):
     """pywsgi handler whose access log goes through logging at debug level (gunicorn keeps the HTTP access log)."""
 
     def log_request(self) -> None:
@@ -143,8 +166,8 @@ class TLSWSGIServer(WSGIServer):
                          extra=client_mistake("http-client-gone"))
 
 
-class GatewayHTTPHandler(_StrictHeaders, PyWSGIHandler):
-    """gunicorn's handler on the plain HTTP port, with the same header checks as every other port."""
+class GatewayHTTPHandler(_RefusalsLogged, _StrictHeaders, PyWSGIHandler):
+    """gunicorn's handler on the plain HTTP port, with the same header checks and refusal log as every other port."""
 
 
 class GatewayHTTPServer(PyWSGIServer):

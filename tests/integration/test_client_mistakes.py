@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl
 from collections.abc import Callable
@@ -36,3 +37,56 @@ def test_refused_handshakes_and_clients_gone_mid_response_leave_few_lines_and_no
     assert "Traceback" not in log
     # Two workers share the port: each logs at most its allowance of refusals a minute.
     assert 1 <= log.count(f"TLS handshake refused on port {https} ") <= 2 * CLIENT_MISTAKES_PER_MINUTE < SCANS
+
+
+# Every byte str.split() takes for a space once the request line is decoded as latin-1 (NUL, controls and 0x80 up
+# stay in): the random requests below are one word each, never a request line gevent could parse.
+_SPACES = bytes(b for b in range(256) if chr(b).isspace())
+
+
+def _malformed_requests(count: int) -> list[bytes]:
+    """Request lines gevent refuses, each naming PROBE: a NUL in the method, random bytes, a four-word line, and a
+    line of a few kilobytes."""
+    rng = random.Random(7)
+    shapes = [
+        lambda: b"PROBE\x00 / HTTP/1.1 x\r\n\r\n",
+        lambda: b"PROBE" + rng.randbytes(60).translate(None, _SPACES) + b"\r\n\r\n",
+        lambda: b"PROBE / HTTP/1.1 extra\r\n\r\n",
+        lambda: b"PROBE " * 1000 + b"\r\n\r\n",
+    ]
+    return [shapes[i % len(shapes)]() for i in range(count)]
+
+
+def _send(sock: socket.socket, request: bytes) -> bytes:
+    sock.sendall(request)
+    answer = b""
+    try:
+        while chunk := sock.recv(4096):
+            answer += chunk
+    except (ConnectionResetError, ssl.SSLError):  # refused: the node may close without a TLS goodbye
+        pass
+    return answer
+
+
+def test_malformed_requests_on_the_http_ports_leave_few_lines_and_no_traceback(
+        running_node: Callable[..., RunningNode]) -> None:
+    node = running_node()
+    http, https = node.port("http_port"), node.port("https_port")
+    context = node.client_context()
+    answers = []
+    for request in _malformed_requests(SCANS):
+        with socket.create_connection(("127.0.0.1", http), timeout=5) as sock:
+            answers.append(_send(sock, request))
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", https), timeout=5)) as tls:
+            answers.append(_send(tls, request))
+    assert all(answer.startswith(b"HTTP/1.1 400") for answer in answers)
+    assert node.get_json("/status")[0] == 200
+    wait_until(lambda: "PROBE" in node.log_text(), 5, "the refused requests logged")
+    log = node.log_text()
+    assert "Traceback" not in log
+    lines = [line for line in log.splitlines() if "PROBE" in line]
+    # Two workers share each port: each logs at most its allowance a minute, and every line names its port.
+    assert len(lines) <= 2 * 2 * CLIENT_MISTAKES_PER_MINUTE < 2 * SCANS
+    for port in (http, https):
+        assert 1 <= sum(f"port {port} " in line for line in lines) <= 2 * CLIENT_MISTAKES_PER_MINUTE
+    assert max(len(line) for line in lines) < 500  # a line of kilobytes is cut, not copied into the log
