@@ -90,6 +90,16 @@ class Settings:
     # Devices never seen before that one source address may introduce per minute (each is a row and a Prime event);
     # 0: no limit. Loopback sources (this host's own simulators) are not limited.
     new_devices_per_source_per_minute: int = 300
+    # Every configuration URL the gateway sends carries a token bound to the one request it serves (and expiring
+    # after the lifetime); the Config Web Service serves nothing without a valid one, so knowing a serial is not
+    # enough to read a device's configuration.
+    config_url_tokens: bool = False
+    config_url_token_lifetime: float = 3600.0
+    # Devices' client certificates on HTTPS (Cisco SUDI): a CA bundle (PEM). A device that presents a certificate
+    # must chain to it, and may then speak only for the serial in it. With device_cert_required, Open PnP is served
+    # only to devices with such a certificate.
+    device_ca_file: str = ""
+    device_cert_required: bool = False
 
     # ---- derived values -------------------------------------------------------------------------------------
     @property
@@ -320,6 +330,15 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
     for name in ("cns_publish_per_minute", "cns_publish_bytes_per_minute", "new_devices_per_source_per_minute"):
         if getattr(s, name) < 0:
             bad(name, "must be 0 (no limit) or more")
+    if not math.isfinite(s.config_url_token_lifetime) or not 60 <= s.config_url_token_lifetime <= 7 * 86400:
+        bad("config_url_token_lifetime", "must be a number of seconds from 60 to 604800 (a week)")
+    if s.device_ca_file:
+        problem = _ca_bundle_problem(Path(s.device_ca_file))
+        if problem:
+            bad("device_ca_file", f"{s.device_ca_file}: {problem}")
+    elif s.device_cert_required:
+        bad("device_cert_required", "needs PNP_DEVICE_CA_FILE, the CA bundle device certificates chain to "
+            "(Cisco's SUDI CA certificates)")
     if s.disk_min_free_mb < 0:
         bad("disk_min_free_mb", "must be a number of MiB, 0 or more (0 turns the free-space check off)")
     if s.cns_max_header_bytes < 256:
@@ -367,6 +386,20 @@ def _check_key_pair(s: Settings, origin: Any) -> list[str]:
             f"PEM certificate and its unencrypted private key ({reason})"
         ]
     return []
+
+
+def _ca_bundle_problem(path: Path) -> str:
+    """Why ``path`` cannot be the CA bundle client certificates are checked against ("" when it can)."""
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_verify_locations(cafile=str(path))
+    except FileNotFoundError:
+        return "no such file"
+    except (ssl.SSLError, OSError) as exc:
+        return f"not a PEM bundle of CA certificates ({getattr(exc, 'reason', None) or exc})"
+    if not context.get_ca_certs():
+        return "holds no CA certificate (a certificate with CA:TRUE in PEM)"
+    return ""
 
 
 def tls_floor(version: str) -> str:

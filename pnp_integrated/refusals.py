@@ -11,7 +11,9 @@ DISK_LOW = "disk-low"  # below PNP_DISK_MIN_FREE_MB: device work refused
 NEW_DEVICES_PER_SOURCE = "new-devices-per-source"  # a source introduced too many unknown devices this minute
 PUBLISH_FLOOD = "cns-publish-flood"  # a CNS session published more than its allowance
 STATUS_BUSY = "status-busy"  # more /status requests at once than a worker answers
-REASONS = (DISK_LOW, NEW_DEVICES_PER_SOURCE, PUBLISH_FLOOD, STATUS_BUSY)
+CONFIG_URL_TOKEN = "config-url-token"  # a configuration asked for without a valid token (PNP_CONFIG_URL_TOKENS)
+DEVICE_CERTIFICATE = "device-certificate"  # a device request its client certificate does not allow
+REASONS = (DISK_LOW, NEW_DEVICES_PER_SOURCE, PUBLISH_FLOOD, STATUS_BUSY, CONFIG_URL_TOKEN, DEVICE_CERTIFICATE)
 
 REFUSED = Counter("pnp_refused", "Requests the node refused to protect itself, by reason", ["reason"])
 

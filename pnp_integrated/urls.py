@@ -7,6 +7,7 @@ for Open PnP.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -15,6 +16,9 @@ from .config import Settings
 # The path prefixes of every HTTP request a device makes (Open PnP, the CNS image agent and config, the image and
 # resource web services): what is refused while the node cannot take device work.
 DEVICE_PATHS = ("/pnp/", "/cns/", "/images/", "/resources/")
+
+
+ConfigAccess = Callable[[str, str], Mapping[str, str]]
 
 
 def url_host(address: str) -> str:
@@ -27,21 +31,26 @@ class DeviceUrls:
     """URLs on one base (``http://192.0.2.10`` or ``https://[2001:db8::10]:8443``)."""
 
     base: str
+    # The query parameters that let a configuration URL be fetched (PNP_CONFIG_URL_TOKENS), given the device and
+    # the request's identifier; none when the Config Web Service is open.
+    config_access: ConfigAccess | None = None
 
     @classmethod
-    def on(cls, host: str, port: int, tls: bool = False) -> DeviceUrls:
+    def on(cls, host: str, port: int, tls: bool = False, config_access: ConfigAccess | None = None) -> DeviceUrls:
         scheme = "https" if tls else "http"
         default = 443 if tls else 80
-        return cls(f"{scheme}://{url_host(host)}" + ("" if port == default else f":{port}"))
+        return cls(f"{scheme}://{url_host(host)}" + ("" if port == default else f":{port}"), config_access)
 
     @classmethod
-    def http(cls, settings: Settings) -> DeviceUrls:
+    def http(cls, settings: Settings, config_access: ConfigAccess | None = None) -> DeviceUrls:
         """The VIP on the plain HTTP port (what IOS CNS agents use)."""
-        return cls.on(settings.vip, settings.http_port)
+        return cls.on(settings.vip, settings.http_port, config_access=config_access)
 
     def config(self, device_id: str, identifier: str = "") -> str:
         """The Config Web Service; without an identifier it serves the device's own rendered configuration."""
         query = {"DeviceID": device_id, **({"Identifier": identifier} if identifier else {})}
+        if self.config_access is not None:
+            query.update(self.config_access(device_id, identifier))
         return f"{self.base}/cns/config.asp?{urlencode(query)}"
 
     def file(self, path: str) -> str:

@@ -248,9 +248,11 @@ def own_config_url(config_id: str) -> str:
     Without an ``Identifier`` the service answers with the device's configuration, not one job step's request.
     """
     from ..context import gateway_state
+    from ..provisioning import url_tokens
     from ..urls import DeviceUrls
 
-    return DeviceUrls.http(gateway_state().settings).config(config_id)
+    settings = gateway_state().settings
+    return DeviceUrls.http(settings, url_tokens.signer(settings)).config(config_id)
 
 
 # Command types of the contract that this gateway applies; others are rejected with a reason.

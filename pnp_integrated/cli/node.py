@@ -130,11 +130,13 @@ def _upgrade(settings: Settings, revision: str, quiet: bool = False) -> None:
         upgrade(revision=revision)
         after, _ = schema_revisions()
         if after == head:
-            from ..sealing import seal_plaintext
+            from ..sealing import load_keys, seal_plaintext
 
             sealed = seal_plaintext(settings)  # profiles written before credentials were sealed
             if sealed:
                 click.echo(f"sealed the credentials of {sealed} profile(s) stored in the clear")
+            if settings.config_url_tokens:
+                load_keys(settings)  # the key configuration URLs are signed with, before any worker signs one
     if not quiet or before != after:
         click.echo(f"database {settings.sqlalchemy_url.split('@')[-1]}: {before or 'empty'} -> {after} (head {head})")
 

@@ -22,7 +22,7 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
-from ..provisioning import engine
+from ..provisioning import engine, url_tokens
 from ..provisioning.types import Action, ActionKind, DeviceIdentity, EngineBusy, Outcome
 from ..urls import DeviceUrls
 from .messages import CONFIG_LOAD, EXEC_CMD, Document, config_load_pull, config_load_push, device_result, exec_cmd
@@ -101,7 +101,7 @@ def report(app: Flask, hello: Hello, subject: str, document: Document) -> Action
 
 def config_url(settings: Settings, config_id: str, identifier: str) -> str:
     """The Config Web Service URL of a job's configuration, on the VIP."""
-    return DeviceUrls.http(settings).config(config_id, identifier)
+    return DeviceUrls.http(settings, url_tokens.signer(settings)).config(config_id, identifier)
 
 
 def delivery_for(action: Action, config_id: str, settings: Settings) -> tuple[str, str] | None:

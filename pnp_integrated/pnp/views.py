@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..bodies import limited_body
 from ..context import current_settings
-from ..provisioning import engine
+from ..provisioning import engine, url_tokens
 from ..urls import DeviceUrls
 from .conversation import identity_of, outcome_of, reply_to_work_request
 from .messages import Bye, Fault, PnpProtocolError, SyslogEvent, encode, parse_work_request, parse_work_response
@@ -34,7 +34,8 @@ def _urls() -> DeviceUrls:
     # Devices are sent to the VIP (never a node address), on the transport they used to reach us.
     settings = current_settings()
     tls = request.scheme == "https"
-    return DeviceUrls.on(settings.vip, settings.https_port if tls else settings.http_port, tls)
+    return DeviceUrls.on(settings.vip, settings.https_port if tls else settings.http_port, tls,
+                         url_tokens.signer(settings))
 
 
 @blueprint.route("/HELLO", methods=["GET", "POST"])

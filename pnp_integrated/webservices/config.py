@@ -11,9 +11,12 @@ import logging
 
 from flask import Blueprint, Response, request
 
+from ..context import current_settings
+from ..logs import client_mistake
 from ..models import Device, db
-from ..provisioning import engine
+from ..provisioning import engine, url_tokens
 from ..provisioning.types import ActionKind, DeviceIdentity
+from ..refusals import CONFIG_URL_TOKEN, count_refusal
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,7 @@ blueprint = Blueprint("config_service", __name__)
 
 MAX_DEVICE_ID = 255
 MAX_IDENTIFIER = 128
+MAX_TOKEN = 64
 
 
 def _plain(text: str, status: int) -> Response:
@@ -49,9 +53,18 @@ def config_asp() -> Response:
     if problem is None and device_id is None:
         problem = "DeviceID is required"
     identifier, id_problem = _parameter("Identifier", MAX_IDENTIFIER)
-    problem = problem or id_problem
+    expires, expires_problem = _parameter(url_tokens.EXPIRES, MAX_TOKEN)
+    token, token_problem = _parameter(url_tokens.TOKEN, MAX_TOKEN)
+    problem = problem or id_problem or expires_problem or token_problem
     if problem is not None or device_id is None:
         return _plain(f"bad request: {problem}\n", 400)
+    refused = url_tokens.refusal(current_settings(), device_id, identifier or "", expires, token)
+    if refused is not None:
+        # Checked before the device is looked up, so a refusal says nothing about which serials exist.
+        count_refusal(CONFIG_URL_TOKEN)
+        log.info("config.asp: refused %s from %s: %s", device_id[:64], request.remote_addr, refused,
+                 extra=client_mistake("config-url-token"))
+        return _plain(f"forbidden: {refused}\n", 403)
 
     text = engine.rendered_config(device_id, identifier)
     if text is None and identifier is None and db.session.scalar(
