@@ -126,8 +126,21 @@ class _RefusalsLogged:
                  extra=client_mistake(f"http-refused-{port}"))
 
 
+# The WSGI environ key of the client certificate a TLS client presented and the server verified (the dict of
+# ``SSLSocket.getpeercert()``); absent when it presented none.
+CLIENT_CERTIFICATE = "pnp.client_certificate"
+
+
 class _QuietWSGIHandler(_RefusalsLogged, _StrictHeaders, WSGIHandler):
     """pywsgi handler whose access log goes through logging at debug level (gunicorn keeps the HTTP access log)."""
+
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        getpeercert = getattr(self.socket, "getpeercert", None)
+        certificate = getpeercert() if getpeercert is not None else None
+        if certificate:  # only a verified certificate has fields (the context asks for one only with a CA)
+            environ[CLIENT_CERTIFICATE] = certificate
+        return environ
 
     def log_request(self) -> None:
         log.debug("%s", self.format_request())
@@ -204,6 +217,7 @@ class ListenerSpec:
     tls: bool
     wsgi_app: Any = None  # served as HTTP(S) when set
     stream_handler: StreamHandler | None = None  # raw protocol otherwise
+    tls_context: ssl.SSLContext | None = None  # this port's own TLS context (the controller's otherwise)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -228,7 +242,7 @@ class ListenerController:
         if spec.wsgi_app is not None:
             if spec.tls:
                 assert self._context is not None
-                return TLSWSGIServer(sock, spec.wsgi_app, context=self._context,
+                return TLSWSGIServer(sock, spec.wsgi_app, context=spec.tls_context or self._context,
                                      handshake_timeout=self._handshake_timeout,
                                      idle_timeout=self._http_idle_timeout, spawn=self._pool)
             return WSGIServer(sock, spec.wsgi_app, log=None, spawn=self._pool, handler_class=_QuietWSGIHandler)

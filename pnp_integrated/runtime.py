@@ -13,7 +13,7 @@ from .config import Settings
 from .context import gateway_state
 from .listeners import GatewayHTTPHandler, GatewayHTTPServer, ListenerController, ListenerSpec, bind_socket
 from .ports import MONITOR_ADDRESS, node_ports, port_setting
-from .tls import server_context
+from .tls import device_https_context, server_context
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ def raw_listener_specs(app: Flask, settings: Settings) -> list[ListenerSpec]:
     from .cns.ports import stream_handler_for  # the CNS protocol decides what each CNS port speaks
 
     specs = [
-        ListenerSpec("HTTPD", settings.vip, settings.https_port, True, wsgi_app=app),
+        ListenerSpec("HTTPD", settings.vip, settings.https_port, True, wsgi_app=app,
+                     tls_context=device_https_context(settings, gateway_state(app).certs)),
         ListenerSpec("PnP Gateway Monitoring", MONITOR_ADDRESS, settings.monitoring_port, True, wsgi_app=app),
     ]
     for role in node_ports(settings):

@@ -142,6 +142,20 @@ def server_context(settings: Settings, paths: CertPaths | None = None) -> ssl.SS
     return ctx
 
 
+def device_https_context(settings: Settings, paths: CertPaths | None = None) -> ssl.SSLContext | None:
+    """The HTTPS port's context when devices' client certificates are checked (PNP_DEVICE_CA_FILE), else ``None``.
+
+    The certificate is asked for, not required (CNS agents and older images present none); one that is presented
+    must chain to the operator's bundle, or the handshake fails.
+    """
+    if not settings.device_ca_file:
+        return None
+    ctx = server_context(settings, paths)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.load_verify_locations(cafile=settings.device_ca_file)
+    return ctx
+
+
 def client_context(settings: Settings) -> ssl.SSLContext:
     """A client context that trusts the gateway's CA (used by ``pnpp status`` and the device simulators)."""
     paths = cert_paths(settings)

@@ -14,7 +14,10 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..bodies import limited_body
 from ..context import current_settings
+from ..device_certificates import refusal as certificate_refusal
+from ..logs import client_mistake
 from ..provisioning import engine, url_tokens
+from ..refusals import DEVICE_CERTIFICATE, count_refusal
 from ..urls import DeviceUrls
 from .conversation import identity_of, outcome_of, reply_to_work_request
 from .messages import Bye, Fault, PnpProtocolError, SyslogEvent, encode, parse_work_request, parse_work_response
@@ -38,6 +41,30 @@ def _urls() -> DeviceUrls:
                          url_tokens.signer(settings))
 
 
+class CertificateRefused(Exception):
+    """The device's client certificate does not allow this request (403 with the reason)."""
+
+
+def _speaks_for(serial: str | None) -> None:
+    """Refuse a request its client certificate does not allow (PNP_DEVICE_CA_FILE); ``None``: no serial yet."""
+    refused = certificate_refusal(current_settings(), request.environ, serial, open_pnp=True)
+    if refused is not None:
+        raise CertificateRefused(refused)
+
+
+@blueprint.before_request
+def _certificate_required() -> None:
+    _speaks_for(None)
+
+
+@blueprint.errorhandler(CertificateRefused)
+def certificate_refused(exc: CertificateRefused) -> Response:
+    count_refusal(DEVICE_CERTIFICATE)
+    log.info("pnp: refused %s %s from %s: %s", request.method, request.path, request.remote_addr, exc,
+             extra=client_mistake("device-certificate"))
+    return Response(f"forbidden: {exc}\n", 403, content_type="text/plain; charset=utf-8")
+
+
 @blueprint.route("/HELLO", methods=["GET", "POST"])
 def hello() -> Response:
     """The agent checks that a PnP server is here (some agents POST an empty ``<info/>``)."""
@@ -50,6 +77,7 @@ def hello() -> Response:
 def work_request() -> Response:
     """A device asks for work."""
     message = parse_work_request(limited_body(), current_settings().http_max_body_bytes)
+    _speaks_for(message.udi.serial)
     action = engine.contact(identity_of(message, request.remote_addr or ""), device_correlator=message.correlator)
     reply = reply_to_work_request(action, message, _urls())
     log.debug("pnp %s: %s -> %s", message.udi.serial, action.kind.value, type(reply).__name__)
@@ -61,6 +89,7 @@ def work_response() -> Response:
     """A device reports the result of a request; the answer is always the bye (the next WORK-REQUEST gets work)."""
     message = parse_work_response(limited_body(), current_settings().http_max_body_bytes)
     serial = message.udi.serial
+    _speaks_for(serial)
     if isinstance(message, SyslogEvent):
         # Unsolicited (Cisco's syslog service): the lines are the device's own log; there is nothing to answer.
         for line in message.lines:

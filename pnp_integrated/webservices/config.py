@@ -12,11 +12,12 @@ import logging
 from flask import Blueprint, Response, request
 
 from ..context import current_settings
+from ..device_certificates import refusal as certificate_refusal
 from ..logs import client_mistake
 from ..models import Device, db
 from ..provisioning import engine, url_tokens
 from ..provisioning.types import ActionKind, DeviceIdentity
-from ..refusals import CONFIG_URL_TOKEN, count_refusal
+from ..refusals import CONFIG_URL_TOKEN, DEVICE_CERTIFICATE, count_refusal
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,14 @@ def config_asp() -> Response:
     problem = problem or id_problem or expires_problem or token_problem
     if problem is not None or device_id is None:
         return _plain(f"bad request: {problem}\n", 400)
-    refused = url_tokens.refusal(current_settings(), device_id, identifier or "", expires, token)
+    settings = current_settings()
+    refused = certificate_refusal(settings, request.environ, device_id, open_pnp=False)
+    if refused is not None:
+        count_refusal(DEVICE_CERTIFICATE)
+        log.info("config.asp: refused %s from %s: %s", device_id[:64], request.remote_addr, refused,
+                 extra=client_mistake("device-certificate"))
+        return _plain(f"forbidden: {refused}\n", 403)
+    refused = url_tokens.refusal(settings, device_id, identifier or "", expires, token)
     if refused is not None:
         # Checked before the device is looked up, so a refusal says nothing about which serials exist.
         count_refusal(CONFIG_URL_TOKEN)
