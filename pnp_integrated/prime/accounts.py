@@ -30,7 +30,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,14 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 PRIME_LOGIN = "prime"  # the simulated Prime's own clients: its event sink and `pnpp prime send`
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+# Runs ``func(*args)`` and returns its result: in the calling thread by default; the broker passes gevent's thread
+# pool (``threadpool.apply``), so that the tens of milliseconds of a scrypt check do not stall its other clients.
+Offload = Callable[[Callable[..., Any], tuple[Any, ...]], Any]
+
+
+def in_caller(func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    return func(*args)
 
 
 class AccountError(ValueError):
@@ -148,10 +156,11 @@ class AccountStore:
         send, receive = ROLES.get(role, ((), ()))
         return Account(login, role, tuple(entry.get("send", send)), tuple(entry.get("receive", receive)))
 
-    def authenticate(self, login: str, passcode: str) -> Account | None:
+    def authenticate(self, login: str, passcode: str, *, offload: Offload = in_caller) -> Account | None:
+        """The account when ``passcode`` is its passcode; only the hash check itself runs through ``offload``."""
         entry = self.entries().get(login)
         stored = entry.get("scrypt", "") if isinstance(entry, dict) else ""
-        ok = check_passcode(passcode, stored or _DUMMY_HASH) and bool(stored)
+        ok = offload(check_passcode, (passcode, stored or _DUMMY_HASH)) and bool(stored)
         return self.account(login) if ok else None
 
     def activemq_users(self) -> list[tuple[Account, str]]:
@@ -249,16 +258,31 @@ class LoginThrottle:
         return self._recent((source, login), now) >= self.per_login or self._recent((source, ""), now) >= \
             self.per_source
 
-    def failed(self, source: str, login: str, now: float | None = None) -> None:
+    def failed(self, source: str, login: str, now: float | None = None) -> float:
+        """Count a failed login; returns its time, for :meth:`forgive`."""
         now = time.monotonic() if now is None else now
         for key in ((source, login), (source, "")):
             self._failures.setdefault(key, []).append(now)
         while len(self._failures) > 10000:  # many sources or logins must not grow this without bound
             self._failures.pop(next(iter(self._failures)))
+        return now
+
+    def forgive(self, source: str, login: str, at: float) -> None:
+        """Take back the failure counted at ``at`` (the login it stood for succeeded)."""
+        for key in ((source, login), (source, "")):
+            times = self._failures.get(key)
+            if times and at in times:
+                times.remove(at)
+                if not times:
+                    del self._failures[key]
 
 
-def authenticator(store: AccountStore, throttle: LoginThrottle | None = None) -> Any:
-    """The broker's ``authenticate(login, passcode, source)``: the account, or why the login is refused."""
+def authenticator(store: AccountStore, throttle: LoginThrottle | None = None, *,
+                  offload: Offload = in_caller) -> Any:
+    """The broker's ``authenticate(login, passcode, source)``: the account, or why the login is refused.
+
+    ``offload`` runs the passcode check (see :data:`Offload`); the throttle is consulted and updated by the caller.
+    """
     throttle = throttle or LoginThrottle()
 
     def authenticate(login: str, passcode: str, source: str) -> Account | str:
@@ -267,14 +291,18 @@ def authenticator(store: AccountStore, throttle: LoginThrottle | None = None) ->
         if not login or not passcode:
             throttle.failed(source, login)
             return "login refused: CONNECT needs a login and a passcode"
+        # Counted as failed until it succeeds: checks that run side by side (offloaded) must not all get past the
+        # throttle before the first of them has failed.
+        attempt = throttle.failed(source, login)
         try:
-            account = store.authenticate(login, passcode)
+            account = store.authenticate(login, passcode, offload=offload)
         except AccountError as exc:
+            throttle.forgive(source, login, attempt)
             log.error("%s", exc)
             return "login refused: the broker cannot read its accounts"
         if account is None:
-            throttle.failed(source, login)
             return "login refused: unknown login or wrong passcode"
+        throttle.forgive(source, login, attempt)
         return account
 
     return authenticate

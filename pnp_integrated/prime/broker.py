@@ -22,7 +22,9 @@ Three layers, innermost first:
   stops accepting, lets writers flush, then closes. A client that agreed no heart-beats is closed once it has been
   silent for ``idle_timeout``.
 
-The broker core is single-threaded by design: under gevent every call runs on one hub, so no locks are needed.
+The broker core is single-threaded by design: under gevent every call runs on one hub, so no locks are needed. Only
+the passcode check of a CONNECT (scrypt, tens of milliseconds) runs in gevent's thread pool, touching no broker state:
+the connection's greenlet waits for it while the hub serves every other connection.
 """
 
 from __future__ import annotations

@@ -73,8 +73,11 @@ class PrimeServer:
                 self._store = MessageStore(prime_dir(self.settings) / "broker.sqlite3")
                 core = Broker(self._store, node=self.settings.node_name)
                 ports = BrokerPorts("0.0.0.0", self.settings.broker_port, "127.0.0.1", self.settings.bus_port)
+                # The process is gevent-patched: the pool's threads are real ones, and scrypt releases the GIL.
+                authenticate = authenticator(AccountStore(accounts_path(self.settings)),
+                                             offload=gevent.get_hub().threadpool.apply)
                 self.broker = BrokerController(core, ports, context=server_context(self.settings),
-                                               authenticate=authenticator(AccountStore(accounts_path(self.settings))),
+                                               authenticate=authenticate,
                                                handshake_timeout=self.settings.tls_handshake_timeout,
                                                idle_timeout=self.settings.broker_idle_timeout)
                 self.broker.start()

@@ -8,6 +8,8 @@ and ``pnpp run``), and secrets that stay out of files others can read, logs, sta
 from __future__ import annotations
 
 import json
+import selectors
+import socket
 import threading
 import time
 import urllib.request
@@ -30,8 +32,9 @@ from pnp_integrated.prime.accounts import (
     enrol_local_gateway,
     prime_passcode,
 )
-from pnp_integrated.prime.client import StompClientError
+from pnp_integrated.prime.client import StompClient, StompClientError
 from pnp_integrated.prime.server import PrimeProcess
+from pnp_integrated.prime.stomp import encode_frame, make_frame
 from pnp_integrated.tls import ensure_certificates
 from tests.support import prime_client, wait_until
 
@@ -97,6 +100,80 @@ def test_password_guessing_is_cut_off_without_locking_out_other_logins(tmp_path:
     for i in range(2):  # trying other logins from the same source stops at the per-source bound
         authenticate(f"user{i}", "whatever-passcode", "192.0.2.9")
     assert "too many failed logins" in str(authenticate("prime", "prime-passcode-2", "192.0.2.9"))
+
+
+class Guesses:
+    """CONNECTs with a wrong passcode, sent on many connections at once; :meth:`poll` collects the answers."""
+
+    def __init__(self, port: int, logins: list[str]) -> None:
+        self._waiting = selectors.DefaultSelector()
+        self.answers: dict[socket.socket, bytes] = {}
+        sockets = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in logins]
+        for sock, login in zip(sockets, logins, strict=True):  # one burst: every passcode to check at once
+            sock.sendall(encode_frame(make_frame("CONNECT", {"accept-version": "1.2", "login": login,
+                                                             "passcode": "a-wrong-passcode"})))
+            self._waiting.register(sock, selectors.EVENT_READ)
+            self.answers[sock] = b""
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._waiting.get_map())
+
+    def poll(self, timeout: float = 0) -> None:
+        """Read what has arrived within ``timeout``; a connection is answered at its first whole frame or EOF."""
+        for key, _ in self._waiting.select(timeout):
+            sock: socket.socket = key.fileobj  # type: ignore[assignment]
+            chunk = sock.recv(4096)
+            self.answers[sock] += chunk
+            if not chunk or b"\x00" in chunk:
+                self._waiting.unregister(sock)
+                sock.close()
+
+    def wait(self, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            self.poll(0.5)
+        return [answer.decode(errors="replace") for answer in self.answers.values()]
+
+
+CHECKED = "unknown login or wrong passcode"
+
+
+def test_logins_being_checked_do_not_hold_up_connected_clients(prime: Settings) -> None:
+    AccountStore(accounts_path(prime)).put("round-trip", "test", "round-trip-pass1",
+                                           send=["/queue/round-trip"], receive=["/queue/round-trip"])
+    round_trips_while_checking = 0
+    with StompClient("127.0.0.1", prime.bus_port, timeout=10, login=("round-trip", "round-trip-pass1")) as client:
+        client.subscribe("/queue/round-trip", "loop")
+        # 60 wrong logins from one address stay under the per-source bound; one login each, so none is cut off.
+        guesses = Guesses(prime.bus_port, [f"guess-{i}" for i in range(60)])
+        deadline = time.monotonic() + 60
+        while guesses.pending and time.monotonic() < deadline:
+            client.send("/queue/round-trip", b"ping", receipt=False)
+            message = client.receive(30)
+            assert message is not None and message.body == b"ping"
+            guesses.poll()
+            round_trips_while_checking += guesses.pending
+    # The connected client's messages went round while the guesses were being checked, and every guess was checked.
+    assert round_trips_while_checking >= 20
+    assert all(CHECKED in answer for answer in guesses.wait(5))
+
+
+def test_guesses_sent_at_once_are_throttled_like_guesses_in_a_row(prime: Settings) -> None:
+    answers = Guesses(prime.bus_port, ["pnp-gateway"] * 30).wait(60)
+    # Ten wrong passcodes for one login from one address are checked; the rest are refused unchecked.
+    assert sum(CHECKED in answer for answer in answers) == 10
+    assert sum("too many failed logins" in answer for answer in answers) == 20
+
+
+def test_logins_that_succeed_never_count_towards_the_throttle(tmp_path: Path) -> None:
+    store = AccountStore(tmp_path / "accounts.json")
+    store.put("pnp-gateway", "gateway", "right-passcode-1")
+    authenticate = authenticator(store, LoginThrottle(per_login=3, per_source=3, window=60))
+    for _ in range(5):  # a gateway that reconnects often
+        assert getattr(authenticate("pnp-gateway", "right-passcode-1", "192.0.2.9"), "login", None) == "pnp-gateway"
+    authenticate("pnp-gateway", "a-wrong-passcode", "192.0.2.9")
+    assert getattr(authenticate("pnp-gateway", "right-passcode-1", "192.0.2.9"), "login", None) == "pnp-gateway"
 
 
 def test_secrets_are_readable_by_their_owner_only(prime: Settings) -> None:
