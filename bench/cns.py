@@ -3,6 +3,8 @@
     python bench/cns.py                          # starts its own node(s) on moved ports in a temporary data dir
     python bench/cns.py --env node.env           # a running node: PNP_* settings, one KEY=VALUE a line
     python bench/cns.py --sessions 10000 --flows 1000 --processes 4
+    python bench/cns.py --storm 1000,3000,10000 --transports tls     # every device at once, a fresh node per size
+    python bench/cns.py --profile-summary cns-storm-*.txt              # py-spy raw files of a storm, by concern
 
 Simulated devices (pnp_integrated.devsim.cns) run in several client processes under gevent, because one process
 holds at most ~19,000 sockets here. Every device goes through a dispatcher port, as real devices do.
@@ -14,16 +16,27 @@ holds at most ~19,000 sockets here. Every device goes through a dispatcher port,
    SUBSCRIBE) and stay idle. RSS of the gunicorn worker processes is read (psutil) before and after; the increase
    divided by the sessions each worker holds is the memory of one idle session. Its own node runs one worker for
    this phase, so the sessions of a single worker are measured.
+3. Storm (``--storm N,...``, instead of 1 and 2): N devices arrive at once through the dispatcher of a fresh node
+   (``--workers``, port capacity raised so that it does not limit), spread over the client processes, each opening
+   its share as fast as it can. A device told BUSY waits the Retry-After the answer gives; on a timeout or a reset it
+   backs off on its own (1 s doubling to 10 s, spread out). It holds its session (WELCOME, SUBSCRIBE receipted) idle
+   until all hold one. Per size: seconds until all hold a session, BUSY answers and devices told BUSY, gateway CPU
+   per session (gunicorn master and workers, from the moment the devices are let go until the last one holds a
+   session), client CPU per session, gateway RSS per held session. ``--py-spy`` profiles every worker during each
+   storm (raw files in ``--profile-dir``); ``--profile-summary`` sums such files by concern and by function.
 
 Targets (2 cores): 10,000 sessions per worker, <= 15 KB per idle plain session, <= 35 KB per idle TLS session,
->= 500 complete day-0 flows per second per node. A shared machine makes every number noisy.
+>= 500 complete day-0 flows per second per node; a storm of 10,000 TLS devices all holding a session within 30 s, at
+<= 1.5 ms gateway CPU and <= 20 KB RSS per TLS session. A shared machine makes every number noisy.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +51,10 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TARGETS = {"sessions_per_worker": 10_000, "plain_kb": 15.0, "tls_kb": 35.0, "flows_per_second": 500.0}
+from bench.proc import gateway_cpu_seconds, gateway_rss_bytes, gateway_workers  # noqa: E402
+
+TARGETS = {"sessions_per_worker": 10_000, "plain_kb": 15.0, "tls_kb": 35.0, "flows_per_second": 500.0,
+           "storm_devices": 10_000, "storm_seconds": 30.0, "storm_cpu_ms": 1.5, "storm_tls_kb": 20.0}
 
 
 # ---- client processes ---------------------------------------------------------------------------------------------
@@ -140,6 +156,109 @@ def stop_children(children: list[subprocess.Popen[str]]) -> None:
             child.kill()
 
 
+# ---- storm: every device at once ----------------------------------------------------------------------------------
+STORM_BACKOFF_FIRST, STORM_BACKOFF_LONGEST = 1.0, 10.0  # a device's own back-off when the gateway names no wait
+STORM_SOCKETS_PER_PROCESS = 15_000  # a device holds at most 2 sockets at once (dispatcher, gateway port)
+
+
+def retry_after(frame: Any) -> float:
+    """The wait a BUSY or ERROR asks for, in seconds, as the gateway wrote it (any jitter is the gateway's)."""
+    try:
+        return max(0.0, float(frame.get("Retry-After") or 0))
+    except ValueError:
+        return 0.0
+
+
+def storm_child(spec: dict[str, Any]) -> None:
+    """One storm client: ready line, then on "go" every device at once until each holds a session; one JSON line;
+    the sessions are held until stdin closes."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    import random
+    import resource
+    import ssl
+
+    import gevent
+
+    from pnp_integrated.cns.codec import CnsProtocolError
+    from pnp_integrated.devsim.link import CnsLink, LinkClosed, hello_frame
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 20_000)), hard))
+    host, dispatcher, tls, timeout = spec["host"], spec["dispatcher_port"], spec["tls"], spec["device_timeout"]
+    context = None
+    if tls:  # one client context for every device: the devices' handshakes are measured, not context set-up
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    links: list[Any] = []
+    held_at: list[float] = []
+    busy_counts: list[int] = []
+    errors: dict[str, int] = {}
+    failures: list[str] = []
+
+    def arrive(serial: str, deadline: float) -> None:
+        busy = 0
+        pause = STORM_BACKOFF_FIRST
+        try:
+            while time.monotonic() < deadline:
+                wait = 0.0
+                link = None
+                try:
+                    with CnsLink.open(host, dispatcher, tls=tls, timeout=timeout, context=context) as ask:
+                        ask.send(hello_frame(serial))
+                        where = ask.receive()
+                    if where.command == "REDIRECT":
+                        link = CnsLink.open(where.get("Host") or host, int(where.get("Port") or 0), tls=tls,
+                                            timeout=timeout, context=context)
+                        link.send(hello_frame(serial, keepalive="900,3"))
+                        where = link.receive()
+                        if where.command == "WELCOME":
+                            link.command("SUBSCRIBE", {"Subject": "cisco.mgmt.cns.config.load", "Receipt": "s"})
+                            where = link.receive()
+                            if where.command == "RECEIPT":
+                                held_at.append(time.monotonic())
+                                links.append(link)
+                                link = None
+                                return
+                    if where.command == "BUSY":
+                        busy += 1
+                        wait = retry_after(where)
+                    else:
+                        kind = f"{where.command} {where.get('Code', '')}".strip()
+                        errors[kind] = errors.get(kind, 0) + 1
+                        wait = retry_after(where)
+                except (OSError, LinkClosed, CnsProtocolError) as exc:  # TimeoutError is an OSError
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                finally:
+                    if link is not None:
+                        link.close()
+                if not wait:  # the gateway named no wait: the device backs off on its own, spread out
+                    wait = pause * random.uniform(0.5, 1.5)
+                    pause = min(pause * 2, STORM_BACKOFF_LONGEST)
+                gevent.sleep(wait)
+            failures.append(f"{serial}: no session within the storm's time")
+        finally:
+            busy_counts.append(busy)
+
+    print(json.dumps({"ready": True}), flush=True)
+    sys.stdin.readline()  # "go": nothing else runs yet, so a blocking read costs nothing
+    went = time.monotonic()
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    deadline = went + spec["max_seconds"]
+    greenlets = [gevent.spawn(arrive, serial, deadline) for serial in spec["serials"]]
+    gevent.joinall(greenlets)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"held_at": held_at, "went": went, "busy_answers": sum(busy_counts),
+                      "busy_devices": sum(1 for b in busy_counts if b), "errors": errors, "failed": len(failures),
+                      "failures": failures[:5],
+                      "cpu": after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime}), flush=True)
+    gevent.get_hub().threadpool.spawn(sys.stdin.read).get()  # hold until the parent closes our stdin
+    for link in links:
+        link.close()
+
+
 # ---- the node -------------------------------------------------------------------------------------------------------
 class Node:
     """A node to measure: started here (``pnpp run``) or described by an env file."""
@@ -153,11 +272,11 @@ class Node:
         self.http_port = int(self.settings.get("http_port", 80))
 
     @classmethod
-    def start(cls, data_dir: Path, workers: int, capacity: int) -> Node:
+    def start(cls, data_dir: Path, workers: int, capacity: int, **overrides: Any) -> Node:
         from pnp_integrated.devsim.node import NodeDidNotStart, start_node  # not in the gevent-patched children
 
         try:
-            running = start_node(data_dir, workers=workers, cns_port_capacity=capacity)
+            running = start_node(data_dir, workers=workers, cns_port_capacity=capacity, **overrides)
         except NodeDidNotStart as exc:
             raise SystemExit(f"the node did not start: {str(exc)[-2000:]}") from None
         return cls(running.env, running)
@@ -248,6 +367,120 @@ def sessions_phase(node: Node, count: int, tls: bool, processes: int, concurrenc
             "rss_mb": {pid: (before[pid] / 2**20, after[pid] / 2**20) for pid in pids}}
 
 
+GATEWAY_PORTS = 5  # gateway ports per transport
+
+
+def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, run: int,
+                tag: str) -> dict[str, Any]:
+    """``count`` devices arrive at once through the dispatcher of a fresh node and stay until all hold a session."""
+    transport = "tls" if tls else "plain"
+    name = f"{transport}-{count}-run{run}"
+    capacity = max(500, math.ceil(count * 1.2 / GATEWAY_PORTS))  # headroom: capacity must not be what limits
+    overrides = {"database_url": args.database_url} if args.database_url else {}
+    node = Node.start(workdir / f"storm-{name}", workers=args.workers, capacity=capacity, **overrides)
+    children: list[subprocess.Popen[str]] = []
+    profilers: list[subprocess.Popen[bytes]] = []
+    try:
+        assert node.running is not None
+        root = node.running.process.pid
+        booted = time.monotonic() + 120
+        while len(gateway_workers(root)) < args.workers and time.monotonic() < booted:
+            time.sleep(0.5)
+        workers = gateway_workers(root)
+        serials = [f"ST{tag}{transport[0].upper()}{run}{i:06d}" for i in range(count)]
+        processes = max(args.processes, math.ceil(2 * count / STORM_SOCKETS_PER_PROCESS))
+        for i in range(processes):
+            spec = {"mode": "storm", "serials": serials[i::processes], "host": node.host, "tls": tls,
+                    "dispatcher_port": node.base + (2 if tls else 1), "device_timeout": args.device_timeout,
+                    "max_seconds": args.storm_seconds}
+            children.append(subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
+        for child in children:
+            assert child.stdout is not None
+            if not child.stdout.readline():
+                raise SystemExit("a storm client died before it was ready")
+        time.sleep(3)  # the node settles after its start; the clients are idle
+        rss_before = gateway_rss_bytes(root)
+        if args.py_spy:
+            args.profile_dir.mkdir(parents=True, exist_ok=True)
+            for pid in workers:
+                out = args.profile_dir / f"cns-storm-{name}-worker{pid}.txt"
+                profilers.append(subprocess.Popen([args.py_spy, "record", "--pid", str(pid), "-r", "100",
+                                                   "--format", "raw", "-o", str(out)],
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(2)  # attached before the devices come
+        cpu_before = gateway_cpu_seconds(root)
+        went = time.monotonic()
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        results = []
+        for child in children:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            results.append(json.loads(line) if line else {"held_at": [], "failed": len(serials) // processes,
+                                                          "failures": ["client died"]})
+        cpu_used = gateway_cpu_seconds(root) - cpu_before
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for profiler in profilers:
+            profiler.wait(120)
+        time.sleep(3)  # let transient buffers go
+        rss_after = gateway_rss_bytes(root)
+    finally:
+        for profiler in profilers:
+            if profiler.poll() is None:
+                profiler.kill()
+        stop_children(children)
+        node.stop()
+    held = sorted(t - went for r in results for t in r.get("held_at", []))
+    errors: dict[str, int] = {}
+    for r in results:
+        for kind, n in r.get("errors", {}).items():
+            errors[kind] = errors.get(kind, 0) + n
+    seconds = held[-1] if held else 0.0
+    return {"transport": transport, "count": count, "held": len(held), "seconds": seconds,
+            "rate": len(held) / seconds if seconds else 0.0, "p50": pct(held, .5), "p99": pct(held, .99),
+            "busy_answers": sum(r.get("busy_answers", 0) for r in results),
+            "busy_devices": sum(r.get("busy_devices", 0) for r in results), "errors": errors,
+            "failed": sum(r.get("failed", 0) for r in results),
+            "failures": [f for r in results for f in r.get("failures", [])][:5],
+            "gateway_cpu_ms": cpu_used * 1000 / count, "client_cpu_ms": sum(r.get("cpu", 0) for r in results)
+            * 1000 / count, "rss_kb": (rss_after - rss_before) / 1024 / count, "processes": processes,
+            "capacity": capacity, "workers": len(workers)}
+
+
+STORM_COLUMNS = (("transport", 9), ("devices", 8), ("held", 7), ("s to all", 9), ("sess/s", 7), ("p50/p99 s", 11),
+                 ("BUSY", 6), ("BUSY'd", 7), ("errors", 7), ("gw CPU ms", 10), ("cl CPU ms", 10), ("gw RSS KB", 10))
+
+
+def storm_row(r: dict[str, Any]) -> str:
+    cells = (r["transport"], f"{r['count']:,}", f"{r['held']:,}", f"{r['seconds']:.1f}", f"{r['rate']:.0f}",
+             f"{r['p50']:.1f}/{r['p99']:.1f}", str(r["busy_answers"]), str(r["busy_devices"]),
+             str(sum(r["errors"].values())), f"{r['gateway_cpu_ms']:.2f}", f"{r['client_cpu_ms']:.2f}",
+             f"{r['rss_kb']:.1f}")
+    return "".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, STORM_COLUMNS, strict=True))
+
+
+def print_storm_table(results: list[dict[str, Any]], notes: list[str]) -> None:
+    print()
+    print("".join(f"{title:>{width}}" for title, width in STORM_COLUMNS))
+    print("-" * sum(width for _, width in STORM_COLUMNS))
+    for r in results:
+        print(storm_row(r))
+    print("-" * sum(width for _, width in STORM_COLUMNS))
+    print("s to all: from the moment every device is let go until the last one holds a session (WELCOME + "
+          "SUBSCRIBE receipted);\nBUSY: answers; BUSY'd: devices told BUSY at least once; errors: timeouts, resets, "
+          "other answers;\nCPU and RSS per session: gateway = gunicorn master + workers, client = the simulated "
+          "devices' processes.")
+    print(f"targets: all {TARGETS['storm_devices']:,} TLS devices within {TARGETS['storm_seconds']:g} s, "
+          f"<= {TARGETS['storm_cpu_ms']:g} ms gateway CPU per TLS session, <= {TARGETS['storm_tls_kb']:g} KB RSS per "
+          "idle TLS session")
+    for note in notes:
+        print(note)
+
+
 def pct(values: list[float], q: float) -> float:
     from pnp_integrated.devsim import percentile
 
@@ -288,6 +521,128 @@ def print_table(flows: dict[str, dict[str, Any]], sessions: dict[str, dict[str, 
         print(note)
 
 
+# ---- profile summary ----------------------------------------------------------------------------------------------
+def _frame_name(frame: str) -> str:
+    """``function (file)`` of a py-spy raw frame ``function (path:line)``, the path from its package on."""
+    function, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for anchor in ("site-packages/", "pnp_integrated/"):
+        if anchor in path:
+            path = ("pnp_integrated/" if anchor == "pnp_integrated/" else "") + path.split(anchor, 1)[1]
+            break
+    else:
+        if "/lib/python3" in path:
+            path = path.split("/lib/python3", 1)[1].split("/", 1)[-1]
+    return f"{function} ({path})"
+
+
+def read_profiles(paths: list[Path]) -> list[tuple[list[str], int]]:
+    """(frames root first, samples) of every stack in py-spy raw files."""
+    stacks = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                stacks.append(([_frame_name(f) for f in stack.split(";")], int(count)))
+    return stacks
+
+
+# A sample's concern, for the summary: the first rule whose frame test matches a frame of the stack, from the leaf
+# up, except that a TLS handshake owns everything below it (gevent's waits inside a handshake are the handshake's).
+DRIVER_CALLS = ("DefaultDialect.do_execute ", "DefaultDialect.do_executemany ", "DefaultDialect.do_commit ",
+                "DefaultDialect.do_rollback ", "_CooperativeCursor.execute.<locals>", "Pool._do_return_conn ")
+CONCERNS: tuple[tuple[str, Any], ...] = (
+    ("TLS handshake", lambda f: f.startswith(("SSLSocket.do_handshake ", "tls_handshake ", "SSLContext.wrap_socket "))),
+    ("database driver (SQLite)", lambda f: f.startswith(DRIVER_CALLS) or "(sqlite3/" in f or "(psycopg" in f),
+    ("logging", lambda f: "(logging/" in f or "(pnp_integrated/logs.py)" in f),
+    ("metrics", lambda f: "(prometheus_client/" in f or "(pnp_integrated/metrics" in f),
+    ("CNS codec", lambda f: any(m in f for m in ("(pnp_integrated/cns/codec.py)", "(pnp_integrated/cns/session.py)",
+                                                   "(pnp_integrated/framing.py)", "(pnp_integrated/cns/messages.py)"))),
+    ("SQLAlchemy ORM", lambda f: "(sqlalchemy/orm/" in f),
+    ("SQLAlchemy Core (SQL, engine, pool)", lambda f: "(sqlalchemy/" in f),
+    ("TLS and socket I/O", lambda f: any(m in f for m in ("(gevent/ssl.py)", "(gevent/_ssl3.py)", "(ssl.py)",
+                                                            "(gevent/_socket3.py)", "(gevent/_socketcommon.py)",
+                                                            "(socket.py)"))),
+    ("gevent scheduling", lambda f: any(m in f for m in ("(gevent/hub.py)", "(gevent/_hub_primitives.py)",
+                                                           "(gevent/_abstract_linkable.py)", "(gevent/event.py)",
+                                                           "(gevent/timeout.py)", "(gevent/lock.py)",
+                                                           "(gevent/_semaphore.py)", "(gevent/greenlet.py)",
+                                                           "(gevent/_greenlet_primitives.py)", "(gevent/pool.py)",
+                                                           "(gevent/baseserver.py)", "(gevent/server.py)",
+                                                           "(gevent/thread.py)", "(gevent/_threading.py)",
+                                                           "(gevent/threadpool.py)", "(greenlet/"))),
+    ("Flask (app context)", lambda f: "(flask/" in f or "(werkzeug/" in f or "(flask_sqlalchemy/" in f),
+    ("gateway code (pnp_integrated, own time)", lambda f: "(pnp_integrated/" in f),
+)
+THREAD_POOL_ROOT = "_WorkerGreenlet.run (gevent/threadpool.py)"  # a pool thread: waits for a lock or for work
+
+
+def concern_of(frames: list[str]) -> str:
+    if any(CONCERNS[0][1](f) for f in frames):
+        return CONCERNS[0][0]
+    for frame in reversed(frames):
+        for name, matches in CONCERNS[1:]:
+            if matches(frame):
+                return name
+    return "other (standard library, other packages)"
+
+
+def print_profile_summary(paths: list[Path]) -> None:
+    """Self and cumulative shares of the event-loop samples, by concern and by function (thread-pool threads,
+    which wait for the SQLite write lock or for work, are counted apart: py-spy takes a woken waiter for busy)."""
+    stacks = read_profiles(paths)
+    pool = sum(n for frames, n in stacks if frames[0] == THREAD_POOL_ROOT)
+    stacks = [(frames, n) for frames, n in stacks if frames[0] != THREAD_POOL_ROOT]
+    total = sum(n for _, n in stacks) or 1
+    own: dict[str, int] = {}
+    within: dict[str, int] = {}
+    concern_own: dict[str, int] = {}
+    concern_within: dict[str, int] = {}
+    for frames, n in stacks:
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for name in set(frames):
+            within[name] = within.get(name, 0) + n
+        concern = concern_of(frames)
+        concern_own[concern] = concern_own.get(concern, 0) + n
+        for name, matches in CONCERNS:
+            if any(matches(f) for f in frames):
+                concern_within[name] = concern_within.get(name, 0) + n
+    print(f"{total} event-loop samples in {len(paths)} files ({pool} more in thread-pool threads, left out)")
+    print(f"\n{'concern':<44}{'self %':>8}{'cumulative %':>14}")
+    for name in sorted(concern_own, key=lambda c: -concern_own[c]):
+        # Plumbing is under everything (the server, the loop, the gateway's own frames): no cumulative figure.
+        plumbing = name in ("TLS and socket I/O", "gevent scheduling") or name.startswith(("gateway", "other"))
+        cumulative = "" if plumbing else f"{100 * concern_within.get(name, 0) / total:.1f}"
+        print(f"{name:<44}{100 * concern_own[name] / total:>8.1f}{cumulative:>14}")
+    gateway = {name: n for name, n in within.items() if "(pnp_integrated/" in name}
+    for title, table in (("self", own), ("cumulative", within), ("cumulative, gateway code only", gateway)):
+        print(f"\ntop functions by {title} time")
+        for name, n in sorted(table.items(), key=lambda e: -e[1])[:30]:
+            print(f"{100 * n / total:6.1f} %  {name}")
+
+def storm_main(args: argparse.Namespace, transports: list[str]) -> None:
+    sizes = [int(size) for size in args.storm.replace("_", "").split(",") if size]
+    tag = f"{int(time.time()) % 100000:05d}"
+    workdir = Path(tempfile.mkdtemp(prefix="bench-cns-storm-"))
+    results = []
+    for transport in transports:
+        for count in sizes:
+            for run in range(1, args.repeat + 1):
+                print(f"storm, {transport}: {count} devices at once (run {run}) ...", flush=True)
+                result = storm_phase(workdir, count, transport == "tls", args, run, tag)
+                results.append(result)
+                print("".join(f"{title:>{width}}" for title, width in STORM_COLUMNS))
+                print(storm_row(result), flush=True)
+                kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(result["errors"].items(), key=lambda e: -e[1]))
+                print(f"  {result['processes']} client processes, {result['workers']} workers, port capacity "
+                      f"{result['capacity']}; errors: {kinds or 'none'}; failed {result['failed']} "
+                      f"{result['failures']}", flush=True)
+    notes = [f"machine: {os.cpu_count()} cores shared with other work; client processes run on the same cores.",
+             f"node: {args.workers} workers, database {args.database_url or 'SQLite (default)'}"
+             f"{', py-spy attached to every worker' if args.py_spy else ''}."]
+    print_storm_table(results, notes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", type=Path, help="PNP_* settings of a running node (KEY=VALUE lines)")
@@ -297,13 +652,38 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4, help="client processes")
     parser.add_argument("--concurrency", type=int, default=50, help="devices in flight per client process (flows)")
     parser.add_argument("--transports", default="plain,tls", help="plain, tls or both")
+    parser.add_argument("--storm", help="storm sizes, e.g. 1000,3000,10000: that many devices at once, each size on "
+                        "a fresh node (the other phases are skipped)")
+    parser.add_argument("--repeat", type=int, default=1, help="storm: runs of each size")
+    parser.add_argument("--workers", type=int, default=2, help="storm: gunicorn workers of the node")
+    parser.add_argument("--database-url", help="storm: the node's database (default: SQLite in its data dir)")
+    parser.add_argument("--device-timeout", type=float, default=10.0,
+                        help="storm: seconds a device waits for a connection, a handshake or an answer")
+    parser.add_argument("--storm-seconds", type=float, default=600.0,
+                        help="storm: a device without a session after this long gives up")
+    parser.add_argument("--py-spy", help="storm: py-spy executable; profile every worker during each storm")
+    parser.add_argument("--profile-dir", type=Path, default=Path("."), help="storm: where the profiles go")
+    parser.add_argument("--profile-summary", nargs="+", type=Path, metavar="FILE",
+                        help="summarise py-spy raw profiles (self and cumulative time by concern and function)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_main(json.loads(args.child))
+        spec = json.loads(args.child)
+        if spec["mode"] == "storm":
+            storm_child(spec)
+        else:
+            child_main(spec)
+        return
+    if args.profile_summary:
+        print_profile_summary(args.profile_summary)
         return
 
-    transports = [t for t in args.transports.split(",") if t in ("plain", "tls")]
+    transports = [t for t in args.transports.replace("both", "plain,tls").split(",") if t in ("plain", "tls")]
+    if args.storm:
+        if args.env is not None:
+            parser.error("--storm starts a fresh node for every size; it cannot use --env")
+        storm_main(args, transports)
+        return
     tag = f"{int(time.time()) % 100000:05d}"
     notes = [f"machine: {os.cpu_count()} cores shared with other work; client processes run on the same cores."]
     flows: dict[str, dict[str, Any]] = {}
