@@ -1,4 +1,11 @@
-"""``GET /api/v1/openapi.json``: the API described in OpenAPI 3 (written by hand, checked against the routes)."""
+"""``GET /api/v1/openapi.json``: the API described in OpenAPI 3.1 (written by hand, checked against the routes).
+
+The document is the API's specification: a request it declares valid is one the server takes, so a generated client
+never meets a 422 it could not have predicted. Its schemas are JSON Schema 2020-12 (OpenAPI 3.1), because 3.0 has no
+way to say which names a template variable may have (``propertyNames``). What no schema can say (a stored image or
+profile that must exist, a template or regular expression that must compile) is a refusal listed in the operation's
+422 answer.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from ..provisioning.images import NAME_PATTERN
 from ..provisioning.types import DEVICE_STATES, RUNNING, TERMINAL_STATES
 from ..version import __version__
 from . import blueprint
-from .validation import MAX_OFFSET, MAX_TEXT, VARIABLE_NAME
+from .validation import MAX_IMAGE_VERSION, MAX_OFFSET, MAX_TEXT, VARIABLE_NAME
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -23,15 +30,20 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _op(summary: str, ok: int = 200, result: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
         errors: tuple[int, ...] = (), params: tuple[str, ...] = (), body_required: bool = True,
-        also: tuple[int, str] | None = None) -> dict[str, Any]:
-    """One operation; ``also`` is a second success status (with the same body), e.g. 201 beside 200."""
+        also: tuple[int, str] | None = None, refused: str = "") -> dict[str, Any]:
+    """One operation; ``also`` is a second success status (with the same body), e.g. 201 beside 200; ``refused``
+    names the 422 refusals of schema-valid input (rules no schema can express)."""
     responses: dict[str, Any] = {str(ok): {"description": "success", **(_json(result) if result else {})}}
     if also is not None:
         responses[str(also[0])] = {"description": also[1], **(_json(result) if result else {})}
-    # A JSON body that is not JSON (400) or not declared as JSON (415) is refused before any field is looked at.
-    body_errors = (400, 415) if body is not None else ()
+    # A JSON body that is not JSON (400), over the node's size limit (413) or not declared as JSON (415) is refused
+    # before any field is looked at.
+    body_errors = (400, 413, 415) if body is not None else ()
     for status in sorted({401, 403, *errors, *body_errors}):
         responses[str(status)] = {"$ref": f"#/components/responses/E{status}"}
+    if refused:
+        responses["422"] = {"description": f"invalid input (fields named in error.fields), or valid input refused: "
+                                           f"{refused}", **_json(_ref("Error"))}
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
         op["requestBody"] = {"required": body_required, **_json(body)}
@@ -51,9 +63,12 @@ def _path(name: str, kind: str = "string", **schema: Any) -> dict[str, Any]:
 
 _PROFILE_NAME = {"maxLength": 255, "pattern": r"^[A-Za-z0-9._-]+( +[A-Za-z0-9._-]+)*$"}
 _SERIAL = {"minLength": 1, "maxLength": 255}
+# Every stored image has such a name (the repository refuses others), so no other name can refer to one.
+_IMAGE_NAME = {"pattern": f"^{NAME_PATTERN.pattern}$"}
+_IMAGE_VERSION = {"maxLength": MAX_IMAGE_VERSION}
 _PARAMS = {
     "name": _path("name", **_PROFILE_NAME), "serial": _path("serial", **_SERIAL),
-    "image": _path("name", pattern=f"^{NAME_PATTERN.pattern}$"),
+    "image": _path("name", **_IMAGE_NAME),
     "job_id": _path("job_id", "integer", minimum=1),
     "device_state": _query("state", "filter by device state", enum=list(DEVICE_STATES)),
     "job_state": _query("state", "filter by job state", enum=[RUNNING, *TERMINAL_STATES]),
@@ -62,8 +77,9 @@ _PARAMS = {
     "serial_exact": {**_query("serial", "device serial number"), "name": "serial"},
     "limit": _query("limit", "page size (default 50)", "integer", minimum=1, maximum=500),
     "offset": _query("offset", "rows to skip", "integer", minimum=0, maximum=MAX_OFFSET),
-    "image_name": {**_query("name", "image name (raw upload)")},
-    "image_version": _query("version", "software version (raw upload; guessed from the name if absent)"),
+    "image_name": _query("name", "image name: required with a raw body, refused with a multipart one", **_IMAGE_NAME),
+    "image_version": _query("version", "software version (raw body only; guessed from the name if absent)",
+                            **_IMAGE_VERSION),
 }
 
 
@@ -74,9 +90,9 @@ def _page(item: str) -> dict[str, Any]:
 
 
 _STR, _BOOL, _INT = {"type": "string"}, {"type": "boolean"}, {"type": "integer"}
-_NULL_STR, _NULL_INT = {"type": "string", "nullable": True}, {"type": "integer", "nullable": True}
+_NULL_STR, _NULL_INT = {"type": ["string", "null"]}, {"type": ["integer", "null"]}
 _OBJ = {"type": "object", "additionalProperties": True}
-# Template variables: names a template can use, at most 1000 of them.
+# Template variables: names a template can use, at most 1000 of them (``propertyNames`` needs OpenAPI 3.1).
 _VARIABLES = {"type": "object", "additionalProperties": True, "maxProperties": 1000,
               "propertyNames": {"pattern": f"^{VARIABLE_NAME.pattern}$"}}
 _TEXT = {"type": "string", "maxLength": MAX_TEXT, "description": "Jinja2 template (sandboxed)"}
@@ -89,16 +105,21 @@ _PROFILE_IN = {
         "match_pid": {"type": "string", "maxLength": 255,
                       "description": "shell pattern (ISR43*) or 're:' + regular expression"},
         "is_default": _BOOL, "bootstrap_template": _TEXT, "config_template": _TEXT, "post_template": _TEXT,
-        "image": {"type": "string", "maxLength": 255, "nullable": True, "description": "name of an image"},
+        "image": {"type": ["string", "null"], "maxLength": 255, **_IMAGE_NAME,
+                  "description": "name of a stored image (422 when there is none of that name)"},
         "reload_after_install": _BOOL,
         "apply_to": {"type": "string", "enum": ["running", "startup"]}, "variables": _VARIABLES,
         "credentials": {"type": "object", "additionalProperties": _STR, "writeOnly": True},
     },
 }
 _PROFILE_CREATE = {**_PROFILE_IN, "required": ["name"]}
+# What the schema cannot say about a profile: the server checks these against the repository and the template engine.
+_PROFILE_REFUSED = ("'image' names no stored image; a template ('bootstrap_template', 'config_template', "
+                    "'post_template') does not compile or fails with the profile's variables; 'match_pid' is "
+                    "'re:' and a regular expression that does not compile")
 
 SPEC: dict[str, Any] = {
-    "openapi": "3.0.3",
+    "openapi": "3.1.0",
     "info": {"title": "pnp-integrated REST API", "version": __version__,
              "description": "Profiles, devices, provisioning jobs and images of the integrated PnP gateway. "
                             "Authenticate with `Authorization: Bearer <token>` (`pnpp token create`)."},
@@ -107,15 +128,16 @@ SPEC: dict[str, Any] = {
     "paths": {
         "/profiles": {
             "get": _op("List profiles", result=_page("Profile")),
-            "post": _op("Create a profile", 201, _ref("Profile"), _PROFILE_CREATE, (409, 422)),
+            "post": _op("Create a profile", 201, _ref("Profile"), _PROFILE_CREATE, (409, 422),
+                        refused=_PROFILE_REFUSED),
         },
         "/profiles/{name}": {
             "parameters": [_PARAMS["name"]],
             "get": _op("Get a profile", result=_ref("Profile"), errors=(404,)),
             "put": _op("Replace a profile (missing fields get defaults)", result=_ref("Profile"), body=_PROFILE_IN,
-                       errors=(404, 409, 422)),
+                       errors=(404, 409, 422), refused=_PROFILE_REFUSED),
             "patch": _op("Change some fields of a profile", result=_ref("Profile"), body=_PROFILE_IN,
-                         errors=(404, 409, 422)),
+                         errors=(404, 409, 422), refused=_PROFILE_REFUSED),
             "delete": _op("Delete a profile (not while it provisions devices)", 204, errors=(404, 409)),
         },
         "/devices": {"get": _op("List devices", result=_page("Device"), errors=(422,),
@@ -138,14 +160,15 @@ SPEC: dict[str, Any] = {
         "/devices/{serial}/claim": {
             "parameters": [_PARAMS["serial"]],
             "post": _op("Claim a device for a profile: its next contact starts a job with it, before any matching rule",
-                        result=_ref("Device"), errors=(404, 409, 422),
+                        result=_ref("Device"), errors=(404, 409, 422), refused="'profile' names no profile",
                         body={"type": "object", "required": ["profile"], "additionalProperties": False,
                               "properties": {"profile": {"type": "string", "maxLength": 255,
                                                          "description": "name of the profile"}}}),
         },
         "/devices/{serial}/reprovision": {
             "parameters": [_PARAMS["serial"]],
-            "post": _op("Provision a device again with a new job", 201, _ref("Job"), errors=(404, 409, 422)),
+            "post": _op("Provision a device again with a new job", 201, _ref("Job"), errors=(404, 409, 422),
+                        refused="no profile matches the device"),
         },
         "/jobs": {"get": _op("List jobs, newest first", result=_page("Job"), errors=(422,),
                              params=("job_state", "serial_exact", "limit", "offset"))},
@@ -160,16 +183,23 @@ SPEC: dict[str, Any] = {
         "/jobs/{job_id}/retry": {
             "parameters": [_PARAMS["job_id"]],
             "post": _op("Start a new job for the device of a failed or cancelled job", 201, _ref("Job"),
-                        errors=(404, 409, 422)),
+                        errors=(404, 409, 422), refused="no profile matches the device any more"),
         },
         "/images": {
             "get": _op("List images", result=_page("Image")),
             "post": {**_op("Upload an image: multipart (file, name, version) or a raw body with ?name=&version=",
-                           201, _ref("Image"), errors=(409, 413, 422), params=("image_name", "image_version")),
+                           201, _ref("Image"), errors=(409, 413, 422), params=("image_name", "image_version"),
+                           # Parameters are per operation, not per body type: this pairing is said in words.
+                           refused="a multipart body with any query parameter; a raw body without ?name="),
                      "requestBody": {"required": True, "content": {
-                         "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                             "file": {"type": "string", "format": "binary"}, "name": _STR, "version": _STR}}},
-                         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+                         "multipart/form-data": {"schema": {
+                             "type": "object", "required": ["file"], "additionalProperties": False, "properties": {
+                                 "file": {"type": "string", "format": "binary", "minLength": 1},
+                                 "name": {"type": "string", "pattern": f"^({NAME_PATTERN.pattern})?$",
+                                          "description": "image name; empty or absent: the file part's file name"},
+                                 "version": {"type": "string", **_IMAGE_VERSION}}}},
+                         "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                                 "minLength": 1}}}}},
         },
         "/images/{name}": {
             "parameters": [_PARAMS["image"]],
@@ -178,10 +208,13 @@ SPEC: dict[str, Any] = {
         },
         "/bootstrap": {
             "post": _op("Render a device's bootstrap configuration (allowed for read tokens)", errors=(404, 422),
-                        result={"type": "object", "properties": {"profile": _STR, "serial": _STR,
+                        result={"type": "object", "properties": {"profile": _STR, "serial": _NULL_STR,
                                                                  "protocol": _STR, "config": _STR}},
+                        refused="the profile has no bootstrap template, or it fails to render with these variables",
                         body={"type": "object", "additionalProperties": False,
-                              "anyOf": [{"required": ["profile"]}, {"required": ["serial"]}],
+                              # An empty name is no name: the server needs one of the two non-empty.
+                              "anyOf": [{"required": ["profile"], "properties": {"profile": {"minLength": 1}}},
+                                        {"required": ["serial"], "properties": {"serial": {"minLength": 1}}}],
                               "properties": {
                                   "serial": {"type": "string", "maxLength": 255},
                                   "pid": {"type": "string", "maxLength": 255},
@@ -197,7 +230,9 @@ SPEC: dict[str, Any] = {
             f"E{status}": {"description": text, **_json(_ref("Error"))}
             for status, text in ((400, "the body is not valid JSON"), (401, "no or invalid token"),
                                  (403, "a read token on a write"), (415, "the body is not declared as JSON"),
-                                 (404, "not found"), (409, "conflict"), (413, "too large"),
+                                 (404, "not found"), (409, "conflict"),
+                                 (413, "the body is larger than the node's limit (PNP_HTTP_MAX_BODY_BYTES; an image "
+                                       "upload has the image repository's own)"),
                                  (422, "invalid input (fields named in error.fields)"))
         },
         "schemas": {

@@ -75,6 +75,7 @@ def query_args(allowed: Iterable[str]) -> dict[str, str]:
 
 
 MAX_OFFSET = 2**31 - 1  # beyond any table here, and within every database's integer
+MAX_IMAGE_VERSION = 100  # the image repository's limit on a version (store_image), stated for the OpenAPI document
 
 
 def page(args: Mapping[str, str], default_limit: int = 50, max_limit: int = 500) -> tuple[int, int]:
