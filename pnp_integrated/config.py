@@ -78,6 +78,13 @@ class Settings:
     broker_credentials_file: str = ""
     # The simulated Prime's broker closes a client that agreed no heart-beats and sent nothing for this long.
     broker_idle_timeout: float = 120.0
+    # A client certificate (PEM) and its unencrypted key the gateway presents on Prime's broker TLS port, beside its
+    # login, for a broker that asks for one; both or neither.
+    broker_client_cert_file: str = ""
+    broker_client_key_file: str = ""
+    # The simulated Prime: CA certificates (PEM) a client of its broker's TLS port must present a certificate from,
+    # in addition to the login; empty: no certificate asked for.
+    broker_client_ca_file: str = ""
     # Below this much free space where the node writes, it takes no new device work (503 / BUSY, a DOWN Disk row);
     # 0 turns the check off.
     disk_min_free_mb: int = 256
@@ -319,6 +326,7 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
             missing = True
     if len(supplied) == 2 and not missing:
         problems.extend(_check_key_pair(s, origin))
+    problems.extend(_broker_client_problems(s, origin))
 
     for name in ("tls_handshake_timeout", "http_idle_timeout", "cns_hello_timeout", "drain_timeout",
                  "db_dead_peer_timeout", "retention_days", "broker_idle_timeout"):
@@ -373,6 +381,50 @@ def _database_url_problem(url: str) -> str:
     except ImportError as exc:
         return f"{url!r} needs the database driver {exc.name}, which is not installed"
     return ""
+
+
+def _unreadable(path: str) -> str:
+    """Why the process cannot read ``path`` ("" when it can)."""
+    try:
+        with open(path, "rb"):
+            return ""
+    except FileNotFoundError:
+        return "no such file"
+    except IsADirectoryError:
+        return "a directory, not a file"
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+
+
+def _broker_client_problems(s: Settings, origin: Any) -> list[str]:
+    """The gateway's client certificate for Prime's broker and the simulated Prime's client CA must load, now."""
+    problems: list[str] = []
+    names = ("broker_client_cert_file", "broker_client_key_file", "broker_client_ca_file")
+    unreadable = {n: _unreadable(getattr(s, n)) for n in names if getattr(s, n)}
+    for name, why in unreadable.items():
+        if why:
+            problems.append(f"{origin(name)}: {getattr(s, name)}: {why}; fix the path (or unset it: "
+                            + ("no client certificate asked for)" if name == "broker_client_ca_file" else
+                               "PNP_BROKER_CLIENT_CERT_FILE and PNP_BROKER_CLIENT_KEY_FILE go together)"))
+    cert, key = s.broker_client_cert_file, s.broker_client_key_file
+    if bool(cert) != bool(key):
+        problems.append(f"{origin('broker_client_key_file' if cert else 'broker_client_cert_file')}: supply both "
+                        "PNP_BROKER_CLIENT_CERT_FILE and PNP_BROKER_CLIENT_KEY_FILE (the gateway's client "
+                        "certificate for Prime's broker and its key), or neither to log in without one")
+    elif cert and not unreadable.get("broker_client_cert_file") and not unreadable.get("broker_client_key_file"):
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            problems.append(f"{origin('broker_client_cert_file')}, {origin('broker_client_key_file')}: {cert} and "
+                            f"{key} are not a PEM certificate and its unencrypted private key ({reason}); give "
+                            "the key that belongs to that certificate")
+    ca = s.broker_client_ca_file
+    if ca and not unreadable.get("broker_client_ca_file"):
+        problem = _ca_bundle_problem(Path(ca))
+        if problem:
+            problems.append(f"{origin('broker_client_ca_file')}: {ca}: {problem}")
+    return problems
 
 
 def _check_key_pair(s: Settings, origin: Any) -> list[str]:

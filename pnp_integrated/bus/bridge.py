@@ -1,5 +1,9 @@
 """The bridge to Prime's broker (stomp.py 8.2.0 over TLS), run by the leader only.
 
+It logs in with the gateway's broker credentials and, when ``PNP_BROKER_CLIENT_CERT_FILE`` is set, presents that
+client certificate in the TLS handshake too (a broker may ask for both). A handshake the broker ends is explained
+from one TLS probe of its own: stomp.py only reports a closed connection.
+
 One connection at a time, and a reconnect loop of our own that never gives up (stomp.py's stops after three
 attempts), with capped exponential back-off. While connected it
 
@@ -17,6 +21,8 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +45,10 @@ from .state import BridgeState, write_state
 log = logging.getLogger(__name__)
 
 SUBSCRIPTION_ID = "gateway-commands"
+# TLS alerts a broker sends when it wants a client certificate it did not get, or does not accept the one it got.
+_NO_CERTIFICATE = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "HANDSHAKE_FAILURE")
+_CERTIFICATE_REFUSED = ("UNKNOWN_CA", "CERTIFICATE_UNKNOWN", "BAD_CERTIFICATE", "CERTIFICATE_EXPIRED",
+                        "CERTIFICATE_REVOKED", "UNSUPPORTED_CERTIFICATE", "DECRYPT_ERROR", "ACCESS_DENIED")
 
 
 class BridgeDown(Exception):
@@ -178,8 +188,9 @@ class PrimeBridge:
                 self._wake.clear()
 
     def _connect(self) -> None:
+        settings = gateway_state(self.app).settings
         try:
-            credentials = gateway_credentials(gateway_state(self.app).settings)
+            credentials = gateway_credentials(settings)
         except CredentialsMissing as exc:
             raise BridgeDown(str(exc)) from exc
         host_port = (self.target.host, self.target.port)
@@ -193,7 +204,10 @@ class PrimeBridge:
             heart_beat_receive_scale=2.5,
             timeout=self.connect_timeout,
         )
-        conn.set_ssl(for_hosts=[host_port], ca_certs=str(self.target.ca_file))
+        # The client certificate, when configured, is presented beside the login (validated at start).
+        conn.set_ssl(for_hosts=[host_port], ca_certs=str(self.target.ca_file),
+                     cert_file=settings.broker_client_cert_file or None,
+                     key_file=settings.broker_client_key_file or None)
         conn.set_listener("bridge", _Listener(self))
         self._connected.clear()
         self._lost.clear()
@@ -202,23 +216,73 @@ class PrimeBridge:
         try:
             conn.connect(credentials.login, credentials.passcode, wait=False,
                          headers={"client-id": self.holder} if self.holder else None)
-        except stomp.exception.ConnectFailedException as exc:
-            raise BridgeDown(f"cannot connect to {self.target.peer}: {exc or 'refused, unreachable or TLS failed'}") \
+        except (stomp.exception.ConnectFailedException, stomp.exception.NotConnectedException) as exc:
+            # NotConnected: the broker closed the socket before CONNECT went out (a refused client certificate).
+            raise BridgeDown(self._certificate_refusal(settings) or
+                             f"cannot connect to {self.target.peer}: {exc or 'refused, unreachable or TLS failed'}") \
                 from exc
         except OSError as exc:
-            raise BridgeDown(f"cannot connect to {self.target.peer}: {exc}") from exc
-        if not self._connected.wait(self.connect_timeout) or self._lost.is_set():
+            raise BridgeDown(self._certificate_refusal(settings) or f"cannot connect to {self.target.peer}: {exc}") \
+                from exc
+        if not self._await_connected() or self._lost.is_set():
             if self._error.startswith("login refused"):
                 raise BridgeDown(f"Prime's broker refused the gateway's login {credentials.login!r} ({self._error}): "
                                  "ask Prime's administrator for the gateway's passcode and store it with "
                                  "`pnpp prime trust --login`")
-            raise BridgeDown(self._error or f"no CONNECTED from {self.target.peer} within {self.connect_timeout:g}s")
+            if self._error:
+                raise BridgeDown(self._error)
+            # Closed without an ERROR frame: with TLS 1.3 a refused client certificate shows only here.
+            raise BridgeDown(self._certificate_refusal(settings) or
+                             f"no CONNECTED from {self.target.peer} within {self.connect_timeout:g}s")
         sock = getattr(conn.transport, "socket", None)
         if sock is not None:
             sock.settimeout(None)  # the connect timeout must not end an idle but healthy connection
         self.connections += 1
         conn.subscribe(COMMANDS_QUEUE, id=SUBSCRIPTION_ID, ack="client-individual",
                        headers={"activemq.prefetchSize": "10"})
+
+    def _await_connected(self) -> bool:
+        """Wait for CONNECTED, but no longer than the connection lives: a closed one will not answer."""
+        deadline = time.monotonic() + self.connect_timeout
+        while not self._connected.is_set() and not self._lost.is_set() and not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wake.wait(remaining)
+            self._wake.clear()
+        return self._connected.is_set()
+
+    def _certificate_refusal(self, settings: Any) -> str:
+        """Why the broker ends the TLS handshake over the client certificate ("" for any other outcome).
+
+        One handshake of our own with what stomp.py presents, then a short read: with TLS 1.3 the broker judges the
+        client's certificate after the client's side of the handshake is done, so its alert comes with the first read.
+        """
+        cert, key = settings.broker_client_cert_file, settings.broker_client_key_file
+        context = ssl.create_default_context(cafile=str(self.target.ca_file))
+        if cert:
+            context.load_cert_chain(cert, key)
+        try:
+            with socket.create_connection((self.target.host, self.target.port), timeout=self.connect_timeout) as raw, \
+                    context.wrap_socket(raw, server_hostname=self.target.host) as tls:
+                tls.settimeout(min(self.connect_timeout, 1.0))
+                tls.recv(1)
+        except ssl.SSLError as exc:
+            reason = str(exc.reason or exc)
+        except OSError:  # unreachable, or no alert before the time was up: not a certificate matter
+            return ""
+        else:
+            return ""
+        if not cert and any(alert in reason for alert in _NO_CERTIFICATE):
+            return (f"Prime's broker {self.target.peer} ended the TLS handshake ({reason}): it asks for a client "
+                    "certificate and the gateway presents none; set PNP_BROKER_CLIENT_CERT_FILE and "
+                    "PNP_BROKER_CLIENT_KEY_FILE to the certificate Prime's administrator issued for the gateway and "
+                    "its key")
+        if cert and any(alert in reason for alert in _CERTIFICATE_REFUSED):
+            return (f"Prime's broker {self.target.peer} refused the gateway's client certificate {cert} ({reason}): "
+                    "PNP_BROKER_CLIENT_CERT_FILE must hold a valid certificate issued by a CA that Prime's broker "
+                    "trusts for clients")
+        return ""
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None

@@ -1,11 +1,14 @@
 """Run Debian's ActiveMQ 5.17 as the simulated Prime's broker (``--broker activemq``), without systemd.
 
 The configuration comes from ``deploy/activemq/activemq.xml.in``; key and trust stores are built from the node's PEM
-certificates with ``openssl pkcs12`` and ``keytool``. ActiveMQ runs as a child process in the foreground.
+certificates with ``openssl pkcs12`` and ``keytool``. With ``PNP_BROKER_CLIENT_CA_FILE`` the stomp+ssl connector
+needs a client certificate (``needClientAuth``) and the trust store holds that bundle's CA certificates instead of the
+node's CA. ActiveMQ runs as a child process in the foreground.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -15,6 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ..config import Settings, tls_floor
 from ..credentials import write_secret
@@ -57,6 +63,11 @@ class ActiveMQLayout:
         return self.conf / "trust.p12"
 
     @property
+    def truststore_source(self) -> Path:
+        """The SHA-256 of the certificates the trust store was built from: rebuilt when they change."""
+        return self.conf / "trust.sha256"
+
+    @property
     def password_file(self) -> Path:
         return self.conf / "store-password"
 
@@ -78,8 +89,18 @@ def _run(cmd: list[str], env: dict[str, str], what: str) -> None:
         raise ActiveMQError(f"{what} failed: {(result.stderr or result.stdout).strip()[-400:]}")
 
 
+def _trusted(settings: Settings, node_ca: Path) -> list[bytes]:
+    """The CA certificates (PEM) of the trust store: the client CA bundle when client certificates are required."""
+    source = Path(settings.broker_client_ca_file) if settings.broker_client_ca_file else node_ca
+    try:
+        certificates = x509.load_pem_x509_certificates(source.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ActiveMQError(f"{source}: not a PEM bundle of CA certificates ({exc})") from exc
+    return [c.public_bytes(serialization.Encoding.PEM) for c in certificates]
+
+
 def _stores(settings: Settings, where: ActiveMQLayout) -> str:
-    """Build the key and trust stores (again when the certificates changed); returns the store password."""
+    """Build the key and trust stores (again when their certificates changed); returns the store password."""
     certs = ensure_certificates(settings)
     where.conf.mkdir(parents=True, exist_ok=True)
     if where.password_file.exists():
@@ -87,25 +108,36 @@ def _stores(settings: Settings, where: ActiveMQLayout) -> str:
     else:
         password = secrets.token_urlsafe(18)
         write_secret(where.password_file, password)
-    newest_cert = max(p.stat().st_mtime for p in (certs.cert, certs.key, certs.ca))
-    fresh = all(p.exists() and p.stat().st_mtime >= newest_cert for p in (where.keystore, where.truststore))
-    if fresh:
-        return password
     env = {**os.environ, "PNP_STORE_PASSWORD": password}
-    exported = where.conf / "export.p12"
-    for path in (exported, where.keystore, where.truststore):
-        path.unlink(missing_ok=True)
-    _run(["openssl", "pkcs12", "-export", "-in", str(certs.cert), "-inkey", str(certs.key), "-name", "broker",
-          "-out", str(exported), "-passout", "env:PNP_STORE_PASSWORD"], env, "openssl pkcs12 (key store)")
-    _run(["keytool", "-importkeystore", "-noprompt", "-srckeystore", str(exported), "-srcstoretype", "PKCS12",
-          "-srcstorepass:env", "PNP_STORE_PASSWORD", "-destkeystore", str(where.keystore), "-deststoretype", "PKCS12",
-          "-deststorepass:env", "PNP_STORE_PASSWORD"], env, "keytool -importkeystore")
-    _run(["keytool", "-importcert", "-noprompt", "-alias", "pnp-ca", "-file", str(certs.ca), "-keystore",
-          str(where.truststore), "-storetype", "PKCS12", "-storepass:env", "PNP_STORE_PASSWORD"], env,
-         "keytool -importcert (trust store)")
-    exported.unlink(missing_ok=True)
-    for path in (where.keystore, where.truststore):
-        path.chmod(0o600)
+    newest_cert = max(p.stat().st_mtime for p in (certs.cert, certs.key))
+    if not (where.keystore.exists() and where.keystore.stat().st_mtime >= newest_cert):
+        exported = where.conf / "export.p12"
+        for path in (exported, where.keystore):
+            path.unlink(missing_ok=True)
+        _run(["openssl", "pkcs12", "-export", "-in", str(certs.cert), "-inkey", str(certs.key), "-name", "broker",
+              "-out", str(exported), "-passout", "env:PNP_STORE_PASSWORD"], env, "openssl pkcs12 (key store)")
+        _run(["keytool", "-importkeystore", "-noprompt", "-srckeystore", str(exported), "-srcstoretype", "PKCS12",
+              "-srcstorepass:env", "PNP_STORE_PASSWORD", "-destkeystore", str(where.keystore), "-deststoretype",
+              "PKCS12", "-deststorepass:env", "PNP_STORE_PASSWORD"], env, "keytool -importkeystore")
+        exported.unlink(missing_ok=True)
+        where.keystore.chmod(0o600)
+    trusted = _trusted(settings, certs.ca)
+    digest = hashlib.sha256(b"".join(trusted)).hexdigest()
+    built_from = where.truststore_source.read_text().strip() if where.truststore_source.exists() else ""
+    if not (where.truststore.exists() and built_from == digest):
+        where.truststore.unlink(missing_ok=True)
+        one = where.conf / "trusted.pem"
+        try:
+            # keytool takes one certificate per alias: a bundle of several CAs is imported one by one.
+            for index, pem in enumerate(trusted):
+                one.write_bytes(pem)
+                _run(["keytool", "-importcert", "-noprompt", "-alias", f"pnp-ca-{index}", "-file", str(one),
+                      "-keystore", str(where.truststore), "-storetype", "PKCS12", "-storepass:env",
+                      "PNP_STORE_PASSWORD"], env, "keytool -importcert (trust store)")
+        finally:
+            one.unlink(missing_ok=True)
+        where.truststore.chmod(0o600)
+        where.truststore_source.write_text(digest + "\n")
     return password
 
 
@@ -137,7 +169,8 @@ def security_plugins(store: AccountStore) -> str:
 
 
 def render_config(settings: Settings, where: ActiveMQLayout, password: str, template: Path = TEMPLATE) -> str:
-    """The xbean configuration for these settings (TLS floor from PNP_TLS_MIN_VERSION, never below 1.2)."""
+    """The xbean configuration for these settings (TLS floor from PNP_TLS_MIN_VERSION, never below 1.2; a client
+    certificate required on the TLS port with PNP_BROKER_CLIENT_CA_FILE)."""
     protocols = "TLSv1.3" if tls_floor(settings.tls_min_version) == "1.3" else "TLSv1.2,TLSv1.3"
     values = {
         "BROKER_NAME": f"prime-{settings.node_name}".replace(" ", "-"),
@@ -148,6 +181,7 @@ def render_config(settings: Settings, where: ActiveMQLayout, password: str, temp
         "TLS_HOST": "0.0.0.0",
         "TLS_PORT": str(settings.broker_port),
         "TLS_PROTOCOLS": protocols,
+        "NEED_CLIENT_AUTH": "true" if settings.broker_client_ca_file else "false",
         "PLAIN_HOST": "127.0.0.1",
         "PLAIN_PORT": str(settings.bus_port),
         "MAX_FRAME_BYTES": str(MAX_FRAME_BYTES),

@@ -20,7 +20,8 @@ Three layers, innermost first:
   Prime's ActiveMQ) and a plain one on ``127.0.0.1:bus_port``; per connection a reader loop and a writer greenlet
   that also emits heart-beats. ``start()`` returns once both ports are bound and re-raises bind errors; ``stop()``
   stops accepting, lets writers flush, then closes. A client that agreed no heart-beats is closed once it has been
-  silent for ``idle_timeout``.
+  silent for ``idle_timeout``. With a client CA (:func:`require_client_certificates`) the TLS port also refuses, in
+  the handshake, a client without a certificate that chains to it; the login is asked for all the same.
 
 The broker core is single-threaded by design: under gevent every call runs on one hub, so no locks are needed. Only
 the passcode check of a CONNECT (scrypt, tens of milliseconds) runs in gevent's thread pool, touching no broker state:
@@ -517,6 +518,13 @@ class BrokerPorts:
     tls_port: int
     plain_host: str
     plain_port: int
+
+
+def require_client_certificates(context: ssl.SSLContext, ca_file: str) -> ssl.SSLContext:
+    """Make ``context`` refuse a TLS client without a certificate issued by a CA of ``ca_file`` (PEM bundle)."""
+    context.load_verify_locations(cafile=ca_file)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 class BrokerController:

@@ -212,6 +212,8 @@ def _trusting_context(settings: Settings) -> ssl.SSLContext:
     path = trust_path(settings)
     ctx = ssl.create_default_context(cafile=str(path if path.exists() else cert_paths(settings).ca))
     ctx.check_hostname = False  # the trust pin is the point; Prime is often reached by address
+    if settings.broker_client_cert_file:  # a broker that asks for client certificates gets the gateway's
+        ctx.load_cert_chain(settings.broker_client_cert_file, settings.broker_client_key_file)
     return ctx
 
 

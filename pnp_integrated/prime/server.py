@@ -19,7 +19,7 @@ from typing import Any
 from ..children import die_with_parent
 from ..config import Settings
 from .accounts import PRIME_LOGIN, AccountStore, accounts_path, authenticator, prime_passcode
-from .broker import Broker, BrokerController, BrokerPorts, MessageStore
+from .broker import Broker, BrokerController, BrokerPorts, MessageStore, require_client_certificates
 from .ha import PeerWatch, VipPlacement
 from .health import HealthMonitor, HealthState
 from .sink import EventSink, EventStore
@@ -73,10 +73,13 @@ class PrimeServer:
                 self._store = MessageStore(prime_dir(self.settings) / "broker.sqlite3")
                 core = Broker(self._store, node=self.settings.node_name)
                 ports = BrokerPorts("0.0.0.0", self.settings.broker_port, "127.0.0.1", self.settings.bus_port)
+                context = server_context(self.settings)
+                if self.settings.broker_client_ca_file:
+                    require_client_certificates(context, self.settings.broker_client_ca_file)
                 # The process is gevent-patched: the pool's threads are real ones, and scrypt releases the GIL.
                 authenticate = authenticator(AccountStore(accounts_path(self.settings)),
                                              offload=gevent.get_hub().threadpool.apply)
-                self.broker = BrokerController(core, ports, context=server_context(self.settings),
+                self.broker = BrokerController(core, ports, context=context,
                                                authenticate=authenticate,
                                                handshake_timeout=self.settings.tls_handshake_timeout,
                                                idle_timeout=self.settings.broker_idle_timeout)
@@ -98,9 +101,11 @@ class PrimeServer:
         except BaseException:
             self.stop()
             raise
-        log.info("simulated Prime %s (%s, %s) up: broker %s TLS :%s, bus 127.0.0.1:%s, health :%s",
+        clients = (f" (client certificates from {self.settings.broker_client_ca_file})"
+                   if self.settings.broker_client_ca_file else "")
+        log.info("simulated Prime %s (%s, %s) up: broker %s TLS :%s%s, bus 127.0.0.1:%s, health :%s",
                  self.settings.node_name, self.health_state.role, self.health_state.state, self.broker_kind,
-                 self.settings.broker_port, self.settings.bus_port, self.settings.health_port)
+                 self.settings.broker_port, clients, self.settings.bus_port, self.settings.health_port)
 
     def stop(self) -> None:
         """Stop the HA watch, the sink, the health monitor and the broker (draining connections).
