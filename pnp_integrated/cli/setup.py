@@ -5,6 +5,12 @@ IP the gateway will follow and asks for confirmation. ``setup advance`` also ask
 the database, the data directory, the ports and the TLS floor. Every question has a flag for unattended use; with
 ``--yes`` nothing is asked and unanswered settings keep their current (or default) values.
 
+The gateway's login on Prime's broker is asked for too, as Prime's setup asks it: by ``setup advance`` always, by
+``setup`` when the broker the gateway follows is not this node's own simulated Prime (whose ``pnpp run`` creates the
+gateway's account itself). The passcode is typed hidden and twice, or read from ``--broker-passcode-file`` or the
+``PNP_BROKER_PASSCODE`` variable, never from the command line (every user of the host can read a process's
+arguments); it is stored 0600 in ``PNP_BROKER_CREDENTIALS_FILE`` once the settings are written, and never shown.
+
 Prime HA with different primary and secondary addresses is refused (the integrated gateway cannot follow it): the
 documented message is shown, nothing is written and the exit code is 2.
 """
@@ -24,12 +30,23 @@ from typing import Any, NoReturn
 import click
 
 from ..config import DIFFERENT_IP_REFUSAL, HA_MODES, TLS_VERSIONS, ConfigError, Settings, load_settings
+from ..credentials import (
+    LOGIN_PATTERN,
+    BrokerCredentials,
+    CredentialsMissing,
+    credentials_path,
+    gateway_credentials,
+    store_gateway_credentials,
+)
 
 DEFAULT_CONFIG = "pnp-integrated.toml"
 # Written in this order; the advanced settings follow the basic ones.
 BASIC_KEYS = ("ha_mode", "vip")
 ADVANCED_KEYS = ("node_name", "node_address", "data_dir", "database_url", "http_port", "https_port",
-                 "cns_port_base", "health_port", "workers", "tls_min_version")
+                 "cns_port_base", "health_port", "workers", "tls_min_version", "broker_client_cert_file",
+                 "broker_client_key_file")
+PASSCODE_VARIABLE = "PNP_BROKER_PASSCODE"  # read by setup only; the gateway reads the credentials file
+LOGIN_RULE = "use 1-64 letters, digits and . _ @ - (starting with a letter or digit)"
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -129,6 +146,78 @@ def _ask(label: str, given: Any, default: Any, interactive: bool, value_type: An
     return click.prompt(label, default=default, type=value_type)
 
 
+def _login(text: str) -> str:
+    login = text.strip()
+    if login and not LOGIN_PATTERN.fullmatch(login):
+        raise click.BadParameter(f"{login!r} is not a broker login: {LOGIN_RULE}")
+    return login
+
+
+def _runtime_settings(settings: Settings) -> Settings:
+    """``settings`` as the gateway will run: its PNP_* variables override the file for where the login is kept."""
+    data_dir = os.environ.get("PNP_DATA_DIR")
+    credentials_file = os.environ.get("PNP_BROKER_CREDENTIALS_FILE")
+    return dataclasses.replace(settings, data_dir=Path(data_dir) if data_dir else settings.data_dir,
+                               broker_credentials_file=credentials_file or settings.broker_credentials_file)
+
+
+def _colocated(prime: PrimeFacts, vip: str) -> bool:
+    """Whether the broker the gateway follows is this node's own simulated Prime (its `pnpp run` enrols the gateway)."""
+    from ..ha.vip import vip_is_local
+
+    return prime.reachable or ipaddress.ip_address(vip).is_loopback or vip_is_local(vip)
+
+
+def _given_passcode(options: dict[str, Any]) -> str | None:
+    """The passcode from --broker-passcode-file or PNP_BROKER_PASSCODE (``None`` when neither is given)."""
+    source = options.get("broker_passcode_file")
+    if source is not None:
+        passcode = source.read().strip()
+        where = "stdin" if source.name == "<stdin>" else source.name
+        if not passcode:
+            _fail(f"--broker-passcode-file: {where} holds no passcode")
+        return str(passcode)
+    passcode = os.environ.get(PASSCODE_VARIABLE, "").strip()
+    return passcode or None
+
+
+def ask_broker_login(options: dict[str, Any], settings: Settings, ask: bool,
+                     interactive: bool) -> BrokerCredentials | None:
+    """The gateway's new broker login and passcode, or ``None`` to keep what is stored (or nothing, co-located)."""
+    login = options.get("broker_login")
+    passcode = _given_passcode(options)
+    if login is not None:
+        try:
+            login = _login(login)
+        except click.BadParameter as exc:
+            _fail(f"--broker-login: {exc.message}")
+        if not login:
+            _fail(f"--broker-login is empty: {LOGIN_RULE}")
+    path = credentials_path(settings)
+    try:
+        stored: str | None = gateway_credentials(settings).login
+    except CredentialsMissing:
+        stored = None
+    if login is None and interactive and ask:
+        click.echo(f"The gateway logs in to Prime's broker with the login and passcode Prime's administrator gives it"
+                   f" (kept in {path}" + (f", now {stored!r})." if stored else ")."))
+        keep = "keep the stored one" if stored else "none yet; a co-located `pnpp run` creates one"
+        login = click.prompt(f"Gateway's broker login (empty: {keep})", default="", show_default=False,
+                             value_proc=_login) or None
+    if login is None:
+        if passcode is not None and not interactive:
+            _fail(f"a passcode was given (--broker-passcode-file or {PASSCODE_VARIABLE}) without --broker-login: "
+                  "say which login it is for")
+        return None
+    if passcode is None:
+        if not interactive:
+            _fail(f"--broker-login {login!r} needs its passcode: --broker-passcode-file FILE ('-' for stdin) or "
+                  f"the {PASSCODE_VARIABLE} variable (never on the command line)")
+        passcode = click.prompt(f"Passcode of {login!r} on Prime's broker", hide_input=True,
+                                confirmation_prompt="Once more, to confirm").strip()
+    return BrokerCredentials(login, passcode)
+
+
 def run_setup(options: dict[str, Any], advanced: bool) -> None:
     """Ask, validate, confirm, write. ``options`` holds the flags (``None`` when not given)."""
     path = Path(options["config"] or os.environ.get("PNP_CONFIG") or DEFAULT_CONFIG)
@@ -182,12 +271,20 @@ def run_setup(options: dict[str, Any], advanced: bool) -> None:
             "health_port": ("Prime health monitor port", click.IntRange(1, 65535)),
             "workers": ("Worker processes", click.IntRange(1, 64)),
             "tls_min_version": ("Lowest TLS version accepted", click.Choice(TLS_VERSIONS)),
+            "broker_client_cert_file": ("Client certificate the gateway presents to Prime's broker (PEM; empty: "
+                                        "none, the login alone)", str),
+            "broker_client_key_file": ("Its private key (PEM, unencrypted)", str),
         }
+        optional = ("node_address", "database_url", "broker_client_cert_file", "broker_client_key_file")
         for key, (label_text, kind) in prompts.items():
+            if key == "broker_client_key_file" and not values.get("broker_client_cert_file") \
+                    and options.get(key) is None:
+                values.pop(key, None)  # no certificate, no key to ask for
+                continue
             default = current[key]
             default = str(default) if isinstance(default, Path) else default
             answer = _ask(label_text, options.get(key), default, interactive, kind)
-            if answer in ("", None) and key in ("node_address", "database_url"):
+            if answer in ("", None) and key in optional:
                 values.pop(key, None)
             else:
                 values[key] = answer
@@ -200,10 +297,15 @@ def run_setup(options: dict[str, Any], advanced: bool) -> None:
         _fail(str(exc))
     ordered = {k: values[k] for k in (*BASIC_KEYS, *ADVANCED_KEYS) if k in values}
     ordered.update({k: v for k, v in values.items() if k not in ordered})
+    runtime = _runtime_settings(settings)
+    credentials = ask_broker_login(options, runtime, advanced or not _colocated(prime, settings.vip), interactive)
 
     click.echo("")
     for key, value in ordered.items():
         click.echo(f"  {key:16} = {value}")
+    if credentials is not None:
+        click.echo(f"The gateway's broker login {credentials.login!r} and its passcode go to "
+                   f"{credentials_path(runtime)} (readable by its owner only).")
     if ha_mode == "vip":
         from ..ha.vip import vip_can_move, vip_is_local
 
@@ -220,7 +322,14 @@ def run_setup(options: dict[str, Any], advanced: bool) -> None:
         write_config(path, ordered)
     except OSError as exc:
         _fail(f"cannot write {path} ({exc.strerror or exc})", 1)
-    click.echo(f"Wrote {path}. Start the gateway with: PNP_CONFIG={path} pnpp run")
+    click.echo(f"Wrote {path}.")
+    if credentials is not None:
+        try:
+            where = store_gateway_credentials(runtime, credentials)
+        except OSError as exc:
+            _fail(f"cannot store the broker login in {credentials_path(runtime)} ({exc.strerror or exc})", 1)
+        click.echo(f"Stored the gateway's broker login {credentials.login!r} in {where} (readable by its owner only).")
+    click.echo(f"Start the gateway with: PNP_CONFIG={path} pnpp run")
 
 
 def _setting_option(flag: str, **kwargs: Any) -> Any:
@@ -235,6 +344,11 @@ def _common(func: Any) -> Any:
                      help=f"TOML file to write (default: $PNP_CONFIG, else ./{DEFAULT_CONFIG})"),
         _setting_option("--ha-mode", type=click.Choice(HA_MODES), help="Prime's HA mode"),
         _setting_option("--vip", help="the virtual IP (HA) or the address devices use"),
+        click.option("--broker-login", default=None,
+                     help="the gateway's login on Prime's broker (its passcode: asked, or --broker-passcode-file, "
+                          f"or ${PASSCODE_VARIABLE})"),
+        click.option("--broker-passcode-file", type=click.File("r"), default=None,
+                     help="read the broker passcode from this file ('-' for stdin)"),
         click.option("--yes", "-y", is_flag=True, help="ask nothing: flags, current values and defaults"),
     ]):
         func = decorator(func)
@@ -274,8 +388,11 @@ def _note_environment(ctx: click.Context) -> None:
 @_setting_option("--health-port", type=click.IntRange(1, 65535))
 @_setting_option("--workers", type=click.IntRange(1, 64))
 @_setting_option("--tls-min-version", type=click.Choice(TLS_VERSIONS))
+@_setting_option("--broker-client-cert-file", help="client certificate (PEM) the gateway presents to Prime's broker")
+@_setting_option("--broker-client-key-file", help="its private key (PEM, unencrypted)")
 @click.pass_context
 def advance(ctx: click.Context, **options: Any) -> None:
-    """Configure every setting of the node (addresses, database, ports, TLS), as Prime's `pnp setup advance`."""
+    """Configure every setting of the node (addresses, database, ports, TLS, the broker login), as Prime's
+    `pnp setup advance`."""
     _note_environment(ctx)
     run_setup(options, advanced=True)

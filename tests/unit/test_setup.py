@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -12,22 +13,25 @@ import pytest
 from click.testing import CliRunner
 
 from pnp_integrated.cli import main
-from pnp_integrated.config import load_settings
+from pnp_integrated.config import ConfigError, load_settings
+from pnp_integrated.credentials import BrokerCredentials, gateway_credentials, store_gateway_credentials
 from pnp_integrated.devsim.node import node_environment, node_settings
 from pnp_integrated.prime.server import PrimeProcess
+from tests.client_certificates import issue_client_pki
 
 PNPP = str(Path(sys.executable).with_name("pnpp"))
 
 
-def run(args: list[str], answers: str = "", health_port: int = 1) -> tuple[int, str]:
+def run(args: list[str], answers: str = "", health_port: int = 1, **env: str) -> tuple[int, str]:
     # Health port 1: no Prime answers there, so detection reports nothing unless a test starts one.
-    result = CliRunner().invoke(main, ["setup", *args], input=answers, env={"PNP_HEALTH_PORT": str(health_port)})
+    result = CliRunner().invoke(main, ["setup", *args], input=answers,
+                                env={"PNP_HEALTH_PORT": str(health_port), **env})
     return result.exit_code, result.output
 
 
 def test_answers_on_stdin_write_a_config_the_gateway_loads(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
-    code, out = run(["--config", str(path)], answers="vip\n198.51.100.7\ny\n")
+    code, out = run(["--config", str(path)], answers="vip\n198.51.100.7\n\ny\n")  # no broker login: none yet
     assert code == 0, out
     assert "cannot be detected" in out
     assert "follow the virtual IP 198.51.100.7" in out
@@ -37,7 +41,7 @@ def test_answers_on_stdin_write_a_config_the_gateway_loads(tmp_path: Path) -> No
 
 def test_a_wrong_address_is_asked_again(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
-    code, out = run(["--config", str(path)], answers="vip\nnot-an-ip\n192.0.2.44\ny\n")
+    code, out = run(["--config", str(path)], answers="vip\nnot-an-ip\n192.0.2.44\n\ny\n")
     assert code == 0, out
     assert "'not-an-ip' is not an IP address" in out
     assert tomllib.loads(path.read_text())["vip"] == "192.0.2.44"
@@ -66,7 +70,7 @@ def test_different_ip_from_the_environment_is_refused_as_the_flag_is(tmp_path: P
 def test_declining_writes_nothing_and_keeps_the_old_file(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
     path.write_text('vip = "192.0.2.1"\nworkers = 3\n')
-    code, out = run(["--config", str(path)], answers="none\n192.0.2.99\nn\n")
+    code, out = run(["--config", str(path)], answers="none\n192.0.2.99\n\nn\n")
     assert code == 1 and "Nothing was written" in out
     assert tomllib.loads(path.read_text()) == {"vip": "192.0.2.1", "workers": 3}
 
@@ -88,10 +92,15 @@ def test_advance_asks_every_setting(tmp_path: Path) -> None:
         "vip", "10.20.0.100",  # HA mode, VIP
         "prime-b", "10.20.0.12", str(tmp_path / "data"), "postgresql+psycopg://pnp@10.20.0.1/pnp",
         "8080", "8443", "21010", "4", "1.3",  # no health port question: PNP_HEALTH_PORT is set
+        "",  # no client certificate for the broker, so no key is asked for
+        "gw-b", "passcode-of-gw-b", "passcode-of-gw-b",  # the broker login (typed hidden, twice)
         "y",
     ]) + "\n"
     code, out = run(["advance", "--config", str(path)], answers=answers)
     assert code == 0, out
+    assert "passcode-of-gw-b" not in out
+    assert gateway_credentials(load_settings({"data_dir": str(tmp_path / "data")}, environ={})) == \
+        BrokerCredentials("gw-b", "passcode-of-gw-b")
     assert "health_port = 1 comes from PNP_HEALTH_PORT, which overrides the file" in out
     settings = load_settings(environ={"PNP_CONFIG": str(path)})
     assert (settings.node_name, settings.node_addr, settings.http_port, settings.cns_port_base) == (
@@ -106,6 +115,127 @@ def test_advance_reports_settings_that_do_not_fit_together(tmp_path: Path) -> No
                      "--http-port", "11011", "--cns-port-base", "11010"])
     assert code == 2 and "collides with the CNS ports" in out and "Traceback" not in out
     assert not path.exists()
+
+
+# ---- the gateway's broker login ------------------------------------------------------------------------------------
+
+
+def stored(data_dir: Path) -> tuple[dict[str, str], int]:
+    """The broker credentials file of ``data_dir``: its JSON content and its permission bits."""
+    path = data_dir / "secrets" / "broker-credentials.json"
+    return json.loads(path.read_text()), path.stat().st_mode & 0o777
+
+
+def test_a_node_whose_prime_is_elsewhere_is_asked_for_its_broker_login(tmp_path: Path) -> None:
+    path, data = tmp_path / "gw.toml", tmp_path / "data"
+    # A second passcode that differs from the first is asked again, hidden both times.
+    answers = "none\n192.0.2.50\ngw-7\nfirst-typing-1\nother-typing-2\nthe-passcode-7\nthe-passcode-7\ny\n"
+    code, out = run(["--config", str(path)], answers=answers, PNP_DATA_DIR=str(data))
+    assert code == 0, out
+    assert "do not match" in out
+    assert stored(data) == ({"login": "gw-7", "passcode": "the-passcode-7"}, 0o600)
+    assert "the-passcode-7" not in out and "typing" not in out
+    assert f"Stored the gateway's broker login 'gw-7' in {data / 'secrets' / 'broker-credentials.json'}" in out
+    assert "passcode" not in path.read_text()  # the TOML file holds no secret
+
+
+def test_an_invalid_login_is_refused_with_a_message(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    code, out = run(["--config", str(tmp_path / "gw.toml")], PNP_DATA_DIR=str(data),
+                    answers="none\n192.0.2.50\nbad login!\ngw-7\npasscode-7-ok\npasscode-7-ok\ny\n")
+    assert code == 0, out
+    assert "'bad login!' is not a broker login: use 1-64 letters, digits and . _ @ -" in out
+    assert stored(data)[0]["login"] == "gw-7"
+    passcode = tmp_path / "passcode"
+    passcode.write_text("passcode-of-gw\n")
+    for login in ("bad login!", "-starts-with-a-dash", "x" * 65):
+        code, out = run(["--config", str(tmp_path / "other.toml"), "--yes", "--broker-login", login,
+                         "--broker-passcode-file", str(passcode)], PNP_DATA_DIR=str(tmp_path / "other"))
+        assert code == 2 and f"--broker-login: {login!r} is not a broker login" in out
+        assert not (tmp_path / "other.toml").exists() and not (tmp_path / "other").exists()
+
+
+def test_unattended_the_passcode_comes_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    passcode = tmp_path / "passcode"
+    passcode.write_text("passcode-from-a-file\n")
+    code, out = run(["--config", str(tmp_path / "a.toml"), "--yes", "--vip", "192.0.2.50", "--broker-login", "gw-a",
+                     "--broker-passcode-file", str(passcode)], PNP_DATA_DIR=str(tmp_path / "a"))
+    assert code == 0, out
+    assert stored(tmp_path / "a") == ({"login": "gw-a", "passcode": "passcode-from-a-file"}, 0o600)
+    code, out = run(["--config", str(tmp_path / "b.toml"), "--yes", "--broker-login", "gw-b"],
+                    PNP_DATA_DIR=str(tmp_path / "b"), PNP_BROKER_PASSCODE="passcode-from-the-env")
+    assert code == 0, out
+    assert stored(tmp_path / "b") == ({"login": "gw-b", "passcode": "passcode-from-the-env"}, 0o600)
+    assert "passcode-from" not in out
+    # PNP_BROKER_CREDENTIALS_FILE decides where, as it does for the gateway.
+    elsewhere = tmp_path / "elsewhere.json"
+    code, out = run(["--config", str(tmp_path / "c.toml"), "--yes", "--broker-login", "gw-c"],
+                    PNP_DATA_DIR=str(tmp_path / "c"), PNP_BROKER_PASSCODE="passcode-of-gw-c",
+                    PNP_BROKER_CREDENTIALS_FILE=str(elsewhere))
+    assert code == 0, out
+    assert json.loads(elsewhere.read_text())["login"] == "gw-c" and elsewhere.stat().st_mode & 0o777 == 0o600
+
+
+def test_unattended_a_login_without_its_passcode_is_refused(tmp_path: Path) -> None:
+    code, out = run(["--config", str(tmp_path / "gw.toml"), "--yes", "--broker-login", "gw-7"],
+                    PNP_DATA_DIR=str(tmp_path / "data"))
+    assert code == 2 and "--broker-login 'gw-7' needs its passcode: --broker-passcode-file" in out
+    assert not (tmp_path / "gw.toml").exists() and not (tmp_path / "data").exists()
+
+
+def test_with_yes_and_no_login_the_stored_one_is_kept(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    settings = load_settings({"data_dir": str(data)}, environ={})
+    store_gateway_credentials(settings, BrokerCredentials("gw-old", "the-old-passcode"))
+    before = (data / "secrets" / "broker-credentials.json").read_text()
+    code, out = run(["--config", str(tmp_path / "gw.toml"), "--yes", "--vip", "192.0.2.50"], PNP_DATA_DIR=str(data))
+    assert code == 0, out
+    assert (data / "secrets" / "broker-credentials.json").read_text() == before
+    # Asked, an empty answer keeps it as well.
+    code, out = run(["--config", str(tmp_path / "gw.toml")], answers="none\n192.0.2.50\n\ny\n",
+                    PNP_DATA_DIR=str(data))
+    assert code == 0, out
+    assert "now 'gw-old'" in out and "empty: keep the stored one" in out
+    assert (data / "secrets" / "broker-credentials.json").read_text() == before
+
+
+def test_a_node_with_its_own_prime_is_not_asked(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    # The loopback VIP: the broker the gateway follows is its own node's, whose `pnpp run` enrols it.
+    code, out = run(["--config", str(tmp_path / "gw.toml")], answers="none\n127.0.0.1\ny\n", PNP_DATA_DIR=str(data))
+    assert code == 0, out
+    assert "broker login" not in out and not (data / "secrets").exists()
+
+
+def test_declining_stores_no_login(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    code, out = run(["--config", str(tmp_path / "gw.toml")], PNP_DATA_DIR=str(data),
+                    answers="none\n192.0.2.50\ngw-7\npasscode-of-gw-7\npasscode-of-gw-7\nn\n")
+    assert code == 1 and "Nothing was written" in out
+    assert not (data / "secrets" / "broker-credentials.json").exists()
+
+
+def test_advance_records_the_broker_client_certificate(tmp_path: Path) -> None:
+    pki, other = issue_client_pki(tmp_path / "pki"), issue_client_pki(tmp_path / "other", "other")
+    path = tmp_path / "gw.toml"
+    code, out = run(["advance", "--config", str(path), "--yes", "--broker-client-cert-file", str(pki.cert),
+                     "--broker-client-key-file", str(pki.key)], PNP_DATA_DIR=str(tmp_path / "data"))
+    assert code == 0, out
+    settings = load_settings(environ={"PNP_CONFIG": str(path)})
+    assert (settings.broker_client_cert_file, settings.broker_client_key_file) == (str(pki.cert), str(pki.key))
+    code, out = run(["advance", "--config", str(tmp_path / "bad.toml"), "--yes", "--broker-client-cert-file",
+                     str(pki.cert), "--broker-client-key-file", str(other.key)], PNP_DATA_DIR=str(tmp_path / "data"))
+    assert code == 2 and "KEY_VALUES_MISMATCH" in out and not (tmp_path / "bad.toml").exists()
+    with pytest.raises(ConfigError):  # what was refused is what the gateway would refuse
+        load_settings({"broker_client_cert_file": str(pki.cert), "broker_client_key_file": str(other.key)},
+                      environ={})
+    # Asked: a certificate, then its key.
+    code, out = run(["advance", "--config", str(tmp_path / "asked.toml")], PNP_DATA_DIR=str(tmp_path / "data"),
+                    answers="\n".join(["none", "127.0.0.1", "n1", "", "", "8080", "8443", "21010", "2", "1.2",
+                                        str(pki.cert), str(pki.key), "", "y"]) + "\n")  # data dir: PNP_DATA_DIR
+    assert code == 0, out
+    asked = tomllib.loads((tmp_path / "asked.toml").read_text())
+    assert (asked["broker_client_cert_file"], asked["broker_client_key_file"]) == (str(pki.cert), str(pki.key))
 
 
 @pytest.fixture
