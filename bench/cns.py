@@ -177,6 +177,7 @@ def storm_child(spec: dict[str, Any]) -> None:
     monkey.patch_all()
     import random
     import resource
+    import socket
     import ssl
 
     import gevent
@@ -197,24 +198,41 @@ def storm_child(spec: dict[str, Any]) -> None:
     busy_counts: list[int] = []
     errors: dict[str, int] = {}
     failures: list[str] = []
+    tries = [0, 0]  # dispatcher HELLOs, gateway-port HELLOs
+
+    def open_link(to_host: str, port: int, role: str, stage: list[str]) -> CnsLink:
+        stage[0] = f"{role} connect"
+        raw = socket.create_connection((to_host, port), timeout=timeout)
+        if context is not None:
+            stage[0] = f"{role} TLS handshake"
+            try:
+                raw = context.wrap_socket(raw, server_hostname=to_host)
+            except BaseException:
+                raw.close()
+                raise
+        stage[0] = f"{role} answer"
+        return CnsLink(to_host, port, tls, timeout, sock=raw)
 
     def arrive(serial: str, deadline: float) -> None:
         busy = 0
         pause = STORM_BACKOFF_FIRST
+        stage = [""]  # where the device is, to say where a timeout or a reset hit it
         try:
             while time.monotonic() < deadline:
                 wait = 0.0
                 link = None
+                tries[0] += 1
                 try:
-                    with CnsLink.open(host, dispatcher, tls=tls, timeout=timeout, context=context) as ask:
+                    with open_link(host, dispatcher, "dispatcher", stage) as ask:
                         ask.send(hello_frame(serial))
                         where = ask.receive()
                     if where.command == "REDIRECT":
-                        link = CnsLink.open(where.get("Host") or host, int(where.get("Port") or 0), tls=tls,
-                                            timeout=timeout, context=context)
+                        tries[1] += 1
+                        link = open_link(where.get("Host") or host, int(where.get("Port") or 0), "gateway", stage)
                         link.send(hello_frame(serial, keepalive="900,3"))
                         where = link.receive()
                         if where.command == "WELCOME":
+                            stage[0] = "gateway RECEIPT"
                             link.command("SUBSCRIBE", {"Subject": "cisco.mgmt.cns.config.load", "Receipt": "s"})
                             where = link.receive()
                             if where.command == "RECEIPT":
@@ -226,11 +244,12 @@ def storm_child(spec: dict[str, Any]) -> None:
                         busy += 1
                         wait = retry_after(where)
                     else:
-                        kind = f"{where.command} {where.get('Code', '')}".strip()
+                        kind = f"{stage[0]}: {where.command} {where.get('Code', '')}".strip()
                         errors[kind] = errors.get(kind, 0) + 1
                         wait = retry_after(where)
                 except (OSError, LinkClosed, CnsProtocolError) as exc:  # TimeoutError is an OSError
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    kind = f"{stage[0]}: {type(exc).__name__}"
+                    errors[kind] = errors.get(kind, 0) + 1
                 finally:
                     if link is not None:
                         link.close()
@@ -252,6 +271,7 @@ def storm_child(spec: dict[str, Any]) -> None:
     after = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"held_at": held_at, "went": went, "busy_answers": sum(busy_counts),
                       "busy_devices": sum(1 for b in busy_counts if b), "errors": errors, "failed": len(failures),
+                      "dispatcher_hellos": tries[0], "gateway_hellos": tries[1],
                       "failures": failures[:5],
                       "cpu": after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime}), flush=True)
     gevent.get_hub().threadpool.spawn(sys.stdin.read).get()  # hold until the parent closes our stdin
@@ -400,6 +420,9 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
             if not child.stdout.readline():
                 raise SystemExit("a storm client died before it was ready")
         time.sleep(3)  # the node settles after its start; the clients are idle
+        idle_cpu, idle_from = gateway_cpu_seconds(root), time.monotonic()
+        time.sleep(5)  # what the idle node spends anyway (leases, status readings), to judge small storms by
+        idle_cpu = (gateway_cpu_seconds(root) - idle_cpu) / (time.monotonic() - idle_from)
         rss_before = gateway_rss_bytes(root)
         if args.py_spy:
             args.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -409,6 +432,7 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
                                                    "--format", "raw", "-o", str(out)],
                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(2)  # attached before the devices come
+        load_before = os.getloadavg()[0]
         cpu_before = gateway_cpu_seconds(root)
         went = time.monotonic()
         for child in children:
@@ -422,6 +446,7 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
             results.append(json.loads(line) if line else {"held_at": [], "failed": len(serials) // processes,
                                                           "failures": ["client died"]})
         cpu_used = gateway_cpu_seconds(root) - cpu_before
+        load_after = os.getloadavg()[0]
         for profiler in profilers:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         for profiler in profilers:
@@ -445,6 +470,9 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
             "busy_answers": sum(r.get("busy_answers", 0) for r in results),
             "busy_devices": sum(r.get("busy_devices", 0) for r in results), "errors": errors,
             "failed": sum(r.get("failed", 0) for r in results),
+            "tries": sum(r.get("dispatcher_hellos", 0) for r in results) / count,
+            "gateway_tries": sum(r.get("gateway_hellos", 0) for r in results) / count,
+            "load": (load_before, load_after), "idle_cpu_ms_per_s": idle_cpu * 1000,
             "failures": [f for r in results for f in r.get("failures", [])][:5],
             "gateway_cpu_ms": cpu_used * 1000 / count, "client_cpu_ms": sum(r.get("cpu", 0) for r in results)
             * 1000 / count, "rss_kb": (rss_after - rss_before) / 1024 / count, "processes": processes,
@@ -452,14 +480,15 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
 
 
 STORM_COLUMNS = (("transport", 9), ("devices", 8), ("held", 7), ("s to all", 9), ("sess/s", 7), ("p50/p99 s", 11),
-                 ("BUSY", 6), ("BUSY'd", 7), ("errors", 7), ("gw CPU ms", 10), ("cl CPU ms", 10), ("gw RSS KB", 10))
+                 ("BUSY", 6), ("BUSY'd", 7), ("errors", 7), ("tries", 6), ("gw CPU ms", 10), ("cl CPU ms", 10),
+                 ("gw RSS KB", 10))
 
 
 def storm_row(r: dict[str, Any]) -> str:
     cells = (r["transport"], f"{r['count']:,}", f"{r['held']:,}", f"{r['seconds']:.1f}", f"{r['rate']:.0f}",
              f"{r['p50']:.1f}/{r['p99']:.1f}", str(r["busy_answers"]), str(r["busy_devices"]),
-             str(sum(r["errors"].values())), f"{r['gateway_cpu_ms']:.2f}", f"{r['client_cpu_ms']:.2f}",
-             f"{r['rss_kb']:.1f}")
+             str(sum(r["errors"].values())), f"{r['tries']:.1f}", f"{r['gateway_cpu_ms']:.2f}",
+             f"{r['client_cpu_ms']:.2f}", f"{r['rss_kb']:.1f}")
     return "".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, STORM_COLUMNS, strict=True))
 
 
@@ -472,8 +501,8 @@ def print_storm_table(results: list[dict[str, Any]], notes: list[str]) -> None:
     print("-" * sum(width for _, width in STORM_COLUMNS))
     print("s to all: from the moment every device is let go until the last one holds a session (WELCOME + "
           "SUBSCRIBE receipted);\nBUSY: answers; BUSY'd: devices told BUSY at least once; errors: timeouts, resets, "
-          "other answers;\nCPU and RSS per session: gateway = gunicorn master + workers, client = the simulated "
-          "devices' processes.")
+          "other answers;\ntries: dispatcher HELLOs per device (each a TLS handshake on TLS);\n"
+          "CPU and RSS per session: gateway = gunicorn master + workers, client = the simulated devices' processes.")
     print(f"targets: all {TARGETS['storm_devices']:,} TLS devices within {TARGETS['storm_seconds']:g} s, "
           f"<= {TARGETS['storm_cpu_ms']:g} ms gateway CPU per TLS session, <= {TARGETS['storm_tls_kb']:g} KB RSS per "
           "idle TLS session")
@@ -635,8 +664,11 @@ def storm_main(args: argparse.Namespace, transports: list[str]) -> None:
                 print(storm_row(result), flush=True)
                 kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(result["errors"].items(), key=lambda e: -e[1]))
                 print(f"  {result['processes']} client processes, {result['workers']} workers, port capacity "
-                      f"{result['capacity']}; errors: {kinds or 'none'}; failed {result['failed']} "
-                      f"{result['failures']}", flush=True)
+                      f"{result['capacity']}, device timeout {args.device_timeout:g} s; gateway-port HELLOs per "
+                      f"device {result['gateway_tries']:.2f}; idle node {result['idle_cpu_ms_per_s']:.0f} ms CPU/s; "
+                      f"load average {result['load'][0]:.1f} before, {result['load'][1]:.1f} after; "
+                      f"errors: {kinds or 'none'}; failed {result['failed']} "
+                      f"{result['failures'][:2]}", flush=True)
     notes = [f"machine: {os.cpu_count()} cores shared with other work; client processes run on the same cores.",
              f"node: {args.workers} workers, database {args.database_url or 'SQLite (default)'}"
              f"{', py-spy attached to every worker' if args.py_spy else ''}."]
@@ -657,7 +689,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="storm: runs of each size")
     parser.add_argument("--workers", type=int, default=2, help="storm: gunicorn workers of the node")
     parser.add_argument("--database-url", help="storm: the node's database (default: SQLite in its data dir)")
-    parser.add_argument("--device-timeout", type=float, default=10.0,
+    parser.add_argument("--device-timeout", type=float, default=120.0,
                         help="storm: seconds a device waits for a connection, a handshake or an answer")
     parser.add_argument("--storm-seconds", type=float, default=600.0,
                         help="storm: a device without a session after this long gives up")
