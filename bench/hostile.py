@@ -1317,28 +1317,37 @@ class Fleet:
     cns_attempts: int = 5
     durations: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)  # serials whose day 0 finished on the device
     retried: int = 0
     cut_after_save: int = 0
     seconds: float = 0.0
+
+    def job_state(self, serial: str) -> str:
+        """The state of the device's current job, as the REST API tells it."""
+        status, device = self.target.api("GET", f"/api/v1/devices/{serial}")
+        if status != 200 or not device.get("current_job_id"):
+            return "no job"
+        status, job = self.target.api("GET", f"/api/v1/jobs/{device['current_job_id']}")
+        return str(job.get("state")) if status == 200 else f"HTTP {status}"
 
     def run(self) -> int:
         """Play every device to the end; how many were provisioned."""
         node = self.target.node
         started = time.monotonic()
-        results: list[bool] = []
 
         def pnp() -> None:
             devices = [SimulatedDevice(serial=s, pid=PNP_PID) for s in self.pnp_serials]
             reports = simulate(devices, node.url(""), concurrency=self.concurrency, time_scale=0.001,
                                reload_seconds=0, deadline=240, timeout=30)
             for report in reports:
-                results.append(report.outcome == PROVISIONED)
                 if report.outcome == PROVISIONED:
+                    self.done.add(report.serial)
                     self.durations.append(report.seconds)
                 else:
                     self.failures.append(f"{report.serial}: {report.outcome}: {report.reason}")
 
         def cns(serial: str) -> bool:
+            """A CNS device's day 0; after a lost session it starts over while the node still has work for it."""
             for attempt in range(self.cns_attempts):
                 device = CnsDevice(serial, HOST, self.target.port("cns_port_base") + 1,
                                    http_port=self.target.port("http_port"), timeout=30)
@@ -1346,8 +1355,8 @@ class Fleet:
                 if report.ok:
                     self.durations.append(report.seconds)
                     return True
-                if "exec:write memory" in report.steps:
-                    self.cut_after_save += 1  # saved its configuration; only the goodbye was lost with the worker
+                if self.job_state(serial) == "completed":
+                    self.cut_after_save += 1  # its result was in; only the goodbye was lost with the worker
                     return True
                 if attempt + 1 == self.cns_attempts:
                     self.failures.append(f"{serial}: {report.detail}")
@@ -1359,28 +1368,41 @@ class Fleet:
         pnp_thread = threading.Thread(target=pnp)
         pnp_thread.start()
         with ThreadPoolExecutor(max(1, self.concurrency // 2)) as pool:
-            results.extend(pool.map(cns, self.cns_serials))
+            self.done.update(s for s, ok in zip(self.cns_serials, pool.map(cns, self.cns_serials), strict=True) if ok)
         pnp_thread.join()
         self.seconds = time.monotonic() - started
-        return sum(results)
+        return len(self.done)
 
 
-def job_states(target: Target, serials: list[str]) -> Counter[str]:
-    """The node's view: the state of each device's current job."""
+def job_states(target: Target, serials: list[str]) -> dict[str, str]:
+    """The node's view: the state of each device's current job ("no job", "never seen")."""
     from sqlalchemy import select
 
     from pnp_integrated.models import Device, ProvisioningJob, db
 
     app = target.app()
-    states: Counter[str] = Counter()
+    states = dict.fromkeys(serials, "never seen")
     with app.app_context():
         for start in range(0, len(serials), 500):
             for device in db.session.scalars(select(Device).where(Device.serial.in_(serials[start:start + 500]))):
                 job = db.session.get(ProvisioningJob, device.current_job_id) if device.current_job_id else None
-                states[job.state if job is not None else "no job"] += 1
+                states[device.serial] = job.state if job is not None else "no job"
         db.session.remove()
-    states["never seen"] = len(serials) - sum(states.values())
-    return +states
+    return states
+
+
+def provisioned(target: Target, fleet: Fleet, row: Row) -> int:
+    """Devices provisioned on both sides (the device finished, the node's job completed); the rest is lost."""
+    serials = fleet.pnp_serials + fleet.cns_serials
+    states = job_states(target, serials)
+    done = [s for s in serials if s in fleet.done and states[s] == "completed"]
+    row.lost = len(serials) - len(done)
+    row.note(f"{len(fleet.done)} of {len(serials)} devices finished their day 0; the node's jobs: "
+             + ", ".join(f"{state} {n}" for state, n in Counter(states.values()).most_common()))
+    for serial in [s for s in serials if s not in done][:5]:
+        why = next((f for f in fleet.failures if f.startswith(f"{serial}:")), "finished on the device")
+        row.problems[f"not provisioned: {why} (job {states[serial]})"] += 1
+    return len(done)
 
 
 # ---- 10. /status flood ----------------------------------------------------------------------------------------------
@@ -1443,7 +1465,7 @@ def family_status(target: Target, readers: int, pnp_serials: list[str], cns_seri
             child.stdout.readline()
         time.sleep(2.0)  # the crowd is in
         fleet = Fleet(target, pnp_serials, cns_serials)
-        provisioned = fleet.run()
+        fleet.run()
         waits: list[float] = []
         statuses: Counter[str] = Counter()
         for child in children:
@@ -1457,17 +1479,14 @@ def family_status(target: Target, readers: int, pnp_serials: list[str], cns_seri
                 for _ in range(count):
                     row.tally(EXPECTED if kind.startswith("ok ") else HANG if kind == "hang" else UNEXPECTED,
                               f"{kind}" if kind != "hang" else f"no answer in {target.hang:g} s")
-        total = len(pnp_serials) + len(cns_serials)
-        row.lost = total - provisioned
         row.note(f"{readers} readers in {processes} processes (a quarter on /metrics): {statuses['200']} answered 200, "
                  f"{statuses['503']} 503 with Retry-After; in a median of {percentile(waits, 0.5) * 1000:.0f} ms, "
                  f"p99 {percentile(waits, 0.99) * 1000:.0f} ms")
-        row.note(f"{provisioned} of {total} devices provisioned during the flood in {fleet.seconds:.0f} s; day 0 "
-                 f"p50/p99 {percentile(fleet.durations, 0.5):.2f}/{percentile(fleet.durations, 0.99):.2f} s, against "
+        done = provisioned(target, fleet, row)
+        row.note(f"{done} devices provisioned during the flood in {fleet.seconds:.0f} s; day 0 p50/p99 "
+                 f"{percentile(fleet.durations, 0.5):.2f}/{percentile(fleet.durations, 0.99):.2f} s, against "
                  f"{percentile(alone.durations, 0.5):.2f}/{percentile(alone.durations, 0.99):.2f} s for as many "
                  f"devices without readers just before")
-        for failure in fleet.failures[:3]:
-            row.problems[f"not provisioned: {failure}"] += 1
         if "lost the leader lease" in target.node.log_text():
             row.note("the leader lease was lost")
     return row
@@ -1576,10 +1595,9 @@ def family_faults(target: Target, pnp_serials: list[str], cns_serials: list[str]
     with target.watching(row):
         fleet = Fleet(target, pnp_serials, cns_serials)
         finished = threading.Event()
-        outcome: list[int] = []
 
         def provision() -> None:
-            outcome.append(fleet.run())
+            fleet.run()
             finished.set()
 
         runner = threading.Thread(target=provision)
@@ -1596,17 +1614,12 @@ def family_faults(target: Target, pnp_serials: list[str], cns_serials: list[str]
         runner.join()
         target.wait_for_workers(workers)
         total = len(pnp_serials) + len(cns_serials)
-        provisioned = outcome[0] if outcome else 0
-        row.attempts, row.expected, row.unexpected = total, provisioned, total - provisioned
-        row.lost = total - provisioned
-        states = job_states(target, pnp_serials + cns_serials)
         row.note(f"{len(row.killed)} workers SIGKILLed, one every {kill_every:g} s, while {len(pnp_serials)} Open PnP "
-                 f"and {len(cns_serials)} CNS devices provisioned ({fleet.seconds:.0f} s); {provisioned} provisioned; "
-                 f"the node's jobs: " + ", ".join(f"{k} {n}" for k, n in states.most_common()))
-        row.note(f"CNS devices that lost their session and started over: {fleet.retried}; that lost it after saving "
-                 f"their configuration (done, the goodbye cut): {fleet.cut_after_save}")
-        for failure in fleet.failures[:5]:
-            row.problems[f"not provisioned: {failure}"] += 1
+                 f"and {len(cns_serials)} CNS devices provisioned ({fleet.seconds:.0f} s)")
+        done = provisioned(target, fleet, row)
+        row.attempts, row.expected, row.unexpected = total, done, total - done
+        row.note(f"CNS sessions lost and started over: {fleet.retried}; devices whose job had completed when their "
+                 f"session was cut before the goodbye: {fleet.cut_after_save}")
     return row
 
 
