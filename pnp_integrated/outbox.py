@@ -9,19 +9,26 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
-from .models import Device, OutboxEvent, db, utcnow
+from .models import Device, OutboxEvent, db, new_uuid, utcnow
 
 # Fields every message carries; a payload cannot overwrite them.
 ENVELOPE = ("id", "type", "at", "gateway")
 
 
-def record_event(type_: str, payload: dict[str, Any]) -> OutboxEvent:
-    """Add an event to the current session; it is sent to Prime once the caller's transaction commits."""
-    event = OutboxEvent(type=type_, payload=payload)
-    db.session.add(event)
-    return event
+# Built once: a statement's compiled form is cached against it, so executing it again costs only its parameters.
+_INSERT_EVENT = insert(OutboxEvent.__table__)
+
+
+def record_event(type_: str, payload: dict[str, Any]) -> None:
+    """Write an event in the caller's transaction; it is sent to Prime once that transaction commits.
+
+    A plain INSERT on the transaction's connection, not an ORM object: every device step writes one or two, and
+    nothing reads them back in the transaction that writes them.
+    """
+    db.session.connection().execute(_INSERT_EVENT, {"event_id": new_uuid(), "type": type_, "payload": payload,
+                                                    "created_at": utcnow(), "attempts": 0})
 
 
 def device_payload(device: Device) -> dict[str, Any]:

@@ -43,9 +43,10 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
@@ -107,6 +108,34 @@ def _step_event(work: Work, step: str, state: str, attempt: int, detail: str = "
              extra={"device": work.device.serial, "job": work.job.id, "step": step})
 
 
+# ---- the job's history ----------------------------------------------------------------------------------------------
+
+# Plain statements, built once: history rows are written on every step and never read back in the same transaction.
+_STEPS_TABLE = JobStep.__table__
+_INSERT_STEP = insert(_STEPS_TABLE)
+_OPEN_STEP_ID = (select(func.max(_STEPS_TABLE.c.id))
+                 .where(_STEPS_TABLE.c.job_id == bindparam("job"), _STEPS_TABLE.c.step == bindparam("name"),
+                        _STEPS_TABLE.c.state == "started")
+                 .scalar_subquery())
+_CLOSE_OPEN_STEP = (update(_STEPS_TABLE).where(_STEPS_TABLE.c.id == _OPEN_STEP_ID)
+                    .values(state=bindparam("new_state"), detail=bindparam("new_detail"), ended_at=bindparam("at")))
+
+
+def record_step(job: ProvisioningJob, step: str, state: str, attempt: int, detail: str = "", *,
+                ended: bool = True) -> None:
+    """A row of the job's history (``ended``: the attempt is over, as for a skipped or refused step)."""
+    now = utcnow()
+    db.session.connection().execute(_INSERT_STEP, {
+        "job_id": job.id, "step": step, "state": state, "attempt": attempt, "detail": detail, "started_at": now,
+        "ended_at": now if ended else None})
+
+
+def close_open_step(job: ProvisioningJob, state: str, detail: str = "") -> None:
+    """End the history row of the job's step in progress (if there is one) with ``state``."""
+    db.session.connection().execute(_CLOSE_OPEN_STEP, {"job": job.id, "name": job.step, "new_state": state,
+                                                       "new_detail": detail[:2000], "at": utcnow()})
+
+
 # ---- transitions ----------------------------------------------------------------------------------------------------
 
 
@@ -116,16 +145,14 @@ def issue_step(work: Work, start: str, attempt: int = 1) -> None:
     for step in STEPS[STEP_NAMES.index(start):]:
         reason = step.skip(work)
         if reason is not None:
-            db.session.add(JobStep(job=job, step=step.name, state="skipped", attempt=0, detail=reason,
-                                   ended_at=utcnow()))
+            record_step(job, step.name, "skipped", 0, reason)
             _step_event(work, step.name, "skipped", 0, reason)
             attempt = 1
             continue
         try:
             fields = step.request(work)
         except StepImpossible as exc:
-            db.session.add(JobStep(job=job, step=step.name, state="failed", attempt=attempt, detail=str(exc),
-                                   ended_at=utcnow()))
+            record_step(job, step.name, "failed", attempt, str(exc))
             _fail(work, step.name, str(exc))
             return
         seq = int((job.context or {}).get("seq", 0)) + 1
@@ -136,7 +163,7 @@ def issue_step(work: Work, start: str, attempt: int = 1) -> None:
         job.state = RUNNING
         job.correlator = f"job{job.id}-{seq}-{nonce}"
         job.pending_request = {"kind": step.kind.value, "step": step.name, **fields}
-        db.session.add(JobStep(job=job, step=step.name, state="started", attempt=attempt))
+        record_step(job, step.name, "started", attempt, ended=False)
         _step_event(work, step.name, "started", attempt)
         return
     _complete(work)
@@ -166,13 +193,6 @@ def _fail(work: Work, step: str, reason: str) -> None:
     record_event("job.failed", {"job": job_event_payload(work, step, FAILED, work.job.attempt, reason)})
 
 
-def open_step(job: ProvisioningJob) -> JobStep | None:
-    return db.session.scalar(
-        select(JobStep).where(JobStep.job_id == job.id, JobStep.step == job.step, JobStep.state == "started")
-        .order_by(JobStep.id.desc()).limit(1)
-    )
-
-
 def _outcome_problem(outcome: Outcome) -> str:
     text = outcome.detail or "the device reported a failure"
     return f"{text} (error {outcome.error_code})" if outcome.error_code else text
@@ -183,11 +203,7 @@ def _advance(work: Work, outcome: Outcome) -> None:
     job = work.job
     step = BY_NAME[job.step]
     problem = step.check(work, outcome) if outcome.success else _outcome_problem(outcome)
-    row = open_step(job)
-    if row is not None:
-        row.state = "succeeded" if problem is None else "failed"
-        row.detail = (problem or outcome.detail or "")[:2000]
-        row.ended_at = utcnow()
+    close_open_step(job, "succeeded" if problem is None else "failed", problem or outcome.detail or "")
     _step_event(work, step.name, "succeeded" if problem is None else "failed", job.attempt, problem or "")
     if work.profile is None:  # deleted by a Prime command mid-job: never carry on with nothing to apply
         _fail(work, step.name, "the job's profile was deleted while the device was being provisioned")
@@ -226,7 +242,43 @@ def current_job(device: Device, lock: bool = True) -> ProvisioningJob | None:
     return db.session.scalar(_locking(stmt) if lock else stmt)
 
 
-def _credentials(profile: Profile | None) -> dict[str, str] | None:
+class JobState(Protocol):
+    """What :func:`action_for` reads of a job: an ORM row, or the columns the contact fast path selected."""
+
+    id: int
+    state: str
+    step: str
+    correlator: str
+    pending_request: dict[str, Any]
+    detail: str
+    failed_step: str
+
+
+class ProfileSecrets(Protocol):
+    """What :func:`action_for` reads of a profile."""
+
+    name: str
+    credentials: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _JobColumns:
+    id: int
+    state: str
+    step: str
+    correlator: str
+    pending_request: dict[str, Any]
+    detail: str
+    failed_step: str
+
+
+@dataclass(frozen=True)
+class _ProfileColumns:
+    name: str
+    credentials: dict[str, Any]
+
+
+def _credentials(profile: ProfileSecrets | None) -> dict[str, str] | None:
     if profile is None or not profile.credentials:
         return None
     try:
@@ -240,7 +292,7 @@ def _unclaimed_action(detail: str = "no profile matches this device") -> Action:
     return Action(ActionKind.UNCLAIMED, wait_seconds=UNCLAIMED_WAIT_SECONDS, detail=detail)
 
 
-def action_for(job: ProvisioningJob, profile: Profile | None) -> Action:
+def action_for(job: JobState, profile: ProfileSecrets | None) -> Action:
     """The action a job asks of its device now (the stored pending request, or its terminal state)."""
     if job.state == COMPLETED:
         return Action(ActionKind.DONE, job_id=job.id, step="done", detail=job.detail)
@@ -345,22 +397,88 @@ def contact(identity: DeviceIdentity, *, device_correlator: str = "") -> Action:
 
 
 def _contact(identity: DeviceIdentity, device_correlator: str = "") -> Action:
+    known = _known_device_contact(identity, device_correlator)
+    if known is not None:
+        return known
     action = _contact_action(identity)
     if device_correlator and action.correlator and action.job_id is not None:
         _note_device_correlator(db.session.get(ProvisioningJob, action.job_id), device_correlator)
     return action
 
 
-def _note_device_correlator(job: ProvisioningJob | None, device_correlator: str) -> None:
-    if job is None or job.state != RUNNING or device_correlator == job.correlator:
-        return
-    request = dict(job.pending_request or {})
+def _with_device_correlator(state: str, correlator: str, pending_request: dict[str, Any] | None,
+                            device_correlator: str) -> dict[str, Any] | None:
+    """The pending request that also answers to ``device_correlator``; ``None`` when nothing is to be written."""
+    if not device_correlator or state != RUNNING or device_correlator == correlator:
+        return None
+    request = dict(pending_request or {})
     known = list(request.get("device_correlators", []))
     if known[-1:] == [device_correlator]:
-        return  # asked again under the same name: nothing to write
+        return None  # asked again under the same name: nothing to write
     known = [c for c in known if c != device_correlator][-(DEVICE_CORRELATORS_KEPT - 1):]
     request["device_correlators"] = [*known, device_correlator]
-    job.pending_request = request
+    return request
+
+
+def _note_device_correlator(job: ProvisioningJob | None, device_correlator: str) -> None:
+    if job is None:
+        return
+    request = _with_device_correlator(job.state, job.correlator, job.pending_request, device_correlator)
+    if request is not None:
+        job.pending_request = request
+
+
+_DEVICES, _JOBS, _PROFILES = Device.__table__, ProvisioningJob.__table__, Profile.__table__
+_IDENTITY_LIMITS = (("pid", 255), ("udi", 512), ("hostname", 255), ("address", 64))
+# The fast path's statements are built once (their compiled forms are cached against them).
+_KNOWN_DEVICE = (
+    select(_DEVICES.c.id, _DEVICES.c.protocol, _DEVICES.c.pid, _DEVICES.c.udi, _DEVICES.c.hostname,
+           _DEVICES.c.address, _JOBS.c.id.label("job_id"), _JOBS.c.state, _JOBS.c.step, _JOBS.c.correlator,
+           _JOBS.c.pending_request, _JOBS.c.detail, _JOBS.c.failed_step, _JOBS.c.version,
+           _PROFILES.c.name.label("profile_name"), _PROFILES.c.credentials)
+    .select_from(_DEVICES.join(_JOBS, _JOBS.c.id == _DEVICES.c.current_job_id)
+                 .outerjoin(_PROFILES, _PROFILES.c.id == _JOBS.c.profile_id))
+    .where(_DEVICES.c.serial == bindparam("serial"))
+)
+_KNOWN_DEVICE_LOCKED = _KNOWN_DEVICE.with_for_update(of=_DEVICES)  # PostgreSQL: the device row first, as always
+_DEVICE_SEEN = update(_DEVICES).where(_DEVICES.c.id == bindparam("row_id"))  # SET: the parameters' columns
+_JOB_ASKED_AGAIN = (update(_JOBS).where(_JOBS.c.id == bindparam("row_id"), _JOBS.c.version == bindparam("seen_version"))
+                    .values(pending_request=bindparam("pending_request"), version=bindparam("version")))
+
+
+def _known_device_contact(identity: DeviceIdentity, device_correlator: str) -> Action | None:
+    """The contact of a device that has a job already (every request of a day 0 but the first), in SQL statements
+    without the ORM: one read of device, job and profile, one update of the device, one of the job when the device
+    named its question anew. ``None``: not such a device; the full path decides.
+
+    The same rules as the full path: the device row is locked first (PostgreSQL), and the job's write is a
+    compare-and-set on its ``version``, so a concurrent writer makes this one replay.
+    """
+    connection = db.session.connection()
+    locked = connection.dialect.name == "postgresql"
+    row = connection.execute(_KNOWN_DEVICE_LOCKED if locked else _KNOWN_DEVICE,
+                             {"serial": identity.serial}).one_or_none()
+    if row is None or not row.protocol:  # unseen, no job yet, or first contact after the API created it
+        return None
+    seen: dict[str, Any] = {"row_id": row.id, "last_seen": utcnow()}
+    if row.protocol != identity.protocol[:16]:
+        seen["protocol"] = identity.protocol[:16]
+    for attribute, limit in _IDENTITY_LIMITS:
+        value = getattr(identity, attribute)[:limit]
+        if value and value != getattr(row, attribute):
+            seen[attribute] = value
+    connection.execute(_DEVICE_SEEN, seen)
+    request = _with_device_correlator(row.state, row.correlator, row.pending_request, device_correlator)
+    pending_request = row.pending_request or {}
+    if request is not None:
+        written = connection.execute(_JOB_ASKED_AGAIN, {"row_id": row.job_id, "seen_version": row.version,
+                                                        "pending_request": request, "version": row.version + 1})
+        if written.rowcount != 1:
+            raise LostRace(f"job {row.job_id} changed meanwhile")
+        pending_request = request
+    job = _JobColumns(row.job_id, row.state, row.step, row.correlator, pending_request, row.detail, row.failed_step)
+    profile = _ProfileColumns(row.profile_name, row.credentials) if row.profile_name is not None else None
+    return action_for(job, profile)
 
 
 def _answers_pending(job: ProvisioningJob, correlator: str) -> bool:
@@ -485,20 +603,36 @@ def report(serial: str, correlator: str, outcome: Outcome, *, must_record: bool 
 
 
 def _report(serial: str, correlator: str, outcome: Outcome) -> Action:
-    device = locked_device(serial)
+    # The reads below never need this report's own changes: every change goes out in one flush, at the commit.
+    with db.session.no_autoflush:
+        return _report_now(serial, correlator, outcome)
+
+
+def _locked_work(serial: str) -> tuple[Device | None, ProvisioningJob | None, Profile | None]:
+    """The device, its current job and the job's profile in one read, the device row locked (PostgreSQL)."""
+    stmt = (select(Device, ProvisioningJob, Profile)
+            .outerjoin(ProvisioningJob, ProvisioningJob.id == Device.current_job_id)
+            .outerjoin(Profile, Profile.id == ProvisioningJob.profile_id)
+            .where(Device.serial == serial).execution_options(populate_existing=True))
+    if db.session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=Device.__table__)
+    row = db.session.execute(stmt).one_or_none()
+    return (None, None, None) if row is None else (row[0], row[1], row[2])
+
+
+def _report_now(serial: str, correlator: str, outcome: Outcome) -> Action:
+    device, job, profile = _locked_work(serial)
     if device is None:
         return _unclaimed_action("unknown device")
-    device.last_seen = utcnow()
-    job = current_job(device)
+    device.last_seen = utcnow()  # after the reads, so the device is written once, with the rest, at the commit
     if job is None:
         return _unclaimed_action()
-    profile = job_profile(job)
     if job.state in TERMINAL_STATES:
         return action_for(job, profile)
     if not _answers_pending(job, correlator):
-        db.session.add(JobStep(job_id=job.id, step=job.step, state="stale", attempt=job.attempt, ended_at=utcnow(),
-                               detail=f"ignored a {'success' if outcome.success else 'failure'} report for request "
-                                      f"{correlator[:128]!r}; the pending request is {job.correlator}"))
+        record_step(job, job.step, "stale", job.attempt,
+                    f"ignored a {'success' if outcome.success else 'failure'} report for request "
+                    f"{correlator[:128]!r}; the pending request is {job.correlator}")
         return action_for(job, profile)
     _advance(Work(job, device, profile), outcome)
     return action_for(job, profile)

@@ -7,18 +7,18 @@ import secrets
 from sqlalchemy import update
 from sqlalchemy.orm.attributes import set_committed_value
 
-from ..models import Device, Profile, ProvisioningJob, db, utcnow
+from ..models import Device, Profile, ProvisioningJob, db
 from ..outbox import device_payload, record_event
 from .engine import (
     LostRace,
     attach_job,
+    close_open_step,
     current_job,
     finish_job,
     issue_step,
     job_event_payload,
     job_profile,
     locked_device,
-    open_step,
     profile_for,
 )
 from .steps import STEP_NAMES, Work
@@ -39,10 +39,7 @@ def cancel_job(job: ProvisioningJob, reason: str) -> None:
     if job.state in TERMINAL_STATES:
         raise JobConflict(f"job {job.id} is already {job.state}")
     work = Work(job, job.device, job_profile(job))
-    row = open_step(job)
-    if row is not None:
-        row.state = "cancelled"
-        row.ended_at = utcnow()
+    close_open_step(job, "cancelled")
     job.pending_request = {"kind": ActionKind.CANCELLED.value, "step": job.step}
     finish_job(work, CANCELLED, reason)
     record_event("job.failed", {"job": job_event_payload(work, job.step, CANCELLED, job.attempt, reason)})
