@@ -1314,7 +1314,8 @@ class Fleet:
     pnp_serials: list[str]
     cns_serials: list[str]
     concurrency: int = 20
-    cns_attempts: int = 5
+    cns_attempts: int = 20  # sessions a CNS device may lose (each kill can cut one) ...
+    cns_seconds: float = 300.0  # ... within this long
     durations: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     done: set[str] = field(default_factory=set)  # serials whose day 0 finished on the device
@@ -1348,6 +1349,7 @@ class Fleet:
 
         def cns(serial: str) -> bool:
             """A CNS device's day 0; after a lost session it starts over while the node still has work for it."""
+            given_up = time.monotonic() + self.cns_seconds
             for attempt in range(self.cns_attempts):
                 device = CnsDevice(serial, HOST, self.target.port("cns_port_base") + 1,
                                    http_port=self.target.port("http_port"), timeout=30)
@@ -1358,11 +1360,11 @@ class Fleet:
                 if self.job_state(serial) == "completed":
                     self.cut_after_save += 1  # its result was in; only the goodbye was lost with the worker
                     return True
-                if attempt + 1 == self.cns_attempts:
-                    self.failures.append(f"{serial}: {report.detail}")
-                else:
-                    self.retried += 1
-                    time.sleep(1.0)
+                if attempt + 1 == self.cns_attempts or time.monotonic() > given_up:
+                    self.failures.append(f"{serial}: {report.detail} (session {attempt + 1})")
+                    return False
+                self.retried += 1
+                time.sleep(1.0)
             return False
 
         pnp_thread = threading.Thread(target=pnp)
