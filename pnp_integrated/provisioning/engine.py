@@ -476,9 +476,15 @@ def _known_device_contact(identity: DeviceIdentity, device_correlator: str) -> A
         if written.rowcount != 1:
             raise LostRace(f"job {row.job_id} changed meanwhile")
         pending_request = request
-    job = _JobColumns(row.job_id, row.state, row.step, row.correlator, pending_request, row.detail, row.failed_step)
-    profile = _ProfileColumns(row.profile_name, row.credentials) if row.profile_name is not None else None
-    return action_for(job, profile)
+    return action_for(_job_columns(row, pending_request), _profile_columns(row))
+
+
+def _job_columns(row: Any, pending_request: dict[str, Any]) -> _JobColumns:
+    return _JobColumns(row.job_id, row.state, row.step, row.correlator, pending_request, row.detail, row.failed_step)
+
+
+def _profile_columns(row: Any) -> _ProfileColumns | None:
+    return _ProfileColumns(row.profile_name, row.credentials) if row.profile_name is not None else None
 
 
 def _answers_pending(job: ProvisioningJob, correlator: str) -> bool:
@@ -641,14 +647,14 @@ def _report_now(serial: str, correlator: str, outcome: Outcome) -> Action:
 def pending(serial: str) -> Action | None:
     """The device's current action, without changing anything; None for a device never seen."""
     _check_serial(serial)
-    device = locked_device(serial, lock=False)
-    if device is None:
-        result = None
-    else:
-        job = current_job(device, lock=False)
-        result = _unclaimed_action() if job is None else action_for(job, job_profile(job))
-    db.session.commit()
-    return result
+    try:
+        row = db.session.connection().execute(_KNOWN_DEVICE, {"serial": serial}).one_or_none()
+        if row is not None:  # the usual case: a device with a job, in one read
+            return action_for(_job_columns(row, row.pending_request or {}), _profile_columns(row))
+        known = db.session.scalar(select(Device.id).where(Device.serial == serial)) is not None
+        return _unclaimed_action() if known else None
+    finally:
+        db.session.commit()
 
 
 def rendered_config(serial: str, correlator: str | None = None) -> str | None:
