@@ -5,7 +5,6 @@ The certificates are made here the way Cisco's SUDI CA makes them: the subject's
 
 from __future__ import annotations
 
-import datetime as dt
 import http.client
 import ssl
 import time
@@ -14,12 +13,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pnp_integrated.devsim.node import RunningNode
 from pnp_integrated.pnp.messages import Udi, WorkRequest, encode
+from tests.client_certificates import CertificateAuthority
 
 PID = "ISR4451-X/K9"
 
@@ -29,37 +27,17 @@ class SudiCa:
 
     def __init__(self, directory: Path, name: str) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Cisco"),
-                               x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = dt.datetime.now(dt.UTC)
-        self.cert = (x509.CertificateBuilder().subject_name(self.name).issuer_name(self.name)
-                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                     .sign(self.key, hashes.SHA256()))
-        self.bundle = directory / "ca.pem"
-        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.ca = CertificateAuthority(directory / "ca.pem", x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Cisco"), x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        self.bundle = self.ca.ca_file
 
     def device(self, serial_number: str | None) -> tuple[Path, Path]:
         """(certificate, key) files of a device whose subject serialNumber is ``serial_number`` (none: no such)."""
-        key = ec.generate_private_key(ec.SECP256R1())
         names = [x509.NameAttribute(NameOID.COMMON_NAME, PID), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Cisco")]
         if serial_number is not None:
             names.insert(0, x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
-        subject = x509.Name(names)
-        now = dt.datetime.now(dt.UTC)
-        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(self.name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
-                .sign(self.key, hashes.SHA256()))
-        stem = self.directory / (serial_number or "no-serial").replace(" ", "_").replace(":", "").replace("/", "")
-        cert_file, key_file = stem.with_suffix(".crt"), stem.with_suffix(".key")
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        return cert_file, key_file
+        stem = (serial_number or "no-serial").replace(" ", "_").replace(":", "").replace("/", "")
+        return self.ca.issue(self.directory / f"{stem}.crt", self.directory / f"{stem}.key", x509.Name(names))
 
 
 @pytest.fixture(scope="module")
