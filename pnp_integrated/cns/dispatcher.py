@@ -27,6 +27,7 @@ from .gateway import (
     FrameTimeout,
     close_socket,
     send_frame,
+    spread,
 )
 from .session import Admit, CnsSession, Refuse, busy, receipt, redirect, refusal
 from .worker import cns_worker, not_taking_devices
@@ -132,8 +133,8 @@ class Dispatcher:
             # A fleet is coming back at once (failover): a device told when to return costs one handshake; one sent
             # on to wait past its patience costs two, and comes back anyway.
             come_back = min(ADMISSION_BUSY_LONGEST, max(ADMISSION_RETRY_AFTER, math.ceil(wait)))
-            send_frame(sock, busy(come_back, f"gateway busy admitting {worker.admission_slots.waiting} devices; "
-                                               "retry later"))
+            waiting = worker.admission_slots.waiting
+            send_frame(sock, busy(spread(come_back), f"gateway busy admitting {waiting} devices; retry later"))
             return
         try:
             with self.app.app_context():
@@ -142,13 +143,13 @@ class Dispatcher:
             # Database saturated or briefly away: the device backs off and comes again, nothing is lost.
             log.warning("CNS dispatcher %s: cannot count sessions (%s); %s told to retry", self.port,
                         type(exc).__name__, address[0])
-            send_frame(sock, busy(BUSY_RETRY_AFTER, "gateway busy; retry later"))
+            send_frame(sock, busy(spread(BUSY_RETRY_AFTER), "gateway busy; retry later"))
             return
         if decision.receipt is not None:
             send_frame(sock, receipt(decision.receipt))
         port = choose_gateway_port(loads, settings.cns_port_capacity)
         if port is None:
-            send_frame(sock, busy(BUSY_RETRY_AFTER, "every gateway port is at capacity"))
+            send_frame(sock, busy(spread(BUSY_RETRY_AFTER), "every gateway port is at capacity"))
             log.warning("CNS dispatcher %s: every gateway port is full, %s told to retry", self.port, address[0])
             return
         self.view.redirected(port)

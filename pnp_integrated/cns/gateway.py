@@ -11,6 +11,7 @@ mailbox, an HTTP request on this worker) write to the device through :meth:`Gate
 from __future__ import annotations
 
 import logging
+import random
 import select as kernel_select
 import time
 from typing import Any
@@ -62,6 +63,12 @@ BUSY_RETRY_AFTER = 30
 PASSIVE_RETRY_AFTER = 10
 ADMISSION_RETRY_AFTER = 5  # waited a whole HELLO timeout for an admission slot: come back shortly
 RESULT_RETRY_AFTER = 5  # a result the database could not take: the device comes back soon
+
+
+def spread(seconds: int) -> int:
+    """A Retry-After for a device sent away under load: ``seconds`` plus up to half again, drawn for each device, so a
+    fleet refused together does not come back together (and be refused together again)."""
+    return seconds + random.randint(0, max(1, seconds // 2))
 
 
 class FrameTimeout(Exception):
@@ -263,7 +270,7 @@ class GatewayConnection:
         # fleet returning after a failover cannot delay the PONGs of held sessions or the leader lease renewal.
         slots = self.worker.admission_slots
         if not slots.acquire(timeout=self.settings.cns_hello_timeout):
-            self.send(busy(ADMISSION_RETRY_AFTER, "gateway busy admitting other devices; retry later"))
+            self.send(busy(spread(ADMISSION_RETRY_AFTER), "gateway busy admitting other devices; retry later"))
             return "admission queue full"
         started = time.monotonic()
         try:
@@ -305,7 +312,7 @@ class GatewayConnection:
             if must_count and self._live_on_port() > settings.cns_port_capacity:  # this row in, the replaced out
                 db.session.rollback()
                 self.token = ""
-                self.send(busy(BUSY_RETRY_AFTER, f"port {self.port} is at capacity"))
+                self.send(busy(spread(BUSY_RETRY_AFTER), f"port {self.port} is at capacity"))
                 return "port at capacity"
             record_event("device.connected", {"device": session_device(row)})
             # Read before the commit expires them: nothing below may open a transaction across socket or mailbox I/O.

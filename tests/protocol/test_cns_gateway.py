@@ -54,6 +54,24 @@ def test_dispatcher_says_busy_when_every_port_is_full(node_factory: Callable[...
             link.close()
 
 
+def test_devices_sent_away_together_are_told_to_come_back_at_different_times(
+    node_factory: Callable[..., CnsNode],
+) -> None:
+    from pnp_integrated.cns.gateway import BUSY_RETRY_AFTER
+
+    node = node_factory(cns_port_capacity=1)
+    links = [connect(HOST, p, f"F{p}")[0] for p in node.plain]
+    try:
+        waits = [int(dispatch(HOST, node.settings.dispatcher_plain_port, f"LATE{i}").get("Retry-After") or 0)
+                 for i in range(20)]
+    finally:
+        for link in links:
+            link.close()
+    # Within the documented wait and half again; a refused fleet spreads out instead of returning in lock-step.
+    assert all(BUSY_RETRY_AFTER <= wait <= BUSY_RETRY_AFTER * 3 // 2 for wait in waits), waits
+    assert len(set(waits)) >= 4, waits
+
+
 def test_dispatcher_wants_hello_first(node: CnsNode) -> None:
     with CnsLink.open(HOST, node.settings.dispatcher_plain_port) as link:
         link.command("PING")
