@@ -10,10 +10,19 @@ profile's ``variables``, the device's own ``variables`` (set per serial through 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
-from jinja2 import ChainableUndefined, StrictUndefined, TemplateError, TemplateSyntaxError, Undefined, UndefinedError
+from jinja2 import (
+    ChainableUndefined,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    TemplateSyntaxError,
+    Undefined,
+    UndefinedError,
+)
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -31,6 +40,13 @@ class _SaveTimeSandbox(SandboxedEnvironment):
 
 
 _LENIENT = _SaveTimeSandbox(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(source: str) -> Template:
+    """A template compiled once per text: every device of a profile renders the same few templates, and compiling
+    costs far more than rendering. Keyed by the text itself, so an edited template is compiled anew."""
+    return _STRICT.from_string(source)
 
 
 class TemplateProblem(ValueError):
@@ -59,7 +75,7 @@ def check_template(source: str, variables: Mapping[str, Any] | None = None, labe
 def render_template(source: str, variables: Mapping[str, Any], label: str = "template") -> str:
     """Render ``source`` with ``variables``; any undefined name is an error (:class:`TemplateProblem`)."""
     try:
-        return _STRICT.from_string(source).render(dict(variables))
+        return _compiled(source).render(dict(variables))
     except TemplateError as exc:
         raise TemplateProblem(_describe(exc, label)) from exc
     except (TypeError, ValueError, ArithmeticError) as exc:
