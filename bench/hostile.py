@@ -88,7 +88,7 @@ from pnp_integrated.cns.messages import CONFIG_LOAD, EXEC_CMD  # noqa: E402
 from pnp_integrated.config import Settings  # noqa: E402
 from pnp_integrated.destinations import COMMANDS_QUEUE, DLQ, EVENTS_QUEUE  # noqa: E402
 from pnp_integrated.devsim import percentile  # noqa: E402
-from pnp_integrated.devsim.cns import CnsDevice  # noqa: E402
+from pnp_integrated.devsim.cns import CnsDevice, DeviceReport  # noqa: E402
 from pnp_integrated.devsim.link import CnsLink, hello_frame  # noqa: E402
 from pnp_integrated.devsim.node import PNPP, NodeDidNotStart, RunningNode, start_node  # noqa: E402
 from pnp_integrated.devsim.pnp import PROVISIONED, SimulatedDevice, simulate  # noqa: E402
@@ -1353,7 +1353,10 @@ class Fleet:
             for attempt in range(self.cns_attempts):
                 device = CnsDevice(serial, HOST, self.target.port("cns_port_base") + 1,
                                    http_port=self.target.port("http_port"), timeout=30)
-                report = device.run(120)
+                try:
+                    report = device.run(120)
+                except http.client.HTTPException as exc:  # an HTTP answer cut by a kill, which the simulator lets out
+                    report = DeviceReport(serial, detail=f"{type(exc).__name__} from the web services: {exc}")
                 if report.ok:
                     self.durations.append(report.seconds)
                     return True
