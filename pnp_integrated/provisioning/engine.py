@@ -52,7 +52,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
 from ..context import current_settings, sqlite_write_turn
-from ..models import Device, JobStep, Profile, ProvisioningJob, db, utcnow
+from ..models import Device, Image, JobStep, Profile, ProvisioningJob, db, utcnow
 from ..outbox import device_payload, job_payload, record_event
 from ..refusals import NEW_DEVICES_PER_SOURCE, count_refusal
 from ..sealing import SealError, unseal
@@ -608,40 +608,101 @@ def report(serial: str, correlator: str, outcome: Outcome, *, must_record: bool 
     return _transaction(lambda: _report(serial, correlator, outcome), _raise_busy if must_record else _busy)
 
 
+
+
+class _Record:
+    """A row read with a plain statement: attributes as on the ORM object, and every assignment remembered, so the
+    changes of a unit of work go back in one UPDATE (JSON columns are reassigned, never changed in place)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "_changed", {})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._values[name] = value
+        self._changed[name] = value
+
+    @property
+    def changes(self) -> dict[str, Any]:
+        return dict(self._changed)
+
+
+def _columns(table: Any, prefix: str) -> list[Any]:
+    return [column.label(prefix + column.name) for column in table.c]
+
+
+_IMAGES = Image.__table__
+_WORK = (
+    select(*_columns(_DEVICES, "d_"), *_columns(_JOBS, "j_"), *_columns(_PROFILES, "p_"), *_columns(_IMAGES, "i_"))
+    .select_from(_DEVICES.outerjoin(_JOBS, _JOBS.c.id == _DEVICES.c.current_job_id)
+                 .outerjoin(_PROFILES, _PROFILES.c.id == _JOBS.c.profile_id)
+                 .outerjoin(_IMAGES, _IMAGES.c.id == _PROFILES.c.image_id))
+    .where(_DEVICES.c.serial == bindparam("serial"))
+)
+_WORK_LOCKED = _WORK.with_for_update(of=_DEVICES)
+_DEVICE_CHANGED = update(_DEVICES).where(_DEVICES.c.id == bindparam("row_id"))
+
+
+def _record(row: Any, table: Any, prefix: str) -> _Record | None:
+    values = {column.name: row[prefix + column.name] for column in table.c}
+    return None if values["id"] is None else _Record(values)
+
+
+def _locked_work(serial: str) -> tuple[Any, Any, Any]:
+    """The device, its current job and the job's profile (with its image) in one plain read, the device row locked
+    (PostgreSQL); as records whose changes :func:`_write_back` writes."""
+    connection = db.session.connection()
+    row = connection.execute(_WORK_LOCKED if connection.dialect.name == "postgresql" else _WORK,
+                             {"serial": serial}).one_or_none()
+    if row is None:
+        return None, None, None
+    mapping = row._mapping
+    device, job, profile = (_record(mapping, _DEVICES, "d_"), _record(mapping, _JOBS, "j_"),
+                            _record(mapping, _PROFILES, "p_"))
+    if profile is not None:
+        object.__setattr__(profile, "image", _record(mapping, _IMAGES, "i_"))
+    return device, job, profile
+
+
+def _write_back(device: _Record, job: _Record | None) -> None:
+    """One UPDATE per changed row; the job's is a compare-and-set on its version (a concurrent writer replays us)."""
+    connection = db.session.connection()
+    if job is not None and job.changes:
+        version = job._values["version"]
+        stmt = (update(_JOBS).where(_JOBS.c.id == job.id, _JOBS.c.version == version)
+                .values(**job.changes, version=version + 1))
+        if connection.execute(stmt).rowcount != 1:
+            raise LostRace(f"job {job.id} changed meanwhile")
+    if device.changes:
+        connection.execute(_DEVICE_CHANGED, {"row_id": device.id, **device.changes})
+
+
 def _report(serial: str, correlator: str, outcome: Outcome) -> Action:
-    # The reads below never need this report's own changes: every change goes out in one flush, at the commit.
-    with db.session.no_autoflush:
-        return _report_now(serial, correlator, outcome)
-
-
-def _locked_work(serial: str) -> tuple[Device | None, ProvisioningJob | None, Profile | None]:
-    """The device, its current job and the job's profile in one read, the device row locked (PostgreSQL)."""
-    stmt = (select(Device, ProvisioningJob, Profile)
-            .outerjoin(ProvisioningJob, ProvisioningJob.id == Device.current_job_id)
-            .outerjoin(Profile, Profile.id == ProvisioningJob.profile_id)
-            .where(Device.serial == serial).execution_options(populate_existing=True))
-    if db.session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=Device.__table__)
-    row = db.session.execute(stmt).one_or_none()
-    return (None, None, None) if row is None else (row[0], row[1], row[2])
-
-
-def _report_now(serial: str, correlator: str, outcome: Outcome) -> Action:
+    """A report in plain statements: one read of device, job, profile and image, then one write per changed row."""
     device, job, profile = _locked_work(serial)
     if device is None:
         return _unclaimed_action("unknown device")
-    device.last_seen = utcnow()  # after the reads, so the device is written once, with the rest, at the commit
+    device.last_seen = utcnow()
     if job is None:
-        return _unclaimed_action()
-    if job.state in TERMINAL_STATES:
-        return action_for(job, profile)
-    if not _answers_pending(job, correlator):
+        answer = _unclaimed_action()
+    elif job.state in TERMINAL_STATES:
+        answer = action_for(job, profile)
+    elif not _answers_pending(job, correlator):
         record_step(job, job.step, "stale", job.attempt,
                     f"ignored a {'success' if outcome.success else 'failure'} report for request "
                     f"{correlator[:128]!r}; the pending request is {job.correlator}")
-        return action_for(job, profile)
-    _advance(Work(job, device, profile), outcome)
-    return action_for(job, profile)
+        answer = action_for(job, profile)
+    else:
+        _advance(Work(job, device, profile), outcome)
+        answer = action_for(job, profile)
+    _write_back(device, job)
+    return answer
 
 
 def pending(serial: str) -> Action | None:

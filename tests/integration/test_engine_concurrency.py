@@ -145,3 +145,49 @@ def test_a_claim_racing_contacts_gives_one_job_with_the_claimed_profile(app_fact
         assert db.session.scalar(select(func.count()).select_from(ProvisioningJob)) == 1
         assert db.session.scalar(select(func.count()).select_from(OutboxEvent)
                                  .where(OutboxEvent.type == "device.claimed")) == 1
+
+
+def _other_worker_moves_the_job_on(monkeypatch: pytest.MonkeyPatch, other: Flask, serial: str, name: str
+                                   ) -> list[int]:
+    """While this call sits between its read and its write, the other worker moves the job on and commits (once)."""
+    moved: list[int] = []
+    original = getattr(engine, name)
+
+    def interfering(*args: Any, **kwargs: Any) -> Any:
+        if not moved:
+            with other.app_context():
+                job = db.session.scalar(select(ProvisioningJob).join(Device, Device.current_job_id ==
+                                                                     ProvisioningJob.id).where(Device.serial == serial))
+                assert job is not None
+                job.correlator = "moved-on"  # the ORM's own version check bumps the version
+                db.session.commit()
+                moved.append(job.id)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, name, interfering)
+    return moved
+
+
+def test_a_report_that_lost_a_race_does_not_overwrite_the_winner(workers: list[Flask],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with workers[0].app_context():
+        first = engine.contact(DeviceIdentity(serial="RACE1", protocol="pnp"))
+        moved = _other_worker_moves_the_job_on(monkeypatch, workers[1], "RACE1", "_advance")
+        after = engine.report("RACE1", first.correlator, Outcome(True))
+        # Replayed from a fresh read: the winner's request is pending, and this report answers nothing any more.
+        assert moved and after.correlator == "moved-on" and after.kind is ActionKind.IDENTIFY
+        states = db.session.scalars(select(JobStep.state).where(JobStep.step == "identify").order_by(JobStep.id))
+        assert list(states) == ["started", "stale"]
+
+
+def test_a_repeated_question_that_lost_a_race_keeps_the_winners_request(workers: list[Flask],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    identity = DeviceIdentity(serial="RACE2", protocol="pnp")
+    with workers[0].app_context():
+        engine.contact(identity, device_correlator="D-1")
+        moved = _other_worker_moves_the_job_on(monkeypatch, workers[1], "RACE2", "_with_device_correlator")
+        again = engine.contact(identity, device_correlator="D-2")
+        assert moved and again.correlator == "moved-on"
+        job = db.session.get(ProvisioningJob, moved[0])
+        assert job is not None and job.correlator == "moved-on"
+        assert "D-2" in job.pending_request["device_correlators"]  # the replay noted the device's name again
