@@ -91,7 +91,7 @@ from pnp_integrated.devsim import percentile  # noqa: E402
 from pnp_integrated.devsim.cns import CnsDevice, DeviceReport  # noqa: E402
 from pnp_integrated.devsim.link import CnsLink, hello_frame  # noqa: E402
 from pnp_integrated.devsim.node import PNPP, NodeDidNotStart, RunningNode, start_node  # noqa: E402
-from pnp_integrated.devsim.pnp import PROVISIONED, SimulatedDevice, simulate  # noqa: E402
+from pnp_integrated.devsim.pnp import PROVISIONED, PnpAgent, SimulatedDevice  # noqa: E402
 from pnp_integrated.pnp.messages import (  # noqa: E402
     ConfigUpgradeRequest,
     DeviceInfo,
@@ -1307,13 +1307,14 @@ def add_profiles(target: Target, cns_serials: list[str]) -> None:
 
 @dataclass
 class Fleet:
-    """Simulated devices provisioning through a node: Open PnP agents and CNS devices (which start their day 0
-    over when their session is lost, as an IOS agent reconnects)."""
+    """Simulated devices provisioning through a node, arriving over ``ramp`` seconds: Open PnP agents and CNS
+    devices (which start their day 0 over when their session is lost, as an IOS agent reconnects)."""
 
     target: Target
     pnp_serials: list[str]
     cns_serials: list[str]
-    concurrency: int = 20
+    ramp: float = 0.0
+    concurrency: int = 30
     cns_attempts: int = 20  # sessions a CNS device may lose (each kill can cut one) ...
     cns_seconds: float = 300.0  # ... within this long
     durations: list[float] = field(default_factory=list)
@@ -1322,6 +1323,7 @@ class Fleet:
     retried: int = 0
     cut_after_save: int = 0
     seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def job_state(self, serial: str) -> str:
         """The state of the device's current job, as the REST API tells it."""
@@ -1331,50 +1333,58 @@ class Fleet:
         status, job = self.target.api("GET", f"/api/v1/jobs/{device['current_job_id']}")
         return str(job.get("state")) if status == 200 else f"HTTP {status}"
 
-    def run(self) -> int:
-        """Play every device to the end; how many were provisioned."""
-        node = self.target.node
+    def pnp(self, serial: str) -> bool:
+        """An Open PnP device's day 0 (the agent itself retries through connection errors and 503s)."""
+        agent = PnpAgent(SimulatedDevice(serial=serial, pid=PNP_PID), self.target.node.url(""), time_scale=0.001,
+                         reload_seconds=0, deadline=240, timeout=30)
+        report = agent.run()
+        if report.outcome == PROVISIONED:
+            self.durations.append(report.seconds)
+            return True
+        self.failures.append(f"{serial}: {report.outcome}: {report.reason}")
+        return False
+
+    def cns(self, serial: str) -> bool:
+        """A CNS device's day 0; after a lost session it starts over while the node still has work for it."""
+        given_up = time.monotonic() + self.cns_seconds
         started = time.monotonic()
-
-        def pnp() -> None:
-            devices = [SimulatedDevice(serial=s, pid=PNP_PID) for s in self.pnp_serials]
-            reports = simulate(devices, node.url(""), concurrency=self.concurrency, time_scale=0.001,
-                               reload_seconds=0, deadline=240, timeout=30)
-            for report in reports:
-                if report.outcome == PROVISIONED:
-                    self.done.add(report.serial)
-                    self.durations.append(report.seconds)
-                else:
-                    self.failures.append(f"{report.serial}: {report.outcome}: {report.reason}")
-
-        def cns(serial: str) -> bool:
-            """A CNS device's day 0; after a lost session it starts over while the node still has work for it."""
-            given_up = time.monotonic() + self.cns_seconds
-            for attempt in range(self.cns_attempts):
-                device = CnsDevice(serial, HOST, self.target.port("cns_port_base") + 1,
-                                   http_port=self.target.port("http_port"), timeout=30)
-                try:
-                    report = device.run(120)
-                except http.client.HTTPException as exc:  # an HTTP answer cut by a kill, which the simulator lets out
-                    report = DeviceReport(serial, detail=f"{type(exc).__name__} from the web services: {exc}")
-                if report.ok:
-                    self.durations.append(report.seconds)
-                    return True
-                if self.job_state(serial) == "completed":
+        for attempt in range(self.cns_attempts):
+            device = CnsDevice(serial, HOST, self.target.port("cns_port_base") + 1,
+                               http_port=self.target.port("http_port"), timeout=30)
+            try:
+                report = device.run(120)
+            except http.client.HTTPException as exc:  # an HTTP answer cut by a kill, which the simulator lets out
+                report = DeviceReport(serial, detail=f"{type(exc).__name__} from the web services: {exc}")
+            if report.ok:
+                self.durations.append(time.monotonic() - started)
+                return True
+            if self.job_state(serial) == "completed":
+                with self._lock:
                     self.cut_after_save += 1  # its result was in; only the goodbye was lost with the worker
-                    return True
-                if attempt + 1 == self.cns_attempts or time.monotonic() > given_up:
-                    self.failures.append(f"{serial}: {report.detail} (session {attempt + 1})")
-                    return False
+                return True
+            if attempt + 1 == self.cns_attempts or time.monotonic() > given_up:
+                self.failures.append(f"{serial}: {report.detail} (session {attempt + 1})")
+                return False
+            with self._lock:
                 self.retried += 1
-                time.sleep(1.0)
-            return False
+            time.sleep(1.0)
+        return False
 
-        pnp_thread = threading.Thread(target=pnp)
-        pnp_thread.start()
-        with ThreadPoolExecutor(max(1, self.concurrency // 2)) as pool:
-            self.done.update(s for s, ok in zip(self.cns_serials, pool.map(cns, self.cns_serials), strict=True) if ok)
-        pnp_thread.join()
+    def run(self) -> int:
+        """Play every device to the end; how many finished their day 0."""
+        started = time.monotonic()
+        devices = [(self.pnp, s) for s in self.pnp_serials] + [(self.cns, s) for s in self.cns_serials]
+        random.Random(5).shuffle(devices)  # both kinds arrive all along the ramp
+
+        def play(index: int) -> None:
+            day0, serial = devices[index]
+            time.sleep(max(0.0, started + self.ramp * index / len(devices) - time.monotonic()))
+            if day0(serial):
+                with self._lock:
+                    self.done.add(serial)
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            list(pool.map(play, range(len(devices))))
         self.seconds = time.monotonic() - started
         return len(self.done)
 
@@ -1456,9 +1466,9 @@ def readers_main(spec: dict[str, Any]) -> None:
 
 
 def family_status(target: Target, readers: int, pnp_serials: list[str], cns_serials: list[str],
-                  baseline: tuple[list[str], list[str]], processes: int = 2) -> Row:
+                  baseline: tuple[list[str], list[str]], ramp: float, processes: int = 2) -> Row:
     row = Row("status: readers vs devices")
-    alone = Fleet(target, *baseline)
+    alone = Fleet(target, *baseline, ramp=ramp)
     alone.run()
     with target.watching(row):
         children = [subprocess.Popen(
@@ -1469,7 +1479,7 @@ def family_status(target: Target, readers: int, pnp_serials: list[str], cns_seri
             assert child.stdout is not None
             child.stdout.readline()
         time.sleep(2.0)  # the crowd is in
-        fleet = Fleet(target, pnp_serials, cns_serials)
+        fleet = Fleet(target, pnp_serials, cns_serials, ramp=ramp)
         fleet.run()
         waits: list[float] = []
         statuses: Counter[str] = Counter()
@@ -1488,7 +1498,7 @@ def family_status(target: Target, readers: int, pnp_serials: list[str], cns_seri
                  f"{statuses['503']} 503 with Retry-After; in a median of {percentile(waits, 0.5) * 1000:.0f} ms, "
                  f"p99 {percentile(waits, 0.99) * 1000:.0f} ms")
         done = provisioned(target, fleet, row)
-        row.note(f"{done} devices provisioned during the flood in {fleet.seconds:.0f} s; day 0 p50/p99 "
+        row.note(f"{done} devices (arriving over {ramp:g} s) provisioned during the flood; day 0 p50/p99 "
                  f"{percentile(fleet.durations, 0.5):.2f}/{percentile(fleet.durations, 0.99):.2f} s, against "
                  f"{percentile(alone.durations, 0.5):.2f}/{percentile(alone.durations, 0.99):.2f} s for as many "
                  f"devices without readers just before")
@@ -1598,7 +1608,8 @@ def family_faults(target: Target, pnp_serials: list[str], cns_serials: list[str]
     row = Row(f"faults: {kills} worker kills")
     workers = len(target.workers())
     with target.watching(row):
-        fleet = Fleet(target, pnp_serials, cns_serials)
+        # Devices keep arriving until after the last kill, so every kill cuts a fleet in the middle of its day 0.
+        fleet = Fleet(target, pnp_serials, cns_serials, ramp=(kills + 1) * kill_every)
         finished = threading.Event()
 
         def provision() -> None:
@@ -1619,8 +1630,10 @@ def family_faults(target: Target, pnp_serials: list[str], cns_serials: list[str]
         runner.join()
         target.wait_for_workers(workers)
         total = len(pnp_serials) + len(cns_serials)
-        row.note(f"{len(row.killed)} workers SIGKILLed, one every {kill_every:g} s, while {len(pnp_serials)} Open PnP "
-                 f"and {len(cns_serials)} CNS devices provisioned ({fleet.seconds:.0f} s)")
+        row.family = f"faults: {len(row.killed)} worker kills"
+        row.note(f"{len(row.killed)} workers SIGKILLed, one every {kill_every:g} s (once the last one was replaced) "
+                 f"while {len(pnp_serials)} Open PnP and {len(cns_serials)} CNS devices arrived over "
+                 f"{fleet.ramp:g} s and provisioned ({fleet.seconds:.0f} s)")
         done = provisioned(target, fleet, row)
         row.attempts, row.expected, row.unexpected = total, done, total - done
         row.note(f"CNS sessions lost and started over: {fleet.retried}; devices whose job had completed when their "
@@ -1646,6 +1659,7 @@ def main() -> int:
     parser.add_argument("--guesses", type=int, default=4, help="wrong passcodes per campaign login and port")
     parser.add_argument("--readers", type=int, default=300, help="concurrent /status and /metrics readers")
     parser.add_argument("--status-devices", type=int, default=60, help="devices provisioning during the flood")
+    parser.add_argument("--status-seconds", type=float, default=15.0, help="those devices arrive over this long")
     parser.add_argument("--devices", type=int, default=300, help="devices provisioning while workers are killed")
     parser.add_argument("--kills", type=int, default=5, help="workers SIGKILLed during the fault family")
     parser.add_argument("--kill-every", type=float, default=4.0, help="seconds between two kills")
@@ -1691,7 +1705,8 @@ def main() -> int:
             "cns-flood": lambda: family_cns_flood(target, args.flood_sessions),
             "broker": lambda: family_broker(target, args.guesses),
             "control": lambda: family_control(target),
-            "status": lambda: family_status(target, args.readers, pnp_status, cns_status, (pnp_base, cns_base)),
+            "status": lambda: family_status(target, args.readers, pnp_status, cns_status, (pnp_base, cns_base),
+                                            args.status_seconds),
             "faults": lambda: family_faults(target, pnp_fault, cns_fault, args.kills, args.kill_every),
         }
         for family in FAMILIES:
