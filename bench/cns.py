@@ -24,6 +24,8 @@ holds at most ~19,000 sockets here. Every device goes through a dispatcher port,
    per session (gunicorn master and workers, from the moment the devices are let go until the last one holds a
    session), client CPU per session, gateway RSS per held session. ``--py-spy`` profiles every worker during each
    storm (raw files in ``--profile-dir``); ``--profile-summary`` sums such files by concern and by function.
+   ``--storm-in-flight K`` lets at most K devices per client process be on their way at once, for comparing with
+   a fleet that arrives spread out.
 
 Targets (2 cores): 10,000 sessions per worker, <= 15 KB per idle plain session, <= 35 KB per idle TLS session,
 >= 500 complete day-0 flows per second per node; a storm of 10,000 TLS devices all holding a session within 30 s, at
@@ -181,6 +183,7 @@ def storm_child(spec: dict[str, Any]) -> None:
     import ssl
 
     import gevent
+    from gevent.pool import Pool
 
     from pnp_integrated.cns.codec import CnsProtocolError
     from pnp_integrated.devsim.link import CnsLink, LinkClosed, hello_frame
@@ -266,7 +269,9 @@ def storm_child(spec: dict[str, Any]) -> None:
     went = time.monotonic()
     used = resource.getrusage(resource.RUSAGE_SELF)
     deadline = went + spec["max_seconds"]
-    greenlets = [gevent.spawn(arrive, serial, deadline) for serial in spec["serials"]]
+    # All at once; or, with in_flight, at most that many devices of this process between arrival and session.
+    spawn = Pool(spec["in_flight"]).spawn if spec.get("in_flight") else gevent.spawn
+    greenlets = [spawn(arrive, serial, deadline) for serial in spec["serials"]]
     gevent.joinall(greenlets)
     after = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"held_at": held_at, "went": went, "busy_answers": sum(busy_counts),
@@ -412,7 +417,7 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
         for i in range(processes):
             spec = {"mode": "storm", "serials": serials[i::processes], "host": node.host, "tls": tls,
                     "dispatcher_port": node.base + (2 if tls else 1), "device_timeout": args.device_timeout,
-                    "max_seconds": args.storm_seconds}
+                    "max_seconds": args.storm_seconds, "in_flight": args.storm_in_flight}
             children.append(subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
         for child in children:
@@ -474,21 +479,22 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
             "gateway_tries": sum(r.get("gateway_hellos", 0) for r in results) / count,
             "load": (load_before, load_after), "idle_cpu_ms_per_s": idle_cpu * 1000,
             "failures": [f for r in results for f in r.get("failures", [])][:5],
-            "gateway_cpu_ms": cpu_used * 1000 / count, "client_cpu_ms": sum(r.get("cpu", 0) for r in results)
-            * 1000 / count, "rss_kb": (rss_after - rss_before) / 1024 / count, "processes": processes,
+            "gateway_cpu_ms": cpu_used * 1000 / count, "gateway_cores": cpu_used / seconds if seconds else 0.0,
+            "client_cpu_ms": sum(r.get("cpu", 0) for r in results) * 1000 / count,
+            "rss_kb": (rss_after - rss_before) / 1024 / count, "processes": processes,
             "capacity": capacity, "workers": len(workers)}
 
 
-STORM_COLUMNS = (("transport", 9), ("devices", 8), ("held", 7), ("s to all", 9), ("sess/s", 7), ("p50/p99 s", 11),
-                 ("BUSY", 6), ("BUSY'd", 7), ("errors", 7), ("tries", 6), ("gw CPU ms", 10), ("cl CPU ms", 10),
-                 ("gw RSS KB", 10))
+STORM_COLUMNS = (("transport", 9), ("devices", 8), ("held", 7), ("s to all", 9), ("sess/s", 7), ("p50/p99 s", 13),
+                 ("BUSY", 8), ("BUSY'd", 7), ("errors", 7), ("tries", 6), ("gw CPU ms", 10), ("gw cores", 9),
+                 ("cl CPU ms", 10), ("gw RSS KB", 10))
 
 
 def storm_row(r: dict[str, Any]) -> str:
     cells = (r["transport"], f"{r['count']:,}", f"{r['held']:,}", f"{r['seconds']:.1f}", f"{r['rate']:.0f}",
              f"{r['p50']:.1f}/{r['p99']:.1f}", str(r["busy_answers"]), str(r["busy_devices"]),
              str(sum(r["errors"].values())), f"{r['tries']:.1f}", f"{r['gateway_cpu_ms']:.2f}",
-             f"{r['client_cpu_ms']:.2f}", f"{r['rss_kb']:.1f}")
+             f"{r['gateway_cores']:.2f}", f"{r['client_cpu_ms']:.2f}", f"{r['rss_kb']:.1f}")
     return "".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, STORM_COLUMNS, strict=True))
 
 
@@ -502,7 +508,8 @@ def print_storm_table(results: list[dict[str, Any]], notes: list[str]) -> None:
     print("s to all: from the moment every device is let go until the last one holds a session (WELCOME + "
           "SUBSCRIBE receipted);\nBUSY: answers; BUSY'd: devices told BUSY at least once; errors: timeouts, resets, "
           "other answers;\ntries: dispatcher HELLOs per device (each a TLS handshake on TLS);\n"
-          "CPU and RSS per session: gateway = gunicorn master + workers, client = the simulated devices' processes.")
+          "CPU and RSS per session: gateway = gunicorn master + workers, client = the simulated devices' processes;\n"
+          "gw cores: the gateway's CPU seconds per second of the storm (2 is all of this machine).")
     print(f"targets: all {TARGETS['storm_devices']:,} TLS devices within {TARGETS['storm_seconds']:g} s, "
           f"<= {TARGETS['storm_cpu_ms']:g} ms gateway CPU per TLS session, <= {TARGETS['storm_tls_kb']:g} KB RSS per "
           "idle TLS session")
@@ -664,7 +671,8 @@ def storm_main(args: argparse.Namespace, transports: list[str]) -> None:
                 print(storm_row(result), flush=True)
                 kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(result["errors"].items(), key=lambda e: -e[1]))
                 print(f"  {result['processes']} client processes, {result['workers']} workers, port capacity "
-                      f"{result['capacity']}, device timeout {args.device_timeout:g} s; gateway-port HELLOs per "
+                      f"{result['capacity']}, device timeout {args.device_timeout:g} s, "
+                      f"in flight per client process {args.storm_in_flight or 'all'}; gateway-port HELLOs per "
                       f"device {result['gateway_tries']:.2f}; idle node {result['idle_cpu_ms_per_s']:.0f} ms CPU/s; "
                       f"load average {result['load'][0]:.1f} before, {result['load'][1]:.1f} after; "
                       f"errors: {kinds or 'none'}; failed {result['failed']} "
@@ -693,6 +701,9 @@ def main() -> None:
                         help="storm: seconds a device waits for a connection, a handshake or an answer")
     parser.add_argument("--storm-seconds", type=float, default=600.0,
                         help="storm: a device without a session after this long gives up")
+    parser.add_argument("--storm-in-flight", type=int, default=0,
+                        help="storm: at most this many devices per client process on their way to a session at once "
+                        "(default: all of them)")
     parser.add_argument("--py-spy", help="storm: py-spy executable; profile every worker during each storm")
     parser.add_argument("--profile-dir", type=Path, default=Path("."), help="storm: where the profiles go")
     parser.add_argument("--profile-summary", nargs="+", type=Path, metavar="FILE",
