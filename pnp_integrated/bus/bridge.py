@@ -8,7 +8,10 @@ One connection at a time, and a reconnect loop of our own that never gives up (s
 attempts), with capped exponential back-off. While connected it
 
 * sends unsent outbox rows in id order as persistent JSON messages to ``/queue/pnp.gateway.events``, each with a
-  receipt, and marks a row sent only once its RECEIPT arrived (delivery is at least once; Prime de-duplicates by id);
+  receipt, and marks a row sent only once its RECEIPT arrived (delivery is at least once; Prime de-duplicates by id).
+  A batch is pipelined (every SEND goes out, then the RECEIPTs are awaited together) and settled in one commit; it
+  is looked for when :meth:`PrimeBridge.wake` says events were committed (the leader's worker does at each commit
+  that wrote some) and every ``poll_interval`` (the other workers' events);
 * consumes ``/queue/pnp.gateway.commands`` with ``ack:client-individual``, applies each command in a transaction
   and only then ACKs it (a crash before the ACK means a redelivery, which the command id turns into a no-op).
 
@@ -86,9 +89,13 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
         self.bridge._wake.set()
 
     def on_receipt(self, frame: Any) -> None:
-        with self.bridge._receipt_arrived:
-            self.bridge._receipts.add(frame.headers.get("receipt-id", ""))
-            self.bridge._receipt_arrived.notify_all()
+        bridge = self.bridge
+        with bridge._receipt_arrived:
+            receipt = frame.headers.get("receipt-id", "")
+            bridge._receipts.add(receipt)
+            bridge._awaited.discard(receipt)
+            if not bridge._awaited:  # the whole batch is confirmed: one wake-up for it, not one per RECEIPT
+                bridge._receipt_arrived.notify_all()
 
     def on_message(self, frame: Any) -> None:
         self.bridge._commands.put((frame.headers.get("ack", ""), frame.body))
@@ -129,7 +136,8 @@ class PrimeBridge:
         self._connected = threading.Event()
         self._lost = threading.Event()
         self._receipt_arrived = threading.Condition()
-        self._receipts: set[str] = set()
+        self._receipts: set[str] = set()  # RECEIPTs arrived and not yet taken into account
+        self._awaited: set[str] = set()  # RECEIPTs of the batch in flight still missing
         self._commands: queue.Queue[tuple[str, str]] = queue.Queue()
         self._error = ""
         self._receipt_ids = itertools.count(1)
@@ -159,6 +167,10 @@ class PrimeBridge:
             delay = min(delay * 2, self.max_backoff)
         self._publish(False, "bridge stopped")
 
+    def wake(self) -> None:
+        """Look for unsent events now, not at the next poll: a transaction just committed some."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
@@ -177,15 +189,15 @@ class PrimeBridge:
         self._publish(True, "")
         log.info("connected to Prime broker %s (TLS)", self.target.peer)
         while not self._stopping.is_set():
+            # Cleared before looking at anything: what happens from now on (a commit, a loss) ends the wait at once.
+            self._wake.clear()
             if self._lost.is_set():
                 raise BridgeDown(self._error or "connection lost")
             if not self.is_leader():
                 raise BridgeDown("this worker no longer holds the leader lease")
             worked = self._apply_commands()
-            worked = self._send_events() or worked
-            if not worked:
+            if self._send_events() < self.batch_size and not worked:  # a full batch: more may be waiting
                 self._wake.wait(self.poll_interval)
-                self._wake.clear()
 
     def _connect(self) -> None:
         settings = gateway_state(self.app).settings
@@ -212,6 +224,7 @@ class PrimeBridge:
         self._connected.clear()
         self._lost.clear()
         self._error = ""
+        self._receipts.clear()  # late ones of a former connection
         self._conn = conn
         try:
             conn.connect(credentials.login, credentials.passcode, wait=False,
@@ -321,51 +334,54 @@ class PrimeBridge:
             worked = True
         return worked
 
-    def _send_events(self) -> bool:
+    def _send_events(self) -> int:
+        """Send the oldest unsent events as one batch; how many (all confirmed, else :class:`BridgeDown`)."""
         with self.app.app_context():
             batch = outbox.unsent(self.batch_size)
             if not batch:
-                return False
+                return 0
             node = gateway_state(self.app).settings.node_name
             messages = [(e.id, outbox.event_message(e, node)) for e in batch]
-            outbox.note_attempt([i for i, _ in messages])
-        sent: list[tuple[int, str]] = []
+        receipts = [f"ev-{next(self._receipt_ids)}" for _ in messages]
+        with self._receipt_arrived:
+            self._awaited = set(receipts)
+        sent = 0
         try:
-            for row_id, body in messages:
-                receipt = f"ev-{next(self._receipt_ids)}"
+            # Pipelined: every SEND of the batch goes out before the first RECEIPT is awaited (one connection keeps
+            # them in order).
+            for (_, body), receipt in zip(messages, receipts, strict=True):
                 self._conn.send(EVENTS_QUEUE, body, content_type="application/json",
                                 headers={"persistent": "true"}, receipt=receipt)
-                sent.append((row_id, receipt))
+                sent += 1
         except Exception as exc:  # stomp.py raises several kinds when the socket breaks
             self._lost.set()
             self._error = f"send failed: {exc}"
-        confirmed = self._await_receipts(sent)
-        if confirmed:
-            with self.app.app_context():
-                outbox.mark_sent(confirmed)
-        if len(confirmed) < len(messages):
-            raise BridgeDown(self._error or f"{len(messages) - len(confirmed)} events not confirmed by a RECEIPT")
-        return True
+        confirmed = self._await_receipts(receipts[:sent])
+        ids = [row_id for row_id, _ in messages]
+        with self.app.app_context():
+            outbox.mark_sent(ids[:confirmed], ids[confirmed:sent])
+        if confirmed < len(messages):
+            raise BridgeDown(self._error or f"{len(messages) - confirmed} events not confirmed by a RECEIPT")
+        return len(messages)
 
-    def _await_receipts(self, sent: list[tuple[int, str]]) -> list[int]:
-        """Ids of the rows whose RECEIPT arrived, in order, stopping at the first missing one."""
+    def _await_receipts(self, receipts: list[str]) -> int:
+        """Wait for the RECEIPTs of a batch (no longer than ``receipt_timeout``, or the connection); how many, in
+        send order, arrived before the first missing one (events after a gap are sent again with it)."""
         deadline = time.monotonic() + self.receipt_timeout
         with self._receipt_arrived:
-            while True:
-                missing = [r for _, r in sent if r not in self._receipts]
-                if not missing or self._lost.is_set() or self._stopping.is_set():
-                    break
+            while self._awaited and not self._lost.is_set() and not self._stopping.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._error = f"no RECEIPT within {self.receipt_timeout:g}s"
                     break
                 self._receipt_arrived.wait(remaining)
-            confirmed = []
-            for row_id, receipt in sent:
+            confirmed = 0
+            for receipt in receipts:
                 if receipt not in self._receipts:
                     break
-                confirmed.append(row_id)
-            self._receipts.difference_update(r for _, r in sent)
+                confirmed += 1
+            self._receipts.difference_update(receipts)
+            self._awaited = set()
         return confirmed
 
     # ---- status -------------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ In HA (``ha_mode = vip``) the lease is only taken or renewed while the VIP condi
 :class:`~pnp_integrated.ha.VipFollower` keeps ``NodeRole.vip_ok`` and wakes the loop on change); when the VIP leaves,
 the lease is released at once. Every round also reads the lease row, so workers that do not hold it know whether
 their node leads, and carries out the node's role changes (see :mod:`pnp_integrated.ha`).
+
+A transaction of the leader's worker that wrote outbox events wakes the bridge as it commits, so those events leave
+at once; the bridge finds the events of the other workers at its next poll.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import threading
 import time
 from typing import Any
 
-from flask import Flask
+from flask import Flask, has_app_context
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
 
-from .. import ha
+from .. import ha, outbox
 from ..context import gateway_state, node_role
-from ..models import utcnow
+from ..models import db, utcnow
 from . import lease, retention
 from .bridge import PrimeBridge
 
@@ -205,6 +210,31 @@ class LeaderLoop:
             self._bridge_thread.join(timeout)
         self.bridge = None
         self._bridge_thread = None
+
+
+def _wake_bridge_at_commit(session: Session) -> None:
+    """``after_commit`` of the sessions of this process: a transaction that wrote events wakes this worker's bridge,
+    if it runs here. It must never raise: the transaction is already committed."""
+    if session.in_nested_transaction() or not outbox.events_written(session) or not has_app_context():
+        return  # a savepoint's release is not the commit: the outer transaction may still roll back
+    try:
+        loop = gateway_state().leader
+    except RuntimeError:  # an app that is not a gateway: no bridge
+        return
+    bridge = loop.bridge if loop is not None else None
+    if bridge is not None:
+        bridge.wake()
+
+
+def _forget_events_at_end(session: Session, transaction: SessionTransaction) -> None:
+    """``after_transaction_end``: a transaction rolled back (or closed) takes its events, and so its mark, along."""
+    if transaction.parent is None:
+        outbox.events_written(session)
+
+
+# Once per process, at import: every worker imports this module before it serves anything.
+event.listen(db.session, "after_commit", _wake_bridge_at_commit)
+event.listen(db.session, "after_transaction_end", _forget_events_at_end)
 
 
 def start_leader_loop(app: Flask, **options: Any) -> LeaderLoop:

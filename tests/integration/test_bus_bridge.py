@@ -16,13 +16,15 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from pnp_integrated.bus.bridge import PrimeBridge
+from pnp_integrated.bus.leader import LeaderLoop, start_leader_loop, stop_leader_loop
 from pnp_integrated.config import load_settings
 from pnp_integrated.destinations import COMMANDS_QUEUE
 from pnp_integrated.devsim.node import node_environment
 from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Profile, db
+from pnp_integrated.outbox import record_event
 from pnp_integrated.prime.accounts import enrol_local_gateway
 from pnp_integrated.prime.server import PrimeProcess, events_path
 from tests.support import prime_client, wait_until
@@ -70,6 +72,80 @@ def bridge(node: Node) -> Iterator[PrimeBridge]:
     bridge.stop()
     thread.join(10)
     assert not thread.is_alive(), "the bridge did not stop"
+
+
+# Far longer than any test waits: an event that reaches Prime was sent without a poll.
+NO_POLL = 600.0
+
+
+@pytest.fixture
+def leader(node: Node) -> Iterator[LeaderLoop]:
+    """This process as the node's leader worker, as gunicorn runs it, with a bridge that (nearly) never polls."""
+    app, _ = node
+    loop = start_leader_loop(app, renew_every=0.5, bridge_options={
+        "poll_interval": NO_POLL, "receipt_timeout": 3, "connect_timeout": 3, "max_backoff": 0.5,
+        "heartbeats": (1000, 1000)})
+    try:
+        wait_until(lambda: loop.bridge is not None and loop.bridge.connected, 15, "the leader's bridge to connect")
+        time.sleep(0.5)  # it looked for events once connected and now waits for the poll
+        yield loop
+    finally:
+        stop_leader_loop(app)
+
+
+def job_steps(app: Flask, count: int, job: int) -> list[str]:
+    """Write ``count`` job.step events in one transaction, as a device's step does; their event ids."""
+    with app.app_context():
+        first = db.session.scalar(select(func.max(OutboxEvent.id))) or 0
+        for step in range(count):
+            record_event("job.step", {"job": {"id": job, "step": f"step-{step}", "state": "ended"}})
+        db.session.commit()
+        return list(db.session.scalars(select(OutboxEvent.event_id).where(OutboxEvent.id > first)
+                                       .order_by(OutboxEvent.id)))
+
+
+def unsent_events(app: Flask) -> int:
+    with app.app_context():
+        return int(db.session.scalar(select(func.count()).where(OutboxEvent.sent_at.is_(None))) or 0)
+
+
+def test_events_committed_in_the_leaders_worker_reach_prime_without_waiting_for_the_poll(
+        node: Node, leader: LeaderLoop) -> None:
+    app, _ = node
+    [event_id] = job_steps(app, 1, job=7)
+    arrived = wait_until(lambda: [e for e in sink_events(app) if e[0] == event_id], 20,
+                         f"the event at Prime, long before the bridge's next poll ({NO_POLL:g}s)")
+    assert arrived[0][1] == "job.step" and arrived[0][3]["job"]["id"] == 7
+    wait_until(lambda: unsent_events(app) == 0, 10, "the event marked sent")
+    # And again, once the bridge waits anew: every commit wakes it, not only the first.
+    [again] = job_steps(app, 1, job=8)
+    wait_until(lambda: again in {e[0] for e in sink_events(app)}, 20, "the second event at Prime")
+
+
+def test_a_batch_of_events_costs_the_bridge_one_commit(node: Node, bridge: PrimeBridge) -> None:
+    app, _ = node
+    with app.app_context():
+        engine = db.engine
+    commits: list[str] = []
+    writer = threading.current_thread()
+
+    def on_commit(_conn: Any) -> None:
+        if threading.current_thread() is not writer:  # the bridge's thread: nothing else here commits
+            commits.append("commit")
+
+    event.listen(engine, "commit", on_commit)
+    try:
+        written = job_steps(app, 50, job=9)
+        wait_until(lambda: set(written) <= {e[0] for e in sink_events(app)}, 20, "the 50 events at Prime")
+        wait_until(lambda: unsent_events(app) == 0, 10, "the events marked sent")
+    finally:
+        event.remove(engine, "commit", on_commit)
+    stored = [e for e in sink_events(app) if e[0] in set(written)]
+    assert [e[0] for e in stored] == written  # in the order they were written, each once
+    assert all(e[2] == 1 for e in stored)
+    assert len(commits) == 1, f"the bridge committed {len(commits)} times for one batch"
+    with app.app_context():
+        assert set(db.session.scalars(select(OutboxEvent.attempts).where(OutboxEvent.event_id.in_(written)))) == {1}
 
 
 def send_command(app: Flask, body: bytes | dict[str, Any]) -> None:

@@ -350,9 +350,9 @@ def test_bad_frames_and_bad_json_crash_neither_side(gateway: Flask, prime: Prime
         good = str(uuid.uuid4())
         send_command(prime, {"id": good, "type": "profile.upsert", "profile": {"name": "after-the-junk"}})
         with gateway.app_context():
-            event = record_event("job.step", {"job": {"id": 0, "step": "config", "state": "ended"}})
+            record_event("job.step", {"job": {"id": 0, "step": "config", "state": "ended"}})
             db.session.commit()
-            event_id = event.event_id
+            event_id = db.session.scalar(select(OutboxEvent.event_id).where(OutboxEvent.type == "job.step"))
 
         def applied() -> bool:
             with gateway.app_context():
