@@ -882,7 +882,8 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 def predicted(stream: bytes, first_only: bool) -> str:
     """What the project's codec makes of ``stream`` as it stands: "malformed" (the gateway must refuse it),
     "complete" (whole frames) or "partial" (whole frames, then the start of one more). A dispatcher reads one
-    frame only: it answers the HELLO and closes. Nothing at all is a partial frame: the gateway waits for it."""
+    frame only: it answers the HELLO and closes; a gateway port reads nothing after a BYE. Nothing at all is a
+    partial frame: the gateway waits for it."""
     if not stream:
         return "partial"
     reader = FrameReader(DEVICE_COMMANDS)  # the gateway's default limits
@@ -894,7 +895,7 @@ def predicted(stream: bytes, first_only: bool) -> str:
             return "malformed"
         if event is NEED_DATA or event is CLOSED:
             return "partial" if reader.buffered else "complete"
-        if first_only:
+        if first_only or event.command == "BYE":
             return "complete"
 
 
