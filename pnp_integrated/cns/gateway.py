@@ -20,10 +20,10 @@ import gevent
 from flask import Flask
 from gevent.lock import RLock
 from gevent.monkey import get_original
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
 
 from ..database import admission_turn
-from ..models import DeviceSession, db
+from ..models import DeviceSession, db, new_uuid, utcnow
 from ..outbox import record_event
 from ..provisioning.types import NEW_DEVICES_WAIT_SECONDS
 from ..refusals import NEW_DEVICES_PER_SOURCE, count_refusal
@@ -69,6 +69,20 @@ def spread(seconds: int) -> int:
     """A Retry-After for a device sent away under load: ``seconds`` plus up to half again, drawn for each device, so a
     fleet refused together does not come back together (and be refused together again)."""
     return seconds + random.randint(0, max(1, seconds // 2))
+
+
+# The admission's statements, built once (their compiled forms are cached against them): it runs for every device
+# of a fleet that comes back at once.
+_SESSIONS = DeviceSession.__table__
+_LIVE_ON_PORT = select(func.count()).select_from(_SESSIONS).where(
+    _SESSIONS.c.port == bindparam("port"), _SESSIONS.c.node == bindparam("node"), _SESSIONS.c.closed_at.is_(None))
+_OPEN_SESSION = insert(_SESSIONS)
+_OLDER_SESSIONS = select(_SESSIONS.c.id, _SESSIONS.c.device_key, _SESSIONS.c.worker_pid, _SESSIONS.c.token,
+                         _SESSIONS.c.address, _SESSIONS.c.port).where(
+    _SESSIONS.c.device_key == bindparam("device"), _SESSIONS.c.closed_at.is_(None),
+    _SESSIONS.c.node == bindparam("node"), _SESSIONS.c.protocol == "cns", _SESSIONS.c.token != bindparam("token"))
+_SESSION_BY_TOKEN = select(_SESSIONS.c.id, _SESSIONS.c.device_key, _SESSIONS.c.address, _SESSIONS.c.port).where(
+    _SESSIONS.c.token == bindparam("token"))
 
 
 class FrameTimeout(Exception):
@@ -283,9 +297,8 @@ class GatewayConnection:
             slots.release(time.monotonic() - started)
 
     def _live_on_port(self) -> int:
-        return db.session.scalar(select(func.count()).select_from(DeviceSession).where(
-            DeviceSession.port == self.port, DeviceSession.node == self.settings.node_name,
-            DeviceSession.closed_at.is_(None))) or 0
+        return db.session.connection().execute(
+            _LIVE_ON_PORT, {"port": self.port, "node": self.settings.node_name}).scalar() or 0
 
     def _admit_now(self, hello: Hello) -> str:
         """One transaction: the capacity check, the session row and ``device.connected`` commit together or not at all.
@@ -299,24 +312,24 @@ class GatewayConnection:
         with self.app.app_context():
             must_count = admission_turn(self.port, lambda: self._live_on_port() + settings.workers * ADMISSION_SLOTS
                                         > settings.cns_port_capacity)
-            row = DeviceSession(device_key=hello.device_id, protocol="cns", node=settings.node_name,
-                                worker_pid=self.worker.pid, port=self.port, tls=self.tls, address=self.address,
-                                subjects=[])
-            db.session.add(row)
-            db.session.flush()  # SQLite: the first write takes the write lock, so the count below is current
-            older = list(db.session.scalars(select(DeviceSession).where(
-                DeviceSession.device_key == hello.device_id, DeviceSession.closed_at.is_(None),
-                DeviceSession.node == settings.node_name, DeviceSession.protocol == "cns",
-                DeviceSession.id < row.id)))
+            connection = db.session.connection()
+            now = utcnow()
+            row = {"token": new_uuid(), "device_key": hello.device_id, "protocol": "cns", "node": settings.node_name,
+                   "worker_pid": self.worker.pid, "port": self.port, "tls": self.tls, "address": self.address,
+                   "subjects": [], "connected_at": now, "last_frame_at": now, "close_reason": ""}
+            # SQLite: this first write takes the write lock, so the count below is current.
+            connection.execute(_OPEN_SESSION, row)
+            older = connection.execute(_OLDER_SESSIONS, {"device": hello.device_id, "node": settings.node_name,
+                                                         "token": row["token"]}).all()
             close_sessions(older, "replaced by a newer session")
             if must_count and self._live_on_port() > settings.cns_port_capacity:  # this row in, the replaced out
                 db.session.rollback()
                 self.token = ""
                 self.send(busy(spread(BUSY_RETRY_AFTER), f"port {self.port} is at capacity"))
                 return "port at capacity"
-            record_event("device.connected", {"device": session_device(row)})
-            # Read before the commit expires them: nothing below may open a transaction across socket or mailbox I/O.
-            self.token = row.token
+            record_event("device.connected", {"device": session_device(hello.device_id, self.address, self.port)})
+            # Nothing below may open a transaction across socket or mailbox I/O.
+            self.token = row["token"]
             replaced = [(old.worker_pid, old.token) for old in older]
             if peer_hung_up(self.sock):  # it gave up while the database was slow: no session, no event
                 db.session.rollback()
@@ -388,7 +401,7 @@ class GatewayConnection:
             return
         try:
             with self.app.app_context():
-                rows = list(db.session.scalars(select(DeviceSession).where(DeviceSession.token == self.token)))
+                rows = db.session.connection().execute(_SESSION_BY_TOKEN, {"token": self.token}).all()
                 close_sessions(rows, self.ended_by or reason)
                 db.session.commit()
         except Exception as exc:  # the device is gone either way; a stale row is swept on the next start

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -100,7 +100,7 @@ def not_taking_devices(app: Flask) -> tuple[Frame, str] | None:
     return None
 
 
-def close_sessions(rows: list[DeviceSession], reason: str) -> None:
+def close_sessions(rows: Sequence[Any], reason: str) -> None:
     """Mark live session rows closed and tell Prime; part of the caller's transaction."""
     now = utcnow()
     for row in rows:
@@ -109,13 +109,14 @@ def close_sessions(rows: list[DeviceSession], reason: str) -> None:
             .values(closed_at=now, close_reason=reason[:255])
         ).rowcount
         if changed:
-            record_event("device.disconnected", {"device": session_device(row), "reason": reason})
+            record_event("device.disconnected", {"device": session_device(row.device_key, row.address, row.port),
+                                                  "reason": reason})
 
 
-def session_device(row: DeviceSession) -> dict[str, Any]:
+def session_device(device_key: str, address: str, port: int) -> dict[str, Any]:
     """The ``device`` object of device.connected / device.disconnected events."""
-    return {"id": row.device_key, "serial": row.device_key, "pid": "", "udi": "", "protocol": "cns",
-            "address": row.address, "port": row.port}
+    return {"id": device_key, "serial": device_key, "pid": "", "udi": "", "protocol": "cns", "address": address,
+            "port": port}
 
 
 class AdmissionQueue:
