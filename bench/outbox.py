@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import os
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -147,6 +148,11 @@ class Node:
         overrides: dict[str, Any] = {"workers": workers}
         if database_url:
             overrides["database_url"] = database_url
+        # gunicorn (python -m) puts its working directory first on sys.path: from here the node runs the code that
+        # PYTHONPATH (or the installed package) names, never a checkout that happens to be the current directory.
+        os.chdir(tmp)
+        self.code = subprocess.run([sys.executable, "-c", "import pnp_integrated; print(pnp_integrated.__file__)"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
         try:
             self.running: RunningNode = start_node(tmp / "node", **overrides)
         except NodeDidNotStart as exc:
@@ -297,7 +303,14 @@ def main() -> int:
                                        args.timeout))
         finally:
             node.stop()
-    print(f"node: {args.workers} worker(s), {'PostgreSQL' if args.database_url else 'SQLite'}")
+    package = Path(node.code).parent
+    commit = subprocess.run(["git", "-C", str(package), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    if commit and subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--", "."],
+                                 capture_output=True, text=True).stdout.strip():
+        commit += " and changes"
+    print(f"node: {args.workers} worker(s), {'PostgreSQL' if args.database_url else 'SQLite'}, code of {package}"
+          f"{f' (commit {commit})' if commit else ''}")
     print(format_results(results))
     return 0
 

@@ -196,7 +196,8 @@ class PrimeBridge:
             if not self.is_leader():
                 raise BridgeDown("this worker no longer holds the leader lease")
             worked = self._apply_commands()
-            if self._send_events() < self.batch_size and not worked:  # a full batch: more may be waiting
+            worked = self._send_events() or worked  # after a batch, look again: more may have come meanwhile
+            if not worked:
                 self._wake.wait(self.poll_interval)
 
     def _connect(self) -> None:
@@ -334,12 +335,13 @@ class PrimeBridge:
             worked = True
         return worked
 
-    def _send_events(self) -> int:
-        """Send the oldest unsent events as one batch; how many (all confirmed, else :class:`BridgeDown`)."""
+    def _send_events(self) -> bool:
+        """Send the oldest unsent events as one batch; whether there were any (all confirmed, else
+        :class:`BridgeDown`)."""
         with self.app.app_context():
             batch = outbox.unsent(self.batch_size)
             if not batch:
-                return 0
+                return False
             node = gateway_state(self.app).settings.node_name
             messages = [(e.id, outbox.event_message(e, node)) for e in batch]
         receipts = [f"ev-{next(self._receipt_ids)}" for _ in messages]
@@ -362,7 +364,7 @@ class PrimeBridge:
             outbox.mark_sent(ids[:confirmed], ids[confirmed:sent])
         if confirmed < len(messages):
             raise BridgeDown(self._error or f"{len(messages) - confirmed} events not confirmed by a RECEIPT")
-        return len(messages)
+        return True
 
     def _await_receipts(self, receipts: list[str]) -> int:
         """Wait for the RECEIPTs of a batch (no longer than ``receipt_timeout``, or the connection); how many, in
