@@ -43,7 +43,6 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Select, bindparam, func, insert, select, update
@@ -261,23 +260,6 @@ class ProfileSecrets(Protocol):
     credentials: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class _JobColumns:
-    id: int
-    state: str
-    step: str
-    correlator: str
-    pending_request: dict[str, Any]
-    detail: str
-    failed_step: str
-
-
-@dataclass(frozen=True)
-class _ProfileColumns:
-    name: str
-    credentials: dict[str, Any]
-
-
 def _credentials(profile: ProfileSecrets | None) -> dict[str, str] | None:
     if profile is None or not profile.credentials:
         return None
@@ -479,12 +461,15 @@ def _known_device_contact(identity: DeviceIdentity, device_correlator: str) -> A
     return action_for(_job_columns(row, pending_request), _profile_columns(row))
 
 
-def _job_columns(row: Any, pending_request: dict[str, Any]) -> _JobColumns:
-    return _JobColumns(row.job_id, row.state, row.step, row.correlator, pending_request, row.detail, row.failed_step)
+def _job_columns(row: Any, pending_request: dict[str, Any]) -> JobState:
+    return _Record({"id": row.job_id, "state": row.state, "step": row.step, "correlator": row.correlator,
+                    "pending_request": pending_request, "detail": row.detail, "failed_step": row.failed_step})
 
 
-def _profile_columns(row: Any) -> _ProfileColumns | None:
-    return _ProfileColumns(row.profile_name, row.credentials) if row.profile_name is not None else None
+def _profile_columns(row: Any) -> ProfileSecrets | None:
+    if row.profile_name is None:
+        return None
+    return _Record({"name": row.profile_name, "credentials": row.credentials})
 
 
 def _answers_pending(job: ProvisioningJob, correlator: str) -> bool:
