@@ -62,6 +62,7 @@ class Settings:
     tls_ca_file: str = ""
     tls_handshake_timeout: float = 10.0
     http_idle_timeout: float = 60.0  # an HTTP(S) client that sends nothing for this long is closed
+    http_header_timeout: float = 30.0  # ... and one that has begun a request gets this long for its headers
     cns_hello_timeout: float = 10.0
     cns_port_capacity: int = 500
     cns_max_header_bytes: int = 8192
@@ -328,8 +329,8 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
         problems.extend(_check_key_pair(s, origin))
     problems.extend(_broker_client_problems(s, origin))
 
-    for name in ("tls_handshake_timeout", "http_idle_timeout", "cns_hello_timeout", "drain_timeout",
-                 "db_dead_peer_timeout", "retention_days", "broker_idle_timeout"):
+    for name in ("tls_handshake_timeout", "http_idle_timeout", "http_header_timeout", "cns_hello_timeout",
+                 "drain_timeout", "db_dead_peer_timeout", "retention_days", "broker_idle_timeout"):
         if not math.isfinite(getattr(s, name)) or getattr(s, name) <= 0:
             bad(name, f"must be a positive number of {'days' if name.endswith('_days') else 'seconds'}")
     for name in ("cns_port_capacity", "workers"):

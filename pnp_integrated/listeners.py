@@ -84,8 +84,19 @@ def tls_handshake(raw: Any, address: tuple[str, int], context: ssl.SSLContext, t
     return None
 
 
+DEFAULT_HEADER_TIMEOUT = 30.0
+
+
+class _HeadersTooSlow(BaseException):
+    """The client took longer than the server's header deadline to send its request line and headers (not an
+    ``Exception``: pywsgi would answer it as a malformed request, 400)."""
+
+
 class _StrictHeaders:
-    """Refuses (400) a request whose header section a proxy in front could read otherwise, on every HTTP port.
+    """Refuses (400) a request whose header section a proxy in front could read otherwise, on every HTTP port, and
+    closes (408) a client that takes longer than the server's ``header_timeout`` to send its request line and
+    headers once it has begun: the idle limit restarts with every byte, so a client that trickles a byte at a time
+    (slowloris) would otherwise hold its connection for ever.
 
     The header parser underneath takes a bare CR as a line end and a line such as ``Host : x`` (a space before the
     colon) as the end of the headers, silently; both leave a defect on the parsed headers. A NUL is kept inside the
@@ -93,8 +104,44 @@ class _StrictHeaders:
     Transfer-Encoding, folded or unknown transfer codings are refused by the servers themselves.)
     """
 
+    _header_deadline: gevent.Timeout | None = None
+
+    def handle_one_request(self) -> Any:
+        try:
+            return super().handle_one_request()  # type: ignore[misc]
+        except _HeadersTooSlow:
+            address = self.client_address  # type: ignore[attr-defined]
+            port = self.server.server_port  # type: ignore[attr-defined]
+            log.info("HTTP client %s on port %s took longer than %gs to send its headers: closed",
+                     address[0] if address else "?", port, self._limit(), extra=client_mistake(f"http-slow-{port}"))
+            try:
+                self.socket.sendall(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"  # type: ignore[attr-defined]
+                                    b"Content-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+            self.close_connection = True
+            return None
+        finally:
+            self._end_header_deadline()
+
+    def _limit(self) -> float:
+        return float(getattr(self.server, "header_timeout", DEFAULT_HEADER_TIMEOUT))  # type: ignore[attr-defined]
+
+    def read_requestline(self) -> Any:
+        # The deadline starts with the request's first byte: a kept-alive connection waiting for its next request is
+        # the idle limit's business.
+        self.rfile.peek(1)  # type: ignore[attr-defined]
+        self._header_deadline = gevent.Timeout.start_new(self._limit(), _HeadersTooSlow)
+        return super().read_requestline()  # type: ignore[misc]
+
+    def _end_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.close()
+            self._header_deadline = None
+
     def read_request(self, raw_requestline: Any) -> Any:
         result = super().read_request(raw_requestline)  # type: ignore[misc]
+        self._end_header_deadline()  # the headers are in; the body and the application have limits of their own
         headers = self.headers  # type: ignore[attr-defined]
         if getattr(headers, "defects", None) or any("\x00" in value or "\r" in value for value in headers.values()):
             from gevent.pywsgi import _InvalidClientRequest
@@ -160,10 +207,11 @@ class TLSWSGIServer(WSGIServer):
     handler_class = _QuietWSGIHandler
 
     def __init__(self, listener: Any, application: Any, *, context: ssl.SSLContext, handshake_timeout: float,
-                 idle_timeout: float = 60.0, **kwargs: Any) -> None:
+                 idle_timeout: float = 60.0, header_timeout: float = DEFAULT_HEADER_TIMEOUT, **kwargs: Any) -> None:
         self._tls_context = context
         self._handshake_timeout = handshake_timeout
         self._idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
         super().__init__(listener, application, environ={"wsgi.url_scheme": "https"}, log=None, **kwargs)
 
     def handle(self, sock: Any, address: tuple[str, int]) -> None:
@@ -193,9 +241,11 @@ class GatewayHTTPServer(PyWSGIServer):
 
     max_accept = 32
 
-    def __init__(self, *args: Any, idle_timeout: float = 60.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, idle_timeout: float = 60.0, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
 
     def handle(self, sock: Any, address: tuple[str, int]) -> None:
         # As on HTTPS: a client that connects and goes silent is closed instead of holding a greenlet forever.
@@ -230,11 +280,13 @@ class ListenerController:
     """Starts every listener of a worker; ``start`` returns once all are bound and re-raises bind errors."""
 
     def __init__(self, specs: list[ListenerSpec], *, context: ssl.SSLContext | None, handshake_timeout: float,
-                 http_idle_timeout: float = 60.0, max_connections: int = 20000) -> None:
+                 http_idle_timeout: float = 60.0, http_header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+                 max_connections: int = 20000) -> None:
         self.specs = specs
         self._context = context
         self._handshake_timeout = handshake_timeout
         self._http_idle_timeout = http_idle_timeout
+        self._http_header_timeout = http_header_timeout
         self._pool = Pool(max_connections)
         self.servers: list[StreamServer] = []
 
@@ -244,7 +296,8 @@ class ListenerController:
                 assert self._context is not None
                 return TLSWSGIServer(sock, spec.wsgi_app, context=spec.tls_context or self._context,
                                      handshake_timeout=self._handshake_timeout,
-                                     idle_timeout=self._http_idle_timeout, spawn=self._pool)
+                                     idle_timeout=self._http_idle_timeout,
+                                     header_timeout=self._http_header_timeout, spawn=self._pool)
             return WSGIServer(sock, spec.wsgi_app, log=None, spawn=self._pool, handler_class=_QuietWSGIHandler)
         handler = spec.stream_handler or close_at_once
         if spec.tls:

@@ -55,6 +55,7 @@ def start_worker(app: Flask) -> ListenerController:
         context=server_context(settings, state.certs),
         handshake_timeout=settings.tls_handshake_timeout,
         http_idle_timeout=settings.http_idle_timeout,
+        http_header_timeout=settings.http_header_timeout,
     )
     controller.start()
     state.listeners = controller
@@ -92,6 +93,7 @@ class GatewayGeventWorker(GeventPyWSGIWorker):
     wsgi_handler = GatewayHTTPHandler
 
     def run(self) -> None:
-        idle_timeout = gateway_state(self.wsgi).settings.http_idle_timeout
-        self.server_class = functools.partial(GatewayHTTPServer, idle_timeout=idle_timeout)
+        settings = gateway_state(self.wsgi).settings
+        self.server_class = functools.partial(GatewayHTTPServer, idle_timeout=settings.http_idle_timeout,
+                                              header_timeout=settings.http_header_timeout)
         super().run()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Response, jsonify, request
+from flask import Response, jsonify
 from sqlalchemy import func, select
 
+from ..bodies import limited_body
 from ..models import Device, ProvisioningJob, db
 from ..provisioning import operations
 from ..provisioning.types import TERMINAL_STATES, JobConflict
@@ -26,9 +27,10 @@ def _job(job_id: int) -> ProvisioningJob:
 
 def _optional_body(spec: dict[str, Field]) -> dict[str, object]:
     # These POSTs need no body; when one is sent it is validated like any other.
-    if not request.get_data(cache=True):
+    data = limited_body()
+    if not data:
         return {}
-    return check_fields(json_body(), spec)
+    return check_fields(json_body(data), spec)
 
 
 @blueprint.get("/jobs")

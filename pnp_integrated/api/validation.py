@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from typing import Any
 
 from flask import request
 
+from ..bodies import limited_body
 from .errors import ApiError, invalid
 
 MAX_TEXT = 256 * 1024  # a template larger than this is a mistake, not a configuration
@@ -30,13 +32,15 @@ def _type_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def json_body() -> dict[str, Any]:
-    """The request's JSON object (422 when it is not one)."""
+def json_body(data: bytes | None = None) -> dict[str, Any]:
+    """The request's JSON object (422 when it is not one); ``data``: the body, when the caller has read it."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send a JSON body with Content-Type: application/json")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError(400, "bad_request", "the body is not valid JSON")
+    try:
+        # 413 past the limit, chunked or not (a chunked body cut at the limit would otherwise read as broken JSON).
+        body = json.loads(limited_body() if data is None else data)
+    except ValueError:
+        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object")
     return body

@@ -64,6 +64,8 @@ def parse_xml(body: bytes) -> Document:
         raise XmlRefused(f"the body is not well-formed XML ({exc})") from None
     except LookupError as exc:  # an XML declaration naming an encoding Python does not know
         raise XmlRefused(f"the XML declaration names an unknown encoding ({exc})") from None
+    except ValueError as exc:  # one the parser cannot read (UTF-7 and other multi-byte encodings)
+        raise XmlRefused(f"the XML declaration names an encoding that is not accepted ({exc})") from None
     text: dict[str, str] = {}
     for element in root.iter():
         if element is not root and len(element) == 0:
