@@ -1,23 +1,30 @@
 """Outbox to Prime benchmark: how soon the events a node writes reach Prime, and what the leader's bridge pays.
 
 It starts its own node (``pnpp run`` on a temporary data directory, ports moved, the simulated Prime with its
-embedded broker) and runs two scenarios against it, each on an idle node::
+embedded broker) and runs three scenarios against it, one after the other::
 
     .venv/bin/python bench/outbox.py
-    .venv/bin/python bench/outbox.py --devices 100 --events 5000 --workers 2
+    .venv/bin/python bench/outbox.py --devices 100 --paced 20 --events 5000 --workers 2
+    PYTHONPATH=OTHER_CHECKOUT .venv/bin/python bench/outbox.py     # the node runs that checkout's code
+
+The first line printed names the code the node ran (the package's directory and its commit).
 
 ``devices``
     ``--devices`` simulated Open PnP devices play their day 0 (``--concurrency`` at a time). Every step writes its
     event in the worker that served the request; with one worker (the default) that is the leader's, the worker
     whose bridge sends the events.
+``paced``
+    ``--paced`` devices one after another, a second apart: a node that is not busy, where each device's first
+    event finds the bridge idle.
 ``burst``
     ``--events`` events written into the node's database by this process, ``--per-commit`` per transaction, as
     fast as it can: events of a worker other than the leader's, which the bridge finds by polling the outbox.
 
-For each it prints the events written, the seconds from the first write until the last event was stored by Prime,
-the delay of each event from its write to its arrival at Prime (p50, p99, max; Prime's store is watched every
-10 ms), the commits and statements the bridge made per event, and the leader worker's CPU per event (in the
-devices scenario that worker also serves the devices; in the burst scenario it only runs the bridge).
+For each it prints the events written, the seconds from the first write (and from the last one) until the last
+event was stored by Prime, the delay of each event from its write to its arrival at Prime (p50, p99, max; Prime's
+store is watched every 10 ms), the commits and statements the bridge made per event, and the leader worker's CPU
+per event (in the devices and paced scenarios that worker also serves the devices; in the burst scenario it only
+runs the bridge).
 
 The bridge's commits and statements are counted inside the node's processes: a ``sitecustomize`` module, put on
 the node's ``PYTHONPATH`` by this script, listens to SQLAlchemy's engine events and writes one byte per commit
@@ -238,17 +245,26 @@ def measure(node: Node, scenario: str, produce: Any, timeout: float) -> Result:
                   delays, commits1 - commits0, statements1 - statements0, cpu, note)
 
 
+def play_device(node: Node, serial: str) -> str:
+    device = SimulatedDevice(serial=serial, pid=PID)
+    return PnpAgent(device, node.running.url(""), time_scale=0.0, reload_seconds=0, deadline=300).run().outcome
+
+
 def play_devices(node: Node, devices: int, concurrency: int) -> str:
-    url = node.running.url("")
-
-    def play(n: int) -> str:
-        device = SimulatedDevice(serial=f"OUTBOX{n:06d}", pid=PID)
-        return PnpAgent(device, url, time_scale=0.0, reload_seconds=0, deadline=300).run().outcome
-
     with ThreadPoolExecutor(max_workers=max(1, min(devices, concurrency))) as pool:
-        outcomes = list(pool.map(play, range(devices)))
+        outcomes = list(pool.map(lambda n: play_device(node, f"OUTBOX{n:06d}"), range(devices)))
     done = sum(1 for o in outcomes if o == PROVISIONED)
     return f"{done}/{devices} devices provisioned"
+
+
+def play_paced(node: Node, devices: int, pause: float = 1.0) -> str:
+    outcomes = []
+    for n in range(devices):
+        if n:
+            time.sleep(pause)
+        outcomes.append(play_device(node, f"PACED{n:06d}"))
+    done = sum(1 for o in outcomes if o == PROVISIONED)
+    return f"{done}/{devices} devices provisioned, {pause:g} s apart"
 
 
 def write_burst(node: Node, events: int, per_commit: int) -> str:
@@ -284,7 +300,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=50, help="Open PnP devices of the devices scenario (0: skip)")
     parser.add_argument("--concurrency", type=int, default=10, help="devices playing at a time")
-    parser.add_argument("--events", type=int, default=2000, help="events of the burst scenario (0: skip)")
+    parser.add_argument("--paced", type=int, default=10, help="devices of the paced scenario (0: skip)")
+    parser.add_argument("--events", type=int, default=3000, help="events of the burst scenario (0: skip)")
     parser.add_argument("--per-commit", type=int, default=10, help="events per transaction in the burst")
     parser.add_argument("--workers", type=int, default=1, help="gateway workers of the node")
     parser.add_argument("--database-url", help="the node's database (default: SQLite in its data directory)")
@@ -298,6 +315,8 @@ def main() -> int:
             if args.devices:
                 results.append(measure(node, "devices", lambda: play_devices(node, args.devices, args.concurrency),
                                        args.timeout))
+            if args.paced:
+                results.append(measure(node, "paced", lambda: play_paced(node, args.paced), args.timeout))
             if args.events:
                 results.append(measure(node, "burst", lambda: write_burst(node, args.events, args.per_commit),
                                        args.timeout))
