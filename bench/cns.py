@@ -395,6 +395,22 @@ def sessions_phase(node: Node, count: int, tls: bool, processes: int, concurrenc
 GATEWAY_PORTS = 5  # gateway ports per transport
 
 
+def node_code(worker: int) -> str:
+    """Which checkout a node's worker runs (gunicorn's --chdir) at which commit, and whether it had local changes:
+    a node started from a shared working tree runs whatever that tree holds at the moment."""
+    args = Path(f"/proc/{worker}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    checkout = args[args.index("--chdir") + 1] if "--chdir" in args[:-1] else str(ROOT)
+    git = ["git", "-C", checkout]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "pnp_integrated"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return checkout
+    return f"{checkout} at {commit}{' with uncommitted changes to pnp_integrated' if changed else ''}"
+
+
 def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, run: int,
                 tag: str) -> dict[str, Any]:
     """``count`` devices arrive at once through the dispatcher of a fresh node and stay until all hold a session."""
@@ -412,6 +428,7 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
         while len(gateway_workers(root)) < args.workers and time.monotonic() < booted:
             time.sleep(0.5)
         workers = gateway_workers(root)
+        code = node_code(workers[0]) if workers else "unknown"
         serials = [f"ST{tag}{transport[0].upper()}{run}{i:06d}" for i in range(count)]
         processes = max(args.processes, math.ceil(2 * count / STORM_SOCKETS_PER_PROCESS))
         for i in range(processes):
@@ -482,7 +499,7 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
             "gateway_cpu_ms": cpu_used * 1000 / count, "gateway_cores": cpu_used / seconds if seconds else 0.0,
             "client_cpu_ms": sum(r.get("cpu", 0) for r in results) * 1000 / count,
             "rss_kb": (rss_after - rss_before) / 1024 / count, "processes": processes,
-            "capacity": capacity, "workers": len(workers)}
+            "capacity": capacity, "workers": len(workers), "code": code}
 
 
 STORM_COLUMNS = (("transport", 9), ("devices", 8), ("held", 7), ("s to all", 9), ("sess/s", 7), ("p50/p99 s", 13),
@@ -676,7 +693,7 @@ def storm_main(args: argparse.Namespace, transports: list[str]) -> None:
                       f"device {result['gateway_tries']:.2f}; idle node {result['idle_cpu_ms_per_s']:.0f} ms CPU/s; "
                       f"load average {result['load'][0]:.1f} before, {result['load'][1]:.1f} after; "
                       f"errors: {kinds or 'none'}; failed {result['failed']} "
-                      f"{result['failures'][:2]}", flush=True)
+                      f"{result['failures'][:2]}\n  node code: {result['code']}", flush=True)
     notes = [f"machine: {os.cpu_count()} cores shared with other work; client processes run on the same cores.",
              f"node: {args.workers} workers, database {args.database_url or 'SQLite (default)'}"
              f"{', py-spy attached to every worker' if args.py_spy else ''}."]
