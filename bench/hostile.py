@@ -744,7 +744,8 @@ class SlowClient:
         self.started = time.monotonic()
         self.sent = 0
         if trickle:
-            self._send(b"GET /pnp/HELLO HTTP/1.1\r\nHost: gateway\r\n")
+            # A header line is begun at once: the first trickled byte must never end the header section.
+            self._send(b"GET /pnp/HELLO HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
 
     def _send(self, data: bytes) -> None:
         with contextlib.suppress(OSError):
