@@ -397,7 +397,7 @@ GATEWAY_PORTS = 5  # gateway ports per transport
 
 def node_code(worker: int) -> str:
     """Which checkout a node's worker runs (gunicorn's --chdir) at which commit, and whether it had local changes:
-    a node started from a shared working tree runs whatever that tree holds at the moment."""
+    a node started from a checkout runs whatever that checkout holds at the moment."""
     args = Path(f"/proc/{worker}/cmdline").read_bytes().decode(errors="replace").split("\0")
     checkout = args[args.index("--chdir") + 1] if "--chdir" in args[:-1] else str(ROOT)
     git = ["git", "-C", checkout]
