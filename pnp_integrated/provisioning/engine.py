@@ -412,64 +412,31 @@ def _note_device_correlator(job: ProvisioningJob | None, device_correlator: str)
 
 _DEVICES, _JOBS, _PROFILES = Device.__table__, ProvisioningJob.__table__, Profile.__table__
 _IDENTITY_LIMITS = (("pid", 255), ("udi", 512), ("hostname", 255), ("address", 64))
-# The fast path's statements are built once (their compiled forms are cached against them).
-_KNOWN_DEVICE = (
-    select(_DEVICES.c.id, _DEVICES.c.protocol, _DEVICES.c.pid, _DEVICES.c.udi, _DEVICES.c.hostname,
-           _DEVICES.c.address, _JOBS.c.id.label("job_id"), _JOBS.c.state, _JOBS.c.step, _JOBS.c.correlator,
-           _JOBS.c.pending_request, _JOBS.c.detail, _JOBS.c.failed_step, _JOBS.c.version,
-           _PROFILES.c.name.label("profile_name"), _PROFILES.c.credentials)
-    .select_from(_DEVICES.join(_JOBS, _JOBS.c.id == _DEVICES.c.current_job_id)
-                 .outerjoin(_PROFILES, _PROFILES.c.id == _JOBS.c.profile_id))
-    .where(_DEVICES.c.serial == bindparam("serial"))
-)
-_KNOWN_DEVICE_LOCKED = _KNOWN_DEVICE.with_for_update(of=_DEVICES)  # PostgreSQL: the device row first, as always
-_DEVICE_SEEN = update(_DEVICES).where(_DEVICES.c.id == bindparam("row_id"))  # SET: the parameters' columns
-_JOB_ASKED_AGAIN = (update(_JOBS).where(_JOBS.c.id == bindparam("row_id"), _JOBS.c.version == bindparam("seen_version"))
-                    .values(pending_request=bindparam("pending_request"), version=bindparam("version")))
 
 
 def _known_device_contact(identity: DeviceIdentity, device_correlator: str) -> Action | None:
-    """The contact of a device that has a job already (every request of a day 0 but the first), in SQL statements
-    without the ORM: one read of device, job and profile, one update of the device, one of the job when the device
-    named its question anew. ``None``: not such a device; the full path decides.
+    """The contact of a device that has a job already (every request of a day 0 but the first), without the ORM:
+    the one read a report makes too, then one update of the device and, when the device named its question anew,
+    one of the job. ``None``: not such a device; the full path decides.
 
     The same rules as the full path: the device row is locked first (PostgreSQL), and the job's write is a
     compare-and-set on its ``version``, so a concurrent writer makes this one replay.
     """
-    connection = db.session.connection()
-    locked = connection.dialect.name == "postgresql"
-    row = connection.execute(_KNOWN_DEVICE_LOCKED if locked else _KNOWN_DEVICE,
-                             {"serial": identity.serial}).one_or_none()
-    if row is None or not row.protocol:  # unseen, no job yet, or first contact after the API created it
+    device, job, profile = _locked_work(identity.serial)
+    if device is None or job is None or not device.protocol:  # unseen, no job, or first contact after the API
         return None
-    seen: dict[str, Any] = {"row_id": row.id, "last_seen": utcnow()}
-    if row.protocol != identity.protocol[:16]:
-        seen["protocol"] = identity.protocol[:16]
+    device.last_seen = utcnow()
+    if device.protocol != identity.protocol[:16]:
+        device.protocol = identity.protocol[:16]
     for attribute, limit in _IDENTITY_LIMITS:
         value = getattr(identity, attribute)[:limit]
-        if value and value != getattr(row, attribute):
-            seen[attribute] = value
-    connection.execute(_DEVICE_SEEN, seen)
-    request = _with_device_correlator(row.state, row.correlator, row.pending_request, device_correlator)
-    pending_request = row.pending_request or {}
+        if value and value != getattr(device, attribute):
+            setattr(device, attribute, value)
+    request = _with_device_correlator(job.state, job.correlator, job.pending_request, device_correlator)
     if request is not None:
-        written = connection.execute(_JOB_ASKED_AGAIN, {"row_id": row.job_id, "seen_version": row.version,
-                                                        "pending_request": request, "version": row.version + 1})
-        if written.rowcount != 1:
-            raise LostRace(f"job {row.job_id} changed meanwhile")
-        pending_request = request
-    return action_for(_job_columns(row, pending_request), _profile_columns(row))
-
-
-def _job_columns(row: Any, pending_request: dict[str, Any]) -> JobState:
-    return _Record({"id": row.job_id, "state": row.state, "step": row.step, "correlator": row.correlator,
-                    "pending_request": pending_request, "detail": row.detail, "failed_step": row.failed_step})
-
-
-def _profile_columns(row: Any) -> ProfileSecrets | None:
-    if row.profile_name is None:
-        return None
-    return _Record({"name": row.profile_name, "credentials": row.credentials})
+        job.pending_request = request
+    _write_back(device, job)
+    return action_for(job, profile)
 
 
 def _answers_pending(job: ProvisioningJob, correlator: str) -> bool:
@@ -538,7 +505,7 @@ def _contact_action(identity: DeviceIdentity) -> Action:
         db.session.add(device)
     device.last_seen = now
     device.protocol = identity.protocol[:16]
-    for attribute, limit in (("pid", 255), ("udi", 512), ("hostname", 255), ("address", 64)):
+    for attribute, limit in _IDENTITY_LIMITS:
         value = getattr(identity, attribute)
         if value:
             setattr(device, attribute, value[:limit])
@@ -639,11 +606,11 @@ def _record(row: Any, table: Any, prefix: str) -> _Record | None:
     return None if values["id"] is None else _Record(values)
 
 
-def _locked_work(serial: str) -> tuple[Any, Any, Any]:
+def _locked_work(serial: str, lock: bool = True) -> tuple[Any, Any, Any]:
     """The device, its current job and the job's profile (with its image) in one plain read, the device row locked
-    (PostgreSQL); as records whose changes :func:`_write_back` writes."""
+    (PostgreSQL) unless ``lock`` is false; as records whose changes :func:`_write_back` writes."""
     connection = db.session.connection()
-    row = connection.execute(_WORK_LOCKED if connection.dialect.name == "postgresql" else _WORK,
+    row = connection.execute(_WORK_LOCKED if lock and connection.dialect.name == "postgresql" else _WORK,
                              {"serial": serial}).one_or_none()
     if row is None:
         return None, None, None
@@ -694,11 +661,10 @@ def pending(serial: str) -> Action | None:
     """The device's current action, without changing anything; None for a device never seen."""
     _check_serial(serial)
     try:
-        row = db.session.connection().execute(_KNOWN_DEVICE, {"serial": serial}).one_or_none()
-        if row is not None:  # the usual case: a device with a job, in one read
-            return action_for(_job_columns(row, row.pending_request or {}), _profile_columns(row))
-        known = db.session.scalar(select(Device.id).where(Device.serial == serial)) is not None
-        return _unclaimed_action() if known else None
+        device, job, profile = _locked_work(serial, lock=False)
+        if device is None:
+            return None
+        return _unclaimed_action() if job is None else action_for(job, profile)
     finally:
         db.session.commit()
 
