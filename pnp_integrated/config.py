@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MODES = ("integrated", "standalone")
 HA_MODES = ("none", "vip", "different-ip")
+GATEWAY_HA_MODES = ("none", "pair")
+GATEWAY_ROLES = ("primary", "secondary")
+FAILBACK_MODES = ("manual", "auto")
+VIP_MOVERS = ("keepalived", "builtin")
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 LOG_FORMATS = ("text", "json")
 
@@ -28,7 +33,8 @@ LOG_FORMATS = ("text", "json")
 DIFFERENT_IP_REFUSAL = (
     "Prime HA with different primary and secondary addresses is not supported by the integrated PnP gateway "
     "(Prime documents this limitation): devices would lose the gateway address on failover. Either configure "
-    "Prime HA with a virtual IP (PNP_HA_MODE=vip, PNP_VIP=<the virtual IP>) or deploy a standalone PnP gateway."
+    "Prime HA with a virtual IP (PNP_HA_MODE=vip, PNP_VIP=<the virtual IP>) or deploy a standalone PnP gateway "
+    "(PNP_MODE=standalone with PNP_PRIME_ADDRESS and PNP_PRIME_SECONDARY_ADDRESS; `pnpp setup advance` sets it up)."
 )
 
 
@@ -45,6 +51,9 @@ class Settings:
     """Every knob of the gateway. Field names are the TOML keys; ``PNP_<NAME>`` are the environment variables."""
 
     data_dir: Path = Path("var")
+    # integrated: co-located on a Prime node, following Prime's HA; standalone: a gateway host of its own (or a
+    # gateway HA pair) talking to Prime over the network.
+    mode: str = "integrated"
     vip: str = "127.0.0.1"
     node_address: str = ""  # this node's own address; defaults to the VIP
     node_name: str = field(default_factory=socket.gethostname)
@@ -55,7 +64,20 @@ class Settings:
     bus_port: int = 61613
     health_port: int = 8082
     database_url: str = ""  # SQLite file in the data dir when empty
-    ha_mode: str = "none"
+    ha_mode: str = "none"  # Prime's HA: none, vip, different-ip (standalone only)
+    # Standalone: Prime's address (its VIP with ha_mode=vip, its primary with different-ip), and its secondary's.
+    prime_address: str = ""
+    prime_secondary_address: str = ""
+    # Standalone: a gateway HA pair of its own (two gateways, one shared PostgreSQL, the gateway VIP in ``vip``).
+    gateway_ha: str = "none"
+    gateway_peer: str = ""  # the other gateway's own address
+    gateway_role: str = "primary"
+    gateway_failback: str = "manual"  # Prime's recommendation; auto: after gateway_hold_down s of a healthy primary
+    gateway_hold_down: float = 300.0
+    gateway_vip_mover: str = "keepalived"  # or builtin (labs): the pair's own health watch moves the VIP
+    gateway_vip_interface: str = ""
+    gateway_vip_prefix: int = 24
+    virtual_host_name: str = ""  # the name the gateway VIP is known by (certificates, bootstrap lines)
     tls_min_version: str = "1.2"
     tls_cert_file: str = ""  # operator-supplied server certificate (PEM); generated when empty
     tls_key_file: str = ""
@@ -137,6 +159,25 @@ class Settings:
     @property
     def gateway_tls_ports(self) -> list[int]:
         return [p for p in self.gateway_ports if self.gateway_port_is_tls(p)]
+
+    @property
+    def standalone(self) -> bool:
+        return self.mode == "standalone"
+
+    @property
+    def gateway_in_pair(self) -> bool:
+        """Whether this gateway has an HA peer: it serves devices only once it holds the VIP and the lease.
+
+        Integrated, the pair is Prime's (``ha_mode``); standalone, it is the gateways' own (``gateway_ha``).
+        """
+        return self.gateway_ha == "pair" if self.standalone else self.ha_mode != "none"
+
+    @property
+    def prime_addresses(self) -> list[str]:
+        """Prime's broker and health monitor addresses, primary first: the co-located node's VIP when integrated."""
+        if not self.standalone:
+            return [self.vip]
+        return [a for a in (self.prime_address, self.prime_secondary_address) if a]
 
     @property
     def node_addr(self) -> str:
@@ -227,9 +268,13 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
 
 
 def load_settings(
-    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None, *, gateway: bool = True
 ) -> Settings:
-    """Build and validate the settings. Raises :class:`ConfigError` listing every problem."""
+    """Build and validate the settings. Raises :class:`ConfigError` listing every problem.
+
+    ``gateway=False`` (the simulated Prime's processes) leaves out the rules that only a gateway's deployment
+    obeys: a Prime pair with different addresses is Prime's own business.
+    """
     env = os.environ if environ is None else environ
     problems: list[str] = []
     values: dict[str, Any] = {}
@@ -260,13 +305,13 @@ def load_settings(
         origins[key] = key
 
     settings = Settings(**values)
-    problems.extend(validate(settings, lambda n: origins.get(n, _env_name(n))))
+    problems.extend(validate(settings, lambda n: origins.get(n, _env_name(n)), gateway=gateway))
     if problems:
         raise ConfigError(problems)
     return settings
 
 
-def validate(s: Settings, origin: Any = _env_name) -> list[str]:
+def validate(s: Settings, origin: Any = _env_name, *, gateway: bool = True) -> list[str]:
     """Every rule a setting must satisfy; returns readable problems (empty when all is well)."""
     problems: list[str] = []
 
@@ -303,8 +348,10 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
 
     if s.ha_mode not in HA_MODES:
         bad("ha_mode", f"{s.ha_mode!r} is not one of: {', '.join(HA_MODES)}")
-    elif s.ha_mode == "different-ip":
+    elif s.ha_mode == "different-ip" and gateway and s.mode == "integrated":
         bad("ha_mode", DIFFERENT_IP_REFUSAL)
+    if gateway:
+        problems.extend(_mode_problems(s, origin))
 
     version = s.tls_min_version.lower().removeprefix("tlsv").removeprefix("tls")
     if version.startswith(("ssl", "sslv")) or version in ("2", "3", "2.0", "3.0"):
@@ -364,6 +411,75 @@ def validate(s: Settings, origin: Any = _env_name) -> list[str]:
     existing = next((d for d in (s.data_dir, *s.data_dir.parents) if d.exists()), None)
     if existing is not None and not existing.is_dir():
         bad("data_dir", f"{existing} exists and is not a directory")
+    return problems
+
+
+def _address_problem(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address"
+    return ""
+
+
+def _mode_problems(s: Settings, origin: Any) -> list[str]:
+    """The rules of the deployment mode: where Prime is, and the gateway pair (standalone only)."""
+    problems: list[str] = []
+
+    def bad(name: str, text: str) -> None:
+        problems.append(f"{origin(name)}: {text}")
+
+    for name, choices in (("mode", MODES), ("gateway_ha", GATEWAY_HA_MODES), ("gateway_role", GATEWAY_ROLES),
+                          ("gateway_failback", FAILBACK_MODES), ("gateway_vip_mover", VIP_MOVERS)):
+        if getattr(s, name) not in choices:
+            bad(name, f"{getattr(s, name)!r} is not one of: {', '.join(choices)}")
+    if not s.standalone:
+        for name in ("prime_address", "prime_secondary_address", "gateway_peer"):
+            if getattr(s, name):
+                bad(name, "is a setting of a standalone gateway; the integrated gateway's Prime is this node "
+                    "(set PNP_MODE=standalone, or unset it)")
+        if s.gateway_ha == "pair":
+            bad("gateway_ha", "the integrated gateway follows Prime's HA (PNP_HA_MODE=vip); a gateway pair of its "
+                "own is for a standalone gateway (PNP_MODE=standalone)")
+        return problems
+    if not s.prime_address:
+        bad("prime_address", "a standalone gateway needs Prime's address (Prime's virtual IP with PNP_HA_MODE=vip, "
+            "its primary server with different-ip)")
+    for name in ("prime_address", "prime_secondary_address", "gateway_peer"):
+        value = getattr(s, name)
+        if value and _address_problem(value):
+            bad(name, _address_problem(value))
+    if s.ha_mode == "different-ip":
+        if not s.prime_secondary_address:
+            bad("prime_secondary_address", "Prime HA with different addresses: give the secondary server's address "
+                "(PNP_PRIME_ADDRESS is the primary's)")
+        elif s.prime_secondary_address == s.prime_address:
+            bad("prime_secondary_address", "is the primary's address too; with one address use PNP_HA_MODE=vip")
+    elif s.prime_secondary_address:
+        bad("prime_secondary_address", f"only Prime HA with different addresses has a secondary address "
+            f"(PNP_HA_MODE is {s.ha_mode}); set PNP_HA_MODE=different-ip or unset it")
+    if s.gateway_ha == "pair":
+        if not s.gateway_peer:
+            bad("gateway_peer", "a gateway HA pair needs the other gateway's own address")
+        if not s.node_address:
+            bad("node_address", "a gateway of an HA pair needs its own address (PNP_VIP is the pair's VIP)")
+        elif s.gateway_peer and s.gateway_peer == s.node_address:
+            bad("gateway_peer", "is this gateway's own address; give the other gateway's")
+        if s.node_address and s.vip == s.node_address:
+            bad("vip", "the gateway pair's VIP must differ from either gateway's own address")
+        if not _address_problem(s.vip) and ipaddress.ip_address(s.vip).is_loopback:
+            bad("vip", f"{s.vip} is a loopback address; the gateway pair's VIP must be able to move between hosts")
+        if s.gateway_vip_mover == "builtin" and not s.gateway_vip_interface:
+            bad("gateway_vip_interface", "the built-in VIP mover needs the interface the VIP goes on (e.g. eth0)")
+        if not 1 <= s.gateway_vip_prefix <= 128:
+            bad("gateway_vip_prefix", "must be a prefix length (1-128)")
+        if not s.database_url.startswith("postgresql"):
+            bad("database_url", "the two gateways of a pair share one PostgreSQL database: set "
+                "PNP_DATABASE_URL=postgresql+psycopg://...")
+        if not math.isfinite(s.gateway_hold_down) or s.gateway_hold_down < 0:
+            bad("gateway_hold_down", "must be a number of seconds, 0 or more")
+    elif s.gateway_peer:
+        bad("gateway_peer", "only a gateway HA pair has a peer; set PNP_GATEWAY_HA=pair or unset it")
     return problems
 
 

@@ -54,7 +54,7 @@ class NodeRole:
 
     def evaluate(self, now: dt.datetime) -> str:
         """Recompute ACTIVE/PASSIVE from the cached facts; count transitions."""
-        if self.settings.ha_mode == "none":
+        if not self.settings.gateway_in_pair:
             new = "ACTIVE"
         else:
             lease_ok = self.node_leads and self.lease_expires is not None and self.lease_expires > now
@@ -69,7 +69,7 @@ class NodeRole:
     @property
     def reason(self) -> str:
         if self.state == "ACTIVE":
-            return f"VIP {self.settings.vip} here" + (", lease held" if self.settings.ha_mode != "none" else "")
+            return f"VIP {self.settings.vip} here" + (", lease held" if self.settings.gateway_in_pair else "")
         if not self.vip_ok:
             return f"VIP {self.settings.vip} is not on this node"
         return f"leader lease held by {self.lease_node or 'nobody'}"

@@ -4,10 +4,11 @@ Every worker runs a :class:`LeaderLoop`. Each round it tries to take or renew th
 :class:`~.bridge.PrimeBridge` and keeps it running while the lease is renewed, and stops it as soon as a renewal
 fails. A worker that exits releases the lease so another one takes over at its next round instead of at expiry.
 
-In HA (``ha_mode = vip``) the lease is only taken or renewed while the VIP condition holds (the worker's
-:class:`~pnp_integrated.ha.VipFollower` keeps ``NodeRole.vip_ok`` and wakes the loop on change); when the VIP leaves,
-the lease is released at once. Every round also reads the lease row, so workers that do not hold it know whether
-their node leads, and carries out the node's role changes (see :mod:`pnp_integrated.ha`).
+In HA (a gateway pair: ``ha_mode = vip`` integrated, ``gateway_ha = pair`` standalone) the lease is only taken or
+renewed while the VIP condition holds (the worker's :class:`~pnp_integrated.ha.VipFollower` keeps
+``NodeRole.vip_ok`` and wakes the loop on change); when the VIP leaves, the lease is released at once. Every round
+also reads the lease row, so workers that do not hold it know whether their node leads, and carries out the node's
+role changes (see :mod:`pnp_integrated.ha`).
 
 A transaction of the leader's worker that wrote outbox events wakes the bridge as it commits, so those events leave
 at once; the bridge finds the events of the other workers at its next poll.
@@ -48,7 +49,7 @@ class LeaderLoop:
                  bridge_options: Any = None) -> None:
         self.app = app
         settings = gateway_state(app).settings
-        in_ha = settings.ha_mode != "none"
+        in_ha = settings.gateway_in_pair
         self.ttl = ttl if ttl is not None else (HA_TTL if in_ha else 15.0)
         self.renew_every = renew_every if renew_every is not None else (HA_RENEW_EVERY if in_ha else 5.0)
         self.stale_after = HA_STALE_AFTER if in_ha else None
@@ -139,7 +140,7 @@ class LeaderLoop:
             log.warning("%s lost the leader lease: stopping the Prime bridge", self.holder)
             self.term = None
             self._stop_bridge()
-        if role is not None and role.settings.ha_mode != "none":
+        if role is not None and role.settings.gateway_in_pair:
             self._observe_lease(role, term)
             self._act_on(role)
         if term is not None and time.monotonic() - self._purged_at > retention.PURGE_EVERY:

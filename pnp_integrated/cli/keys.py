@@ -29,4 +29,4 @@ def rotate_command() -> None:
     click.echo(f"profile credentials sealed with new key {key_id}: {count} profile(s)"
                + (f", {plain} of them stored in the clear until now" if plain else "")
                + f"; keys in {keys_path(settings)}" + (" (copy it to the other node of the pair)"
-                                                        if settings.ha_mode != "none" else ""))
+                                                        if settings.gateway_in_pair else ""))

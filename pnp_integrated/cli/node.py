@@ -125,7 +125,7 @@ def _upgrade(settings: Settings, revision: str, quiet: bool = False) -> None:
     with app.app_context(), migration_lock():
         before, head = schema_revisions()
         target = head if revision == "head" else revision
-        if settings.ha_mode != "none" and before is not None and before != target:
+        if settings.gateway_in_pair and before is not None and before != target:
             _refuse_unless_leader(settings)
         upgrade(revision=revision)
         after, _ = schema_revisions()

@@ -48,7 +48,7 @@ def prime_reports_active(settings: Settings, timeout: float = 2.0) -> bool:
 
 def vip_condition(settings: Settings) -> bool:
     """The VIP half of ACTIVE for this node, measured now."""
-    if settings.ha_mode == "none":
+    if not settings.gateway_in_pair:
         return True
     if vip_can_move(settings.vip):
         return vip_is_local(settings.vip)
@@ -61,7 +61,7 @@ def initial_role(settings: Settings, measure: bool = True) -> NodeRole:
     Without HA the node is ACTIVE from the start; with HA it is PASSIVE until it has proved both conditions.
     ``measure=False`` leaves the VIP condition unmeasured (False) for the follower to establish.
     """
-    ha = settings.ha_mode != "none"
+    ha = settings.gateway_in_pair
     return NodeRole(settings=settings, vip_ok=vip_condition(settings) if measure or not ha else False,
                     state="PASSIVE" if ha else "ACTIVE")
 
@@ -84,7 +84,7 @@ def start_follower(app: Flask, wake: Callable[[], None]) -> VipFollower | None:
     """
     role = node_role(app)
     settings = role.settings
-    if settings.ha_mode == "none":
+    if not settings.gateway_in_pair:
         return None
     from ..models import utcnow
 

@@ -31,7 +31,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def _settings() -> Settings:
     try:
-        return load_settings()
+        return load_settings(gateway=False)
     except ConfigError as exc:
         _fail(str(exc), 2)
 
