@@ -168,13 +168,22 @@ def _record_state_event(app: Flask, role: NodeRole) -> int:
 
 # ---- status -------------------------------------------------------------------------------------------------------
 def ha_status_rows(role: NodeRole) -> list[dict[str, str]]:
-    """The two HA rows of the status table: this gateway's role, and the co-located Prime's HA status."""
+    """The two HA rows of the status table: this gateway's role, and Prime's HA status."""
+    return [gateway_ha_row(role), prime_ha_row(role.settings)]
+
+
+def gateway_ha_row(role: NodeRole) -> dict[str, str]:
+    """The "PnP Gateway HA state" row: this gateway's role and why."""
     from ..models import utcnow
 
     settings = role.settings
     state = role.evaluate(utcnow())
-    gateway = {"service": "PnP Gateway HA state", "mode": settings.ha_mode, "status": state,
-               "info": f"{role.reason}; transitions: {role.transitions}"}
+    return {"service": "PnP Gateway HA state", "mode": settings.ha_mode, "status": state,
+            "info": f"{role.reason}; transitions: {role.transitions}"}
+
+
+def prime_ha_row(settings: Settings) -> dict[str, str]:
+    """The "Prime Infrastructure HA status" row, from the co-located Prime's health monitor."""
     health = prime_health(settings, timeout=1.0)
     if health is None:
         prime = {"status": "DOWN", "info": f"Prime health monitor not reachable on port {settings.health_port}"}
@@ -188,5 +197,5 @@ def ha_status_rows(role: NodeRole) -> list[dict[str, str]]:
         prime = {"status": "UP",
                  "info": f"{health.get('node', '?')} {health.get('role', '?')} {health.get('state', '?')}{peer}"
                          f"{where}"}
-    return [gateway, {"service": "Prime Infrastructure HA status", "mode": str(health.get("ha_mode", ""))
-                      if health else settings.ha_mode, **prime}]
+    return {"service": "Prime Infrastructure HA status", "mode": str(health.get("ha_mode", ""))
+            if health else settings.ha_mode, **prime}
