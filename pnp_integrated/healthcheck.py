@@ -1,7 +1,8 @@
 """The one reader of a Prime health monitor (``https://<host>:8082/health``), for the gateway and the simulated Prime.
 
-The answer says who a Prime node is in its HA pair; it carries no secret, and a node's certificate is its own CA's,
-so the certificate is not verified here (trust for the broker is pinned separately, by ``pnpp prime trust``).
+The answer says who a Prime node is in its HA pair; it carries no secret. A co-located Prime's certificate is its
+own CA's and is not verified; a standalone gateway asks Prime over the network and verifies the answer against the
+certificates ``pnpp prime trust`` stored (``ca_file``), as it does for the broker.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import urllib.request
 from typing import Any
 
 
-def _context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+def _context(ca_file: str = "") -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    ctx.check_hostname = False  # pinned certificates; Prime is reached by address
+    if not ca_file:
+        ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
@@ -25,13 +27,14 @@ def health_url(host: str, port: int, path: str = "/health") -> str:
     return f"https://{target}:{port}{path}"
 
 
-def ask_health(host: str, port: int, path: str = "/health", method: str = "GET", timeout: float = 2.0) \
-        -> dict[str, Any] | None:
-    """The JSON object a health monitor answers (whatever its status code); ``None`` when unreachable or not JSON."""
+def ask_health(host: str, port: int, path: str = "/health", method: str = "GET", timeout: float = 2.0,
+               ca_file: str = "") -> dict[str, Any] | None:
+    """The JSON object a health monitor answers (whatever its status code); ``None`` when unreachable, not JSON, or
+    (with ``ca_file``) presenting a certificate not among those trusted."""
     request = urllib.request.Request(health_url(host, port, path), method=method,
                                      data=b"" if method == "POST" else None)
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=_context()) as resp:
+        with urllib.request.urlopen(request, timeout=timeout, context=_context(ca_file)) as resp:
             data = json.load(resp)
     except urllib.error.HTTPError as exc:
         try:

@@ -157,7 +157,7 @@ def build_status(settings: Settings) -> dict[str, Any]:
     rows = [
         _row("System", "", True, f"pnp-integrated {__version__} on {settings.node_name}, pid {os.getppid()}"),
         *disk_status_rows(current_app),
-        broker["Event Messaging Bus"],
+        *([broker["Event Messaging Bus"]] if "Event Messaging Bus" in broker else []),
         *port_rows["CNS Gateway Dispatcher"],
         *port_rows["CNS Gateway"],
         *port_rows["HTTPD"],

@@ -195,3 +195,39 @@ TRUST_FILE = "prime-trust.pem"
 def trust_path(settings: Settings) -> Path:
     """Where ``pnpp prime trust`` keeps the certificates Prime's endpoints presented (the bridge trusts them)."""
     return settings.certs_dir / TRUST_FILE
+
+
+TRUST_INDEX = "prime-trust.json"
+
+
+def trusted_prime_hosts(settings: Settings) -> dict[str, list[str]]:
+    """Prime host -> the PEM certificates its endpoints presented to ``pnpp prime trust`` (empty when none)."""
+    import json
+
+    try:
+        data = json.loads((settings.certs_dir / TRUST_INDEX).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(host): [str(p) for p in pems] for host, pems in data.items() if isinstance(pems, list)}
+
+
+def store_prime_trust(settings: Settings, host: str, pems: list[str]) -> Path:
+    """Record what ``host`` presented, replacing what it presented before, and rewrite the bundle the bridge and
+    the health checks verify against: every trusted Prime host's certificates (a Prime pair with two addresses has
+    two servers, each with its own certificate)."""
+    import json
+
+    from .credentials import write_secret
+
+    hosts = trusted_prime_hosts(settings)
+    hosts[host] = pems
+    settings.certs_dir.mkdir(parents=True, exist_ok=True)
+    write_secret(settings.certs_dir / TRUST_INDEX, json.dumps(hosts, indent=2))
+    bundle: list[str] = []
+    for host_pems in hosts.values():
+        bundle.extend(p for p in host_pems if p not in bundle)
+    path = trust_path(settings)
+    path.write_text("\n".join(bundle) + "\n")
+    return path

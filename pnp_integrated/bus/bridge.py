@@ -41,6 +41,7 @@ from .. import outbox
 from ..context import gateway_state
 from ..credentials import CredentialsMissing, gateway_credentials
 from ..destinations import COMMANDS_QUEUE, EVENTS_QUEUE
+from ..healthcheck import ask_health
 from ..tls import trust_path
 from .commands import apply_command
 from .state import BridgeState, write_state
@@ -60,22 +61,35 @@ class BridgeDown(Exception):
 
 @dataclass(frozen=True)
 class BridgeTarget:
-    """Where Prime's broker is and what to trust."""
+    """Where Prime's broker is and what to trust; ``role`` is primary or secondary for a Prime pair with two
+    addresses ("" for one address, which may be Prime's VIP)."""
 
     host: str
     port: int
     ca_file: Path
+    role: str = ""
 
     @property
     def peer(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def default_targets(app: Flask) -> list[BridgeTarget]:
+    """Prime's broker: the co-located node's VIP (integrated), or Prime's address, or its primary and secondary
+    (standalone, Prime HA with different addresses); trust what ``pnpp prime trust`` stored, else the node's own CA."""
+    state = gateway_state(app)
+    settings = state.settings
+    trusted = trust_path(settings)
+    ca = trusted if trusted.exists() else state.certs.ca
+    addresses = settings.prime_addresses
+    roles = ("primary", "secondary") if len(addresses) > 1 else ("",)
+    return [BridgeTarget(host, settings.broker_port, ca, role) for host, role in zip(addresses, roles, strict=False)]
 
 
 def default_target(app: Flask) -> BridgeTarget:
-    """Prime's broker on the VIP; trust what ``pnpp prime trust`` stored, else the node's own CA."""
-    state = gateway_state(app)
-    trusted = trust_path(state.settings)
-    return BridgeTarget(state.settings.vip, state.settings.broker_port, trusted if trusted.exists() else state.certs.ca)
+    """The first of :func:`default_targets` (Prime's primary)."""
+    return default_targets(app)[0]
 
 
 class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
@@ -115,12 +129,15 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
 class PrimeBridge:
     """Keeps one STOMP connection to Prime and moves events out and commands in; :meth:`run` until :meth:`stop`."""
 
-    def __init__(self, app: Flask, target: BridgeTarget | None = None, *, holder: str = "",
+    def __init__(self, app: Flask, target: BridgeTarget | list[BridgeTarget] | None = None, *, holder: str = "",
                  is_leader: Callable[[], bool] = lambda: True, batch_size: int = 100,
                  receipt_timeout: float = 10.0, connect_timeout: float = 10.0, poll_interval: float = 0.5,
-                 max_backoff: float = 30.0, heartbeats: tuple[int, int] = (10000, 10000), term: int = 0) -> None:
+                 max_backoff: float = 30.0, heartbeats: tuple[int, int] = (10000, 10000), term: int = 0,
+                 health_interval: float = 5.0) -> None:
         self.app = app
-        self.target = target or default_target(app)
+        self.targets = [target] if isinstance(target, BridgeTarget) else list(target or default_targets(app))
+        self.target = self.targets[0]  # the broker connected to, or tried next
+        self.health_interval = health_interval
         self.holder = holder
         self.is_leader = is_leader
         self.batch_size = batch_size
@@ -184,10 +201,13 @@ class PrimeBridge:
     # ---- one connection -----------------------------------------------------------------------------------------
     def _session(self) -> None:
         self._was_up = False
+        self.target = self._choose_target()
         self._connect()
         self._was_up = True
         self._publish(True, "")
-        log.info("connected to Prime broker %s (TLS)", self.target.peer)
+        log.info("connected to Prime broker %s (TLS%s)", self.target.peer,
+                 f", Prime's {self.target.role}" if self.target.role else "")
+        checked = time.monotonic()
         while not self._stopping.is_set():
             # Cleared before looking at anything: what happens from now on (a commit, a loss) ends the wait at once.
             self._wake.clear()
@@ -195,10 +215,42 @@ class PrimeBridge:
                 raise BridgeDown(self._error or "connection lost")
             if not self.is_leader():
                 raise BridgeDown("this worker no longer holds the leader lease")
+            if len(self.targets) > 1 and time.monotonic() - checked >= self.health_interval:
+                checked = time.monotonic()
+                self._check_still_active()
             worked = self._apply_commands()
             worked = self._send_events() or worked  # after a batch, look again: more may have come meanwhile
             if not worked:
                 self._wake.wait(self.poll_interval)
+
+    # ---- which Prime -------------------------------------------------------------------------------------------
+    def _state_of(self, target: BridgeTarget) -> str:
+        """What ``target``'s health monitor says (active, standby), "" when it does not answer."""
+        settings = gateway_state(self.app).settings
+        health = ask_health(target.host, settings.health_port, timeout=2.0, ca_file=str(target.ca_file))
+        return str(health.get("state", "")) if health else ""
+
+    def _choose_target(self) -> BridgeTarget:
+        """The Prime server to connect to: the one whose health monitor says it is active, primary first; when none
+        says so, the next one after the one tried last (a failed primary must not be retried for ever)."""
+        if len(self.targets) == 1:
+            return self.targets[0]
+        for target in self.targets:
+            if self._state_of(target) == "active":
+                return target
+        if self._was_up:
+            return self.target
+        following = (self.targets.index(self.target) + 1) % len(self.targets)
+        return self.targets[following]
+
+    def _check_still_active(self) -> None:
+        """Leave a Prime server that stepped down (failback, a healed partition) for the one now active."""
+        if self._state_of(self.target) != "standby":
+            return  # active, or not answering its health port while its broker still works: stay
+        for other in self.targets:
+            if other is not self.target and self._state_of(other) == "active":
+                raise BridgeDown(f"Prime's {self.target.role or 'server'} {self.target.host} is standby; "
+                                 f"{other.role or 'server'} {other.host} is active")
 
     def _connect(self) -> None:
         settings = gateway_state(self.app).settings
@@ -393,6 +445,7 @@ class PrimeBridge:
         settings = gateway_state(self.app).settings
         try:
             write_state(settings, BridgeState(connected, self.target.peer, self.holder, os.getpid(),
-                                              1 if connected else 0, detail, time.time(), self.term))
+                                              1 if connected else 0, detail, time.time(), self.term,
+                                              self.target.role, self.target.host))
         except OSError as exc:
             log.warning("cannot record the bridge state: %s", exc)

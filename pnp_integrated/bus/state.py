@@ -29,6 +29,8 @@ class BridgeState:
     detail: str = ""
     since: float = 0.0
     term: int = 0  # the leader lease's term of the bridge that wrote it
+    prime_role: str = ""  # primary / secondary of a Prime pair with two addresses ("" for one address)
+    prime_host: str = ""
 
 
 def state_path(settings: Settings) -> Path:
@@ -78,22 +80,26 @@ def _alive(pid: int) -> bool:
 
 
 def status_rows(settings: Settings, listening: dict[int, list[int]]) -> list[dict[str, str]]:
-    """The two broker rows of the status table, as Prime shows them.
+    """The broker rows of the status table, as Prime shows them (a standalone gateway has no local bus).
 
     ``listening`` maps ports to the pids listening on them (the status module measures it once for every row).
     """
     state = read_state(settings)
-    peer = f"{settings.vip}:{settings.broker_port}"
+    peer = " or ".join(f"{host}:{settings.broker_port}" for host in settings.prime_addresses)
     if state is not None and state.connected:
-        prime = {"status": "UP", "info": f"Connection: {state.connections}; Connection Detail: {state.peer}"}
+        role = f" (Prime's {state.prime_role})" if state.prime_role else ""
+        prime = {"status": "UP", "info": f"Connection: {state.connections}; Connection Detail: {state.peer}{role}"}
     else:
         why = state.detail if state is not None and state.detail else "no bridge running on this node"
         prime = {"status": "DOWN", "info": f"Connection: 0; Connection Detail: {peer} not connected ({why})"}
+    broker_row = {"service": "Prime Infrastructure Broker", "mode": "SSL", **prime}
+    if settings.standalone:
+        return [broker_row]  # no co-located Prime, so no local Event Messaging Bus: events go to Prime's broker
     bus_pids = listening.get(settings.bus_port, [])
     bus_info = f"port: {settings.bus_port}; " + ("pids: " + ",".join(map(str, bus_pids)) if bus_pids
                                                  else "not listening")
     return [
-        {"service": "Prime Infrastructure Broker", "mode": "SSL", **prime},
+        broker_row,
         {"service": "Event Messaging Bus", "mode": "PLAIN TEXT", "status": "UP" if bus_pids else "DOWN",
          "info": bus_info},
     ]

@@ -23,12 +23,17 @@ NODE_UMASK = 0o077  # files 0600, directories 0700
 # ---- run ----------------------------------------------------------------------------------------------------------
 @click.command()
 @click.option("--workers", type=int, default=None, help="gevent workers (default: PNP_WORKERS, 2)")
-@click.option("--broker", type=click.Choice(["embedded", "activemq"]), default="embedded",
-              help="the simulated Prime's broker: embedded (default) or Debian's ActiveMQ 5.17")
+@click.option("--broker", type=click.Choice(["embedded", "activemq"]), default=None,
+              help="the co-located simulated Prime's broker: embedded (default) or Debian's ActiveMQ 5.17 (integrated "
+                   "mode only)")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
               help="one line per event as text or JSON (default: PNP_LOG_FORMAT, text)")
-def run(workers: int | None, broker: str, log_format: str | None) -> None:
-    """Start the whole single node in the foreground (migrations applied first)."""
+def run(workers: int | None, broker: str | None, log_format: str | None) -> None:
+    """Start the whole single node in the foreground (migrations applied first).
+
+    Integrated, the simulated Prime starts first, as on a Prime node; standalone, Prime is elsewhere and the
+    gateway starts only once it trusts every Prime server it may talk to and has its login.
+    """
     # Everything the node and its children create (database, Prime's stores, certificates, secrets) is its own only.
     os.umask(NODE_UMASK)
     if workers is not None:
@@ -36,6 +41,13 @@ def run(workers: int | None, broker: str, log_format: str | None) -> None:
     if log_format is not None:
         os.environ["PNP_LOG_FORMAT"] = log_format
     settings = settings_or_exit()
+    if settings.standalone:
+        if broker is not None:
+            fail(f"--broker {broker}: a standalone gateway runs no Prime of its own (Prime is at "
+                 f"{' and '.join(settings.prime_addresses)}); leave --broker out", 2)
+        problems = standalone_start_problems(settings)
+        if problems:
+            fail("a standalone gateway cannot start yet:\n" + "\n".join(f"  - {p}" for p in problems), 2)
     try:
         _upgrade(settings, "head", quiet=True)
     except Exception as exc:  # an unreachable database: the operator needs the message, not a traceback
@@ -47,7 +59,8 @@ def run(workers: int | None, broker: str, log_format: str | None) -> None:
     )
     from ..prime.commands import start_prime_child, stop_prime_child
 
-    prime_child = start_prime_child(settings, broker)  # Prime (broker, health) first, as on a Prime node
+    # Prime (broker, health) first, as on a Prime node; a standalone gateway's Prime is elsewhere.
+    prime_child = None if settings.standalone else start_prime_child(settings, broker or "embedded")
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--chdir", str(PROJECT_ROOT), "wsgi:app"]
     child = subprocess.Popen(cmd, preexec_fn=die_with_parent)  # gunicorn stops when pnpp run is killed
 
@@ -59,8 +72,31 @@ def run(workers: int | None, broker: str, log_format: str | None) -> None:
     try:
         code = child.wait()
     finally:
-        stop_prime_child(prime_child)
+        if prime_child is not None:
+            stop_prime_child(prime_child)
     sys.exit(code)
+
+
+def standalone_start_problems(settings: Settings) -> list[str]:
+    """What a standalone gateway lacks to talk to Prime: each Prime server's certificates, and its broker login."""
+    from ..credentials import CredentialsMissing, gateway_credentials
+    from ..tls import trusted_prime_hosts
+
+    problems = []
+    trusted = trusted_prime_hosts(settings)
+    named = (("PNP_PRIME_ADDRESS", "primary" if settings.ha_mode == "different-ip" else ""),
+             ("PNP_PRIME_SECONDARY_ADDRESS", "secondary"))
+    for host, (variable, role) in zip(settings.prime_addresses, named, strict=False):
+        if host not in trusted:
+            who = f"Prime's {role} {host}" if role else f"Prime {host}"
+            problems.append(f"{who} ({variable}) is not trusted yet: run `pnpp prime trust --from "
+                            f"{host}:{settings.broker_port}` to fetch and store the certificates of its broker "
+                            f"({settings.broker_port}) and health monitor ({settings.health_port})")
+    try:
+        gateway_credentials(settings)
+    except CredentialsMissing as exc:
+        problems.append(f"the gateway has no login on Prime's broker: {exc}")
+    return problems
 
 
 # ---- status -------------------------------------------------------------------------------------------------------

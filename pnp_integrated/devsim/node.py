@@ -201,3 +201,98 @@ def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> bo
             return True
     except OSError:
         return False
+
+
+@dataclass
+class RunningPrime:
+    """A simulated Prime server (``pnpp prime serve``) on one address of this host, as a standalone gateway sees it:
+    another machine, with its broker and health monitor on that address."""
+
+    address: str
+    settings: dict[str, Any]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    _log: Any = field(default=None, repr=False)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.settings["data_dir"])
+
+    def health(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        from ..healthcheck import ask_health
+
+        return ask_health(self.address, int(self.settings["health_port"]), timeout=timeout)
+
+    def event_ids(self) -> list[str]:
+        """Ids of the gateway events this Prime server received, in arrival order (repeats counted once)."""
+        from ..prime.sink import EventStore
+
+        path = self.data_dir / "prime" / "events.sqlite3"
+        if not path.exists():
+            return []
+        store = EventStore(path)
+        try:
+            return [event.event_id for event in store.events()]
+        finally:
+            store.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise NodeDidNotStart(f"pnpp prime serve exited with {self.process.returncode}:\n{self.log_text()}")
+            if self.health(timeout=1.0) is not None:
+                return
+            time.sleep(0.2)
+        raise NodeDidNotStart(f"Prime on {self.address} not ready after {timeout}s:\n{self.log_text()}")
+
+    def kill(self) -> None:
+        """A crash: SIGKILL the server (its clients see their connections reset)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def start_prime(data_dir: Path, address: str, *, role: str = "primary", state: str | None = None, peer: str = "",
+                **overrides: Any) -> RunningPrime:
+    """Start a simulated Prime server bound to ``address`` (e.g. a loopback alias 127.0.0.2); returns once its
+    health monitor answers. ``overrides`` are its settings (the ports a gateway uses must be the gateway's)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, Any] = {"data_dir": str(data_dir / "data"), "vip": address, "node_name": f"prime-{address}"}
+    settings.update(overrides)
+    env = node_environment(settings)
+    log_path = data_dir / "prime.log"
+    log = log_path.open("wb")
+    command = [PNPP, "prime", "serve", "--address", address, "--role", role]
+    if state:
+        command += ["--state", state]
+    if peer:
+        command += ["--peer", peer]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True)
+    prime = RunningPrime(address=address, settings=settings, env=env, process=process, log_path=log_path, _log=log)
+    try:
+        prime.wait_ready()
+    except BaseException:
+        prime.stop(timeout=5)
+        raise
+    return prime

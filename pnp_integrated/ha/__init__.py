@@ -183,7 +183,10 @@ def gateway_ha_row(role: NodeRole) -> dict[str, str]:
 
 
 def prime_ha_row(settings: Settings) -> dict[str, str]:
-    """The "Prime Infrastructure HA status" row, from the co-located Prime's health monitor."""
+    """The "Prime Infrastructure HA status" row, from the co-located Prime's health monitor (integrated) or from
+    the Prime servers the gateway talks to (standalone)."""
+    if settings.standalone:
+        return _remote_prime_row(settings)
     health = prime_health(settings, timeout=1.0)
     if health is None:
         prime = {"status": "DOWN", "info": f"Prime health monitor not reachable on port {settings.health_port}"}
@@ -199,3 +202,41 @@ def prime_ha_row(settings: Settings) -> dict[str, str]:
                          f"{where}"}
     return {"service": "Prime Infrastructure HA status", "mode": str(health.get("ha_mode", ""))
             if health else settings.ha_mode, **prime}
+
+
+def _remote_prime_row(settings: Settings) -> dict[str, str]:
+    """Standalone: which Prime server the bridge is connected to and what each one's health monitor says.
+
+    With different addresses the row names the primary or the secondary; with Prime's VIP only the address (either
+    server may hold it); DOWN when no Prime server answers and the bridge is not connected.
+    """
+    from ..bus.state import read_state
+    from ..tls import trust_path
+
+    trusted = trust_path(settings)
+    ca = str(trusted) if trusted.exists() else ""
+    bridge = read_state(settings)
+    connected = bridge.prime_host if bridge is not None and bridge.connected else ""
+    roles = dict(zip(settings.prime_addresses, ("primary", "secondary"), strict=False))
+    states: dict[str, str] = {}
+    for host in roles:
+        answer = ask_health(host, settings.health_port, timeout=1.0, ca_file=ca)
+        states[host] = str(answer.get("state", "?")) if answer else ""
+    named = settings.ha_mode == "different-ip"
+    seen = "; ".join(f"{role if named else 'Prime'} {host} {states[host] or 'not answering'}"
+                     for host, role in roles.items())
+    if named:
+        where = f"connected to the {roles[connected]} {connected}" if connected in roles else "not connected"
+    elif settings.ha_mode == "vip":
+        where = (f"connected to Prime's VIP {settings.prime_address}" if connected else "not connected") + \
+            " (which server holds the VIP is not visible from here)"
+    else:
+        where = f"connected to {settings.prime_address}" if connected else "not connected"
+    up = bool(connected) or any(states.values())
+    if not up:
+        names = " nor ".join(roles)
+        return {"service": "Prime Infrastructure HA status", "mode": settings.ha_mode, "status": "DOWN",
+                "info": f"neither the broker nor the health monitor (port {settings.health_port}) of {names} "
+                        "answers"}
+    return {"service": "Prime Infrastructure HA status", "mode": settings.ha_mode, "status": "UP",
+            "info": f"{where}; {seen}"}

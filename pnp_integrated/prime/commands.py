@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from ..config import ConfigError, Settings, load_settings
-from ..tls import trust_path
+from ..tls import store_prime_trust, trust_path, trusted_prime_hosts
 from .ha import FAILBACK_MODES
 from .server import BROKERS, PrimeProcess, events_path
 
@@ -57,8 +57,11 @@ def prime() -> None:
               envvar="PNP_PRIME_FAILBACK", help="HA: return to the primary by `pnpp prime failback`, or by itself")
 @click.option("--hold-down", type=click.FloatRange(0), default=30.0, show_default=True,
               envvar="PNP_PRIME_HOLD_DOWN", help="automatic failback: seconds the primary waits after it is back")
+@click.option("--address", default="0.0.0.0", show_default=True, envvar="PNP_PRIME_LISTEN_ADDRESS",
+              help="the address the broker's TLS port and the health monitor listen on (a Prime server's own "
+                   "address; the loopback bus stays on 127.0.0.1)")
 def serve(broker: str, role: str, state: str | None, peer: str, vip_interface: str, vip_prefix: int,
-          failback: str, hold_down: float) -> None:
+          failback: str, hold_down: float, address: str) -> None:
     """Run the simulated Prime node in the foreground until SIGTERM/SIGINT."""
     from gevent import monkey
 
@@ -67,7 +70,7 @@ def serve(broker: str, role: str, state: str | None, peer: str, vip_interface: s
         # gevent must patch before anything imports ssl/threading: restart under the patched entry point.
         args = [sys.executable, "-m", "pnp_integrated.prime", "serve", "--broker", broker, "--role", role,
                 "--state", state, "--peer", peer, "--vip-interface", vip_interface, "--vip-prefix", str(vip_prefix),
-                "--failback", failback, "--hold-down", str(hold_down)]
+                "--failback", failback, "--hold-down", str(hold_down), "--address", address]
         os.execv(sys.executable, args)
     from ..listeners import ListenerBindError
     from ..logs import configure
@@ -82,6 +85,12 @@ def serve(broker: str, role: str, state: str | None, peer: str, vip_interface: s
             ipaddress.ip_address(peer)
         except ValueError:
             _fail(f"--peer {peer!r} is not an IP address", 2)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        _fail(f"--address {address!r} is not an IP address", 2)
+    if broker != "embedded" and address != "0.0.0.0":
+        _fail("--address binds the embedded broker only; ActiveMQ listens where its configuration says", 2)
     if vip_interface:
         if not Path("/sys/class/net", vip_interface).exists():
             _fail(f"--vip-interface {vip_interface!r}: no such network interface", 2)
@@ -90,7 +99,7 @@ def serve(broker: str, role: str, state: str | None, peer: str, vip_interface: s
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         serve_forever(PrimeServer(settings, broker=broker, role=role, state=state, peer=peer, placement=placement,
-                                  failback=failback, hold_down=hold_down))
+                                  failback=failback, hold_down=hold_down, address=address))
     except (ListenerBindError, ActiveMQError) as exc:
         _fail(str(exc), 2)
 
@@ -284,10 +293,10 @@ def trust(source: str, health_port: int | None, login: str | None, passcode_file
                 click.echo(f"{host}:{endpoint_port}  {facts['subject']}  sha256 {facts['sha256']}")
     except click.ClickException as exc:
         _fail(exc.message)
-    path = trust_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(pems) + "\n")
-    click.echo(f"stored {len(pems)} certificate(s) in {path}; the bridge verifies Prime's broker against them")
+    path = store_prime_trust(settings, host, pems)
+    others = sorted(h for h in trusted_prime_hosts(settings) if h != host)
+    click.echo(f"stored {len(pems)} certificate(s) of {host} in {path}; the bridge verifies Prime's broker against "
+               "them" + (f" (and those of {', '.join(others)}, trusted before)" if others else ""))
     if login is not None:
         where = store_gateway_credentials(settings, BrokerCredentials(login, passcode))
         click.echo(f"stored the gateway's broker login {login!r} in {where} (readable by its owner only)")

@@ -42,11 +42,13 @@ class PrimeServer:
 
     def __init__(self, settings: Settings, *, broker: str = "embedded", role: str = "primary",
                  state: str = "active", peer: str = "", placement: VipPlacement | None = None,
-                 failback: str = "manual", hold_down: float = 30.0, ha_interval: float = 1.0) -> None:
+                 failback: str = "manual", hold_down: float = 30.0, ha_interval: float = 1.0,
+                 address: str = "0.0.0.0") -> None:
         if broker not in BROKERS:
             raise ValueError(f"broker {broker!r} must be one of {', '.join(BROKERS)}")
         self.settings = settings
         self.broker_kind = broker
+        self.address = address  # where the broker's TLS port and the health monitor listen (every address: 0.0.0.0)
         self.health_state = HealthState(settings.node_name, role, state, settings.ha_mode, settings.vip, peer)
         self.watch: PeerWatch | None = None
         if peer:
@@ -72,7 +74,7 @@ class PrimeServer:
             if self.broker_kind == "embedded":
                 self._store = MessageStore(prime_dir(self.settings) / "broker.sqlite3")
                 core = Broker(self._store, node=self.settings.node_name)
-                ports = BrokerPorts("0.0.0.0", self.settings.broker_port, "127.0.0.1", self.settings.bus_port)
+                ports = BrokerPorts(self.address, self.settings.broker_port, "127.0.0.1", self.settings.bus_port)
                 context = server_context(self.settings)
                 if self.settings.broker_client_ca_file:
                     require_client_certificates(context, self.settings.broker_client_ca_file)
@@ -89,7 +91,7 @@ class PrimeServer:
 
                 self.activemq = ActiveMQProcess(self.settings)
                 self.activemq.start()
-            self.health = HealthMonitor(self.settings, self.health_state,
+            self.health = HealthMonitor(self.settings, self.health_state, host=self.address,
                                         failback=self.watch.failback if self.watch is not None else None)
             self.health.start()
             if self.watch is not None:
