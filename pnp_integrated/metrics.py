@@ -1,9 +1,10 @@
 """Prometheus metrics at ``/metrics``.
 
 Node-wide figures (sessions per port, jobs and devices by state, outbox depth, HA state) are read from the database
-at scrape time, so every worker answers the same. Request latency histograms are per process; under gunicorn they
-are aggregated across workers through prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by
-``deploy/gunicorn.conf.py``).
+at scrape time, so every worker answers the same; free disk space is the worker's reading, at most a second old.
+Request latency histograms are per process; under gunicorn they are aggregated across workers through
+prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by ``deploy/gunicorn.conf.py``).
+The dashboard ``deploy/grafana/pnp-gateway.json`` charts them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import func, select
 from .context import gateway_state
 from .models import Device, DeviceSession, OutboxEvent, ProvisioningJob, db
 from .refusals import REFUSED
+from .storage import disk_watch
 
 blueprint = Blueprint("metrics", __name__)
 METRICS_MAX_AGE = 2.0  # seconds a scrape may be answered from the last one (Prometheus scrapes every 15 s or so)
@@ -87,6 +89,18 @@ class NodeCollector(Collector):
             if row["status"] in ("UP", "DOWN"):
                 up.add_metric([row["service"], row["mode"]], 1 if row["status"] == "UP" else 0)
         yield up
+
+        # The space the node's own refusal watches (PNP_DISK_MIN_FREE_MB), so a graph shows how close it is.
+        watch = disk_watch(self._app)
+        free = GaugeMetricFamily("pnp_disk_free_bytes", "Free space where the node writes", labels=["path"])
+        size = GaugeMetricFamily("pnp_disk_size_bytes", "Size of the file systems the node writes to", labels=["path"])
+        for reading in watch.readings():
+            free.add_metric([reading.path], reading.free)
+            size.add_metric([reading.path], reading.total)
+        yield free
+        yield size
+        yield GaugeMetricFamily("pnp_disk_min_free_bytes", "Below this free space the node takes no new device work",
+                                value=watch.minimum)
 
 
 def _registry(app: Flask) -> CollectorRegistry:
