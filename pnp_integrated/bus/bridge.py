@@ -49,6 +49,8 @@ from .state import BridgeState, write_state
 log = logging.getLogger(__name__)
 
 SUBSCRIPTION_ID = "gateway-commands"
+# How long a healthy broker gets to answer DISCONNECT before the socket is closed anyway.
+DISCONNECT_GRACE_SECONDS = 2.0
 # TLS alerts a broker sends when it wants a client certificate it did not get, or does not accept the one it got.
 _NO_CERTIFICATE = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "HANDSHAKE_FAILURE")
 _CERTIFICATE_REFUSED = ("UNKNOWN_CA", "CERTIFICATE_UNKNOWN", "BAD_CERTIFICATE", "CERTIFICATE_EXPIRED",
@@ -97,12 +99,19 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
 
     def __init__(self, bridge: PrimeBridge) -> None:
         self.bridge = bridge
+        # Set once its connection is given up: a late callback of that connection's receiver thread must not touch
+        # the next connection's state (a late on_disconnected would end a healthy new session).
+        self.retired = False
 
     def on_connected(self, frame: Any) -> None:
+        if self.retired:
+            return
         self.bridge._connected.set()
         self.bridge._wake.set()
 
     def on_receipt(self, frame: Any) -> None:
+        if self.retired:
+            return
         bridge = self.bridge
         with bridge._receipt_arrived:
             receipt = frame.headers.get("receipt-id", "")
@@ -112,14 +121,20 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
                 bridge._receipt_arrived.notify_all()
 
     def on_message(self, frame: Any) -> None:
+        if self.retired:
+            return  # not acknowledged: the broker delivers it again on the next connection
         self.bridge._commands.put((frame.headers.get("ack", ""), frame.body))
         self.bridge._wake.set()
 
     def on_error(self, frame: Any) -> None:
+        if self.retired:
+            return
         self.bridge._error = str(frame.headers.get("message", "ERROR frame"))
         self.bridge._wake.set()
 
     def on_disconnected(self) -> None:
+        if self.retired:
+            return
         self.bridge._lost.set()
         self.bridge._wake.set()
         with self.bridge._receipt_arrived:
@@ -159,6 +174,7 @@ class PrimeBridge:
         self._error = ""
         self._receipt_ids = itertools.count(1)
         self._conn: Any = None
+        self._listener: _Listener | None = None
         self._was_up = False
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
@@ -244,13 +260,15 @@ class PrimeBridge:
         return self.targets[following]
 
     def _check_still_active(self) -> None:
-        """Leave a Prime server that stepped down (failback, a healed partition) for the one now active."""
-        if self._state_of(self.target) != "standby":
-            return  # active, or not answering its health port while its broker still works: stay
+        """Leave a Prime server that stepped down (failback, a healed partition) or stopped answering (a crash the
+        connection has not noticed yet: heart-beats take up to 25 s) for the one now active; the outbox keeps every
+        event not yet receipted, so nothing is lost by the move."""
+        if self._state_of(self.target) == "active":
+            return
         for other in self.targets:
             if other is not self.target and self._state_of(other) == "active":
-                raise BridgeDown(f"Prime's {self.target.role or 'server'} {self.target.host} is standby; "
-                                 f"{other.role or 'server'} {other.host} is active")
+                raise BridgeDown(f"Prime's {self.target.role or 'server'} {self.target.host} is no longer active; "
+                                 f"{other.role or 'server'} {other.host} is")
 
     def _connect(self) -> None:
         settings = gateway_state(self.app).settings
@@ -273,7 +291,8 @@ class PrimeBridge:
         conn.set_ssl(for_hosts=[host_port], ca_certs=str(self.target.ca_file),
                      cert_file=settings.broker_client_cert_file or None,
                      key_file=settings.broker_client_key_file or None)
-        conn.set_listener("bridge", _Listener(self))
+        self._listener = _Listener(self)
+        conn.set_listener("bridge", self._listener)
         self._connected.clear()
         self._lost.clear()
         self._error = ""
@@ -351,19 +370,33 @@ class PrimeBridge:
         return ""
 
     def _disconnect(self) -> None:
+        """End the connection without ever blocking on the broker: a hung or frozen server answers neither the
+        DISCONNECT nor the TLS close, and stomp.py's own shutdown waits for both without a time limit."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        transport = conn.transport
+        sock = getattr(transport, "socket", None)
         try:
-            if conn.is_connected():
-                conn.disconnect()
-            conn.transport.stop()
+            if conn.is_connected() and not self._lost.is_set():
+                conn.disconnect()  # a healthy broker answers at once and closes its side
+                self._lost.wait(DISCONNECT_GRACE_SECONDS)
         except Exception:  # already broken: nothing more to close cleanly
             pass
-        try:
-            conn.transport.disconnect_socket()
-        except Exception:
-            pass
+        if self._listener is not None:
+            self._listener.retired = True
+        transport.running = False
+        if sock is not None:
+            try:
+                # The TCP socket itself, not the TLS layer: no close_notify to wait for. The receiver thread's read
+                # fails at once and the thread ends.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                sock.close()
+            except OSError:
+                pass
         # Commands received but not acknowledged will be redelivered by the broker.
         while not self._commands.empty():
             self._commands.get_nowait()

@@ -250,6 +250,10 @@ class RunningPrime:
             time.sleep(0.2)
         raise NodeDidNotStart(f"Prime on {self.address} not ready after {timeout}s:\n{self.log_text()}")
 
+    def freeze(self) -> None:
+        """A server that hangs or loses power: SIGSTOP, so its connections stay open but nothing answers."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
     def kill(self) -> None:
         """A crash: SIGKILL the server (its clients see their connections reset)."""
         if self.process.poll() is None:
