@@ -1,12 +1,15 @@
 """Helpers shared by the tests of every layer (fixtures live in the conftest files; these are plain functions).
 
-One wait helper (:func:`wait_until`), the simulated Prime's own login, in-process CNS listeners, a default profile
-made through the REST API as an operator would, the published Open PnP samples the tests share, the HA lab's states.
+One wait helper (:func:`wait_until`), a command on a pseudo terminal, the simulated Prime's own login, in-process
+CNS listeners, a default profile made through the REST API as an operator would, the published Open PnP samples the
+tests share, the HA lab's states.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pty
 import socket
 import subprocess
 import threading
@@ -14,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from select import select as wait_readable
 from typing import Any
 from unittest import mock
 
@@ -37,6 +41,35 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run_in_terminal(command: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run ``command`` with stdout and stderr on a pseudo terminal, as an operator's shell would; (exit code, text)."""
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    finally:
+        os.close(terminal)
+    output = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = wait_readable([controller], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the command closed its end of the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        else:
+            process.kill()
+            raise AssertionError(f"{command} still running after {timeout}s; it wrote {output[-2000:]!r}")
+        return process.wait(timeout=30), output.decode(errors="replace")
+    finally:
+        os.close(controller)
 
 
 def prime_client(data_dir: Path, port: int, **options: Any) -> StompClient:

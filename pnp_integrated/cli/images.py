@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from sqlalchemy import select
+
+from .progress import Progress, byte_progress
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 
 def _app():  # type: ignore[no-untyped-def]
     from .common import app_or_exit
 
     return app_or_exit()
+
+
+class CountedReader(io.RawIOBase):
+    """A binary file whose reads advance a :class:`Progress` by the bytes they return."""
+
+    def __init__(self, raw: io.BufferedIOBase, progress: Progress) -> None:
+        super().__init__()
+        self._raw = raw
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        count = self._raw.readinto(buffer)
+        self._progress.advance(count)
+        return count
 
 
 @click.group("image")
@@ -30,8 +55,11 @@ def image_add(file: Path, version: str, name: str | None) -> None:
 
     app = _app()
     with app.app_context(), file.open("rb") as stream:
+        progress = byte_progress(os.fstat(stream.fileno()).st_size, f"hashing and copying {file.name}")
         try:
-            added = store_image(stream, name or file.name, version, actor="cli")
+            with progress:
+                counted = io.BufferedReader(CountedReader(stream, progress))
+                added = store_image(counted, name or file.name, version, actor="cli")
         except ImageProblem as exc:
             fail(str(exc))
         click.echo(f"{added.name}  version {added.version or '(unknown)'}  {added.size} bytes  md5 {added.md5}")

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from ..devsim.cns import CnsDevice, step_table
+from ..devsim.cns import CnsDevice, DeviceReport, step_table
+from .progress import DeviceProgress
 
 simulate = click.Group("simulate", help="Device simulators")
 
@@ -55,8 +56,9 @@ def simulate_pnp(count: int, use_https: bool, url: str | None, serial_prefix: st
                                fault_rate=fault_rate) for n in range(1, count + 1)]
     click.echo(f"simulating {count} Open PnP devices against {url} ...")
     started = time.monotonic()
-    reports = simulate(devices, url, context=context, concurrency=concurrency, time_scale=time_scale,
-                       deadline=timeout)
+    with DeviceProgress(count) as progress:
+        reports = simulate(devices, url, context=context, concurrency=concurrency, time_scale=time_scale,
+                           deadline=timeout, on_report=lambda report: progress.finished(report.ok))
     click.echo(format_reports(reports, time.monotonic() - started))
     sys.exit(0 if all(r.ok for r in reports) else 1)
 
@@ -190,8 +192,14 @@ def simulate_cns(count: int, serial_prefix: str, host: str | None, dispatcher_po
     click.echo(f"simulating {count} CNS devices through the {'TLS' if tls else 'plain'} dispatcher "
                f"{host or settings.vip}:{port} ...")
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=min(count, concurrency)) as pool:
-        reports = list(pool.map(lambda d: d.run(max_seconds), devices))
+
+    def play(device: CnsDevice, progress: DeviceProgress) -> DeviceReport:
+        report = device.run(max_seconds)
+        progress.finished(report.ok)
+        return report
+
+    with DeviceProgress(count) as progress, ThreadPoolExecutor(max_workers=min(count, concurrency)) as pool:
+        reports = list(pool.map(lambda device: play(device, progress), devices))
     elapsed = time.monotonic() - started
     failed = [r for r in reports if not r.ok]
     view: dict[str, str] = {}

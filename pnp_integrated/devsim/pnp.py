@@ -460,14 +460,21 @@ def _version_of(head: bytes, filename: str) -> str:
 
 
 def simulate(devices: Iterable[SimulatedDevice], base_url: str, *, context: ssl.SSLContext | None = None,
-             concurrency: int = 50, **agent_options: Any) -> list[DeviceReport]:
-    """Run one agent per device, ``concurrency`` at a time; the reports come back in the devices' order."""
+             concurrency: int = 50, on_report: Callable[[DeviceReport], None] | None = None,
+             **agent_options: Any) -> list[DeviceReport]:
+    """Run one agent per device, ``concurrency`` at a time; the reports come back in the devices' order.
+
+    ``on_report`` hears each report as its device finishes, from the agent's thread (a progress display).
+    """
     devices = list(devices)
     if not devices:
         return []
 
     def play(device: SimulatedDevice) -> DeviceReport:
-        return PnpAgent(device, base_url, context=context, **agent_options).run()
+        report = PnpAgent(device, base_url, context=context, **agent_options).run()
+        if on_report is not None:
+            on_report(report)
+        return report
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(devices))), thread_name_prefix="pnp-agent") as pool:
         return list(pool.map(play, devices))
