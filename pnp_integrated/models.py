@@ -15,7 +15,20 @@ import uuid
 from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Stable constraint names keep Alembic batch migrations (SQLite) and PostgreSQL migrations identical.
@@ -100,8 +113,24 @@ class Device(db.Model):  # type: ignore[name-defined,misc]
 
     profile: Mapped[Profile | None] = relationship()
 
-    # The per-source limit on devices never seen before counts recent first sightings from one address.
-    __table_args__ = (Index("ix_devices_source_first_seen", "address", "first_seen"),)
+    __table_args__ = (
+        # The per-source limit on devices never seen before counts recent first sightings from one address.
+        Index("ix_devices_source_first_seen", "address", "first_seen"),
+        # The inventory (GET /api/v1/devices) pages by keyset on (sort key, serial): each index serves the sort by
+        # its column and a filter on it in the default order (by serial).
+        Index("ix_devices_state_serial", "state", "serial"),
+        Index("ix_devices_last_seen_serial", "last_seen", "serial"),
+        Index("ix_devices_pid_serial", "pid", "serial"),
+        Index("ix_devices_software_version_serial", "software_version", "serial"),
+        Index("ix_devices_profile_serial", "profile_id", "serial"),
+        # The fleet overview counts by state and protocol from the index alone.
+        Index("ix_devices_state_protocol", "state", "protocol"),
+        # Case-insensitive prefix search: byte-wise ranges on lower(), whatever the PostgreSQL collation.
+        Index("ix_devices_serial_folded", func.lower(text("serial")).label("serial_folded"),
+              postgresql_ops={"serial_folded": "text_pattern_ops"}),
+        Index("ix_devices_hostname_folded", func.lower(text("hostname")).label("hostname_folded"),
+              postgresql_ops={"hostname_folded": "text_pattern_ops"}),
+    )
 
 
 class ProvisioningJob(db.Model):  # type: ignore[name-defined,misc]
@@ -172,12 +201,22 @@ class DeviceSession(db.Model):  # type: ignore[name-defined,misc]
     close_reason: Mapped[str] = mapped_column(String(255), default="")
 
 
+# The serial number an outbox event is about: ``device.serial`` of device events, ``job.device.serial`` of job events.
+# One text for both databases (SQLite 3.38+ has these operators), written the way PostgreSQL prints it back, so that
+# Alembic's comparison of the models with the database finds the index unchanged.
+OUTBOX_DEVICE_SERIAL = "coalesce((payload -> 'device') ->> 'serial', ((payload -> 'job') -> 'device') ->> 'serial')"
+
+
 class OutboxEvent(db.Model):  # type: ignore[name-defined,misc]
     """An event for Prime, written in the same transaction as the change it reports; sent by the leader."""
 
     __tablename__ = "outbox"
-    # The bridge reads unsent events in id order; sent ones pile up behind them.
-    __table_args__ = (Index("ix_outbox_unsent", "sent_at", "id"),)
+    __table_args__ = (
+        # The bridge reads unsent events in id order; sent ones pile up behind them.
+        Index("ix_outbox_unsent", "sent_at", "id"),
+        # A device's history lists the events naming its serial, newest first.
+        Index("ix_outbox_device_serial", text(OUTBOX_DEVICE_SERIAL), "id"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid)
     type: Mapped[str] = mapped_column(String(64))

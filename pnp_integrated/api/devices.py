@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from flask import Response, jsonify
-from sqlalchemy import func, select
+from flask import Response, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from ..models import Device, Profile, ProvisioningJob, db
 from ..provisioning import operations
 from ..provisioning.types import DEVICE_EXPECTED, DEVICE_STATES, JobConflict
-from . import blueprint
+from . import blueprint, inventory
 from .auth import audit
 from .errors import conflict, invalid, not_found
-from .representations import device_json, job_json
-from .validation import Field, check_fields, json_body, page, query_args, variable_map
+from .representations import device_json, event_json, history_step_json, job_json
+from .validation import Field, check_fields, json_body, query_args, variable_map
 
 DEVICE_STATES = DEVICE_STATES
 
@@ -24,28 +25,28 @@ def _device(serial: str) -> Device:
     return device
 
 
-def _like_prefix(prefix: str) -> str:
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
-
-
 @blueprint.get("/devices")
 def list_devices() -> Response:
-    """Filters: ``state``, ``protocol``, ``serial`` (prefix); pages with ``limit``/``offset``."""
-    args = query_args(("state", "protocol", "serial", "limit", "offset"))
-    limit, offset = page(args)
-    stmt = select(Device)
-    if "state" in args:
-        if args["state"] not in DEVICE_STATES:
-            raise invalid(f"state must be one of {', '.join(DEVICE_STATES)}", fields=["state"])
-        stmt = stmt.where(Device.state == args["state"])
-    if "protocol" in args:
-        stmt = stmt.where(Device.protocol == args["protocol"])
-    if "serial" in args:
-        stmt = stmt.where(Device.serial.like(_like_prefix(args["serial"]), escape="\\"))
-    total = db.session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = db.session.scalars(stmt.order_by(Device.serial).limit(limit).offset(offset))
-    return jsonify({"items": [device_json(d) for d in rows], "total": total, "limit": limit, "offset": offset})
+    """The inventory: filters, a sort, and keyset pages (each answer's ``next`` is the cursor of the page after it).
+
+    ``total`` (the devices matching the filters when the walk begins) comes with the first page only: counting
+    costs more than a page, and a walk needs it once.
+    """
+    if "offset" in request.args:
+        raise invalid("devices are paged with cursor (the previous answer's next), not offset", fields=["offset"])
+    query = inventory.inventory_query(query_args((*inventory.FILTERS, *inventory.PAGE_PARAMETERS)))
+    devices, cursor = inventory.read_page(query)
+    body = {"items": [device_json(d) for d in devices], "limit": query.limit, "sort": query.sort,
+            "order": query.order, "next": cursor}
+    if query.after is None:
+        body["total"] = db.session.scalar(inventory.count_statement(query))
+    return jsonify(body)
+
+
+@blueprint.get("/devices/counts")
+def device_counts() -> Response:
+    """The fleet overview: devices by state and by protocol."""
+    return jsonify(inventory.fleet_counts())
 
 
 @blueprint.get("/devices/<serial>")
@@ -55,11 +56,18 @@ def get_device(serial: str) -> Response:
 
 @blueprint.get("/devices/<serial>/history")
 def device_history(serial: str) -> Response:
-    """Every job of the device, newest first, with its steps."""
+    """Every job of the device, newest first, with each step's request, answer and error; and the events for Prime
+    that name the device, newest first (the latest :data:`~.inventory.HISTORY_EVENTS`)."""
     device = _device(serial)
     jobs = db.session.scalars(select(ProvisioningJob).where(ProvisioningJob.device_id == device.id)
-                              .order_by(ProvisioningJob.id.desc()))
-    return jsonify({"device": device_json(device), "jobs": [job_json(j, steps=True) for j in jobs]})
+                              .order_by(ProvisioningJob.id.desc()).options(selectinload(ProvisioningJob.steps)))
+    events = list(db.session.scalars(inventory.device_events_statement(serial)))
+    return jsonify({
+        "device": device_json(device),
+        "jobs": [{**job_json(j), "steps": [history_step_json(s) for s in j.steps]} for j in jobs],
+        "events": [event_json(e) for e in events[:inventory.HISTORY_EVENTS]],
+        "more_events": len(events) > inventory.HISTORY_EVENTS,
+    })
 
 
 @blueprint.put("/devices/<serial>/variables")

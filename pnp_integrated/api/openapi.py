@@ -17,6 +17,7 @@ from ..provisioning.images import NAME_PATTERN
 from ..provisioning.types import DEVICE_STATES, RUNNING, TERMINAL_STATES
 from ..version import __version__
 from . import blueprint
+from .inventory import DEFAULT_LIMIT, FILTERS, HISTORY_EVENTS, MAX_CURSOR, MAX_LIMIT, ORDERS, PROTOCOLS, SORT_KEYS
 from .validation import MAX_IMAGE_VERSION, MAX_OFFSET, MAX_TEXT, VARIABLE_NAME
 
 
@@ -72,8 +73,27 @@ _PARAMS = {
     "job_id": _path("job_id", "integer", minimum=1),
     "device_state": _query("state", "filter by device state", enum=list(DEVICE_STATES)),
     "job_state": _query("state", "filter by job state", enum=[RUNNING, *TERMINAL_STATES]),
-    "protocol": _query("protocol", "filter by protocol (cns, pnp)"),
-    "serial_prefix": {**_query("serial", "serial number prefix"), "name": "serial"},
+    "protocol": _query("protocol", "filter by protocol", enum=list(PROTOCOLS)),
+    "serial_prefix": {**_query("serial", "serial number prefix, case-insensitive", maxLength=FILTERS["serial"]),
+                      "name": "serial"},
+    "search": _query("search", "serial number or hostname prefix, case-insensitive (empty: every device)",
+                     maxLength=FILTERS["search"]),
+    "profile_filter": _query("profile", "profile name: the devices it is assigned to (empty: devices with none)",
+                             maxLength=FILTERS["profile"]),
+    "pid": _query("pid", "product ID, exact", maxLength=FILTERS["pid"]),
+    "software_version": _query("software_version", "software version the device reported, exact",
+                               maxLength=FILTERS["software_version"]),
+    "last_seen_after": _query("last_seen_after", "devices last seen at or after this time", format="date-time",
+                              maxLength=FILTERS["last_seen_after"]),
+    "last_seen_before": _query("last_seen_before", "devices last seen before this time", format="date-time",
+                               maxLength=FILTERS["last_seen_before"]),
+    "device_sort": _query("sort", "sort key (default serial); devices of equal key follow by serial",
+                          enum=list(SORT_KEYS)),
+    "order": _query("order", "sort order (default asc)", enum=list(ORDERS)),
+    "cursor": _query("cursor", "where the page starts: the previous answer's next, with the same filters (and the "
+                     "same sort and order, or none)", pattern="^[A-Za-z0-9_-]+$", maxLength=MAX_CURSOR),
+    "device_limit": _query("limit", f"page size (default {DEFAULT_LIMIT})", "integer", minimum=1,
+                           maximum=MAX_LIMIT),
     "serial_exact": {**_query("serial", "device serial number"), "name": "serial"},
     "limit": _query("limit", "page size (default 50)", "integer", minimum=1, maximum=500),
     "offset": _query("offset", "rows to skip", "integer", minimum=0, maximum=MAX_OFFSET),
@@ -118,6 +138,17 @@ _PROFILE_REFUSED = ("'image' names no stored image; a template ('bootstrap_templ
                     "'post_template') does not compile or fails with the profile's variables; 'match_pid' is "
                     "'re:' and a regular expression that does not compile")
 
+# The device inventory (api/inventory.py).
+_CURSOR_REFUSED = ("'cursor' is not one this server handed out, or continues a walk with other filters, another "
+                   "sort or another order")
+_STEP = {"id": _INT, "step": _STR, "state": _STR, "attempt": _INT, "detail": _STR, "started_at": _STR,
+         "ended_at": _NULL_STR}
+_JOB = {k: _STR for k in ("device", "protocol", "state", "step", "detail", "created_at", "updated_at")} | {
+    "id": _INT, "profile_id": _NULL_INT, "attempt": _INT, "max_attempts": _INT,
+    "pending": {**_NULL_STR, "description": "the kind of request the device has to answer"},
+    "failed_step": _NULL_STR, "finished_at": _NULL_STR}
+_COUNTS = {"type": "object", "additionalProperties": _INT}
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "pnp-integrated REST API", "version": __version__,
@@ -140,15 +171,21 @@ SPEC: dict[str, Any] = {
                          errors=(404, 409, 422), refused=_PROFILE_REFUSED),
             "delete": _op("Delete a profile (not while it provisions devices)", 204, errors=(404, 409)),
         },
-        "/devices": {"get": _op("List devices", result=_page("Device"), errors=(422,),
-                                params=("device_state", "protocol", "serial_prefix", "limit", "offset"))},
+        "/devices": {"get": _op(
+            "The device inventory: filters, a sort, and pages by cursor (each answer's next)",
+            result=_ref("DevicePage"), errors=(422,), refused=_CURSOR_REFUSED,
+            params=("device_state", "protocol", "profile_filter", "pid", "software_version", "last_seen_after",
+                    "last_seen_before", "search", "serial_prefix", "device_sort", "order", "cursor",
+                    "device_limit"))},
+        "/devices/counts": {"get": _op("The fleet overview: devices by state and by protocol",
+                                       result=_ref("DeviceCounts"))},
         "/devices/{serial}": {"parameters": [_PARAMS["serial"]],
-                              "get": _op("Get a device", result=_ref("Device"), errors=(404,))},
+                              "get": _op("Get a device (a device whose serial is 'counts': GET "
+                                         "/devices?serial=counts)", result=_ref("Device"), errors=(404,))},
         "/devices/{serial}/history": {
             "parameters": [_PARAMS["serial"]],
-            "get": _op("A device's jobs with their steps", errors=(404,), result={
-                "type": "object", "properties": {"device": _ref("Device"),
-                                                 "jobs": {"type": "array", "items": _ref("Job")}}}),
+            "get": _op(f"A device's jobs with every step, newest first, and the latest {HISTORY_EVENTS} events for "
+                       "Prime that name it", errors=(404,), result=_ref("DeviceHistory")),
         },
         "/devices/{serial}/variables": {
             "parameters": [_PARAMS["serial"]],
@@ -248,14 +285,44 @@ SPEC: dict[str, Any] = {
                 "profile": {**_NULL_STR, "description": "assigned (claimed) or matched profile"},
                 "current_job_id": _NULL_INT, "variables": _OBJ}},
             "Job": {"type": "object", "properties": {
-                k: _STR for k in ("device", "protocol", "state", "step", "detail", "created_at", "updated_at")} | {
-                "id": _INT, "profile_id": _NULL_INT, "attempt": _INT, "max_attempts": _INT,
-                "pending": {**_NULL_STR, "description": "the kind of request the device has to answer"},
-                "failed_step": _NULL_STR, "finished_at": _NULL_STR,
-                "steps": {"type": "array", "items": _ref("JobStep")}}},
-            "JobStep": {"type": "object", "properties": {
-                "id": _INT, "step": _STR, "state": _STR, "attempt": _INT, "detail": _STR, "started_at": _STR,
-                "ended_at": _NULL_STR}},
+                **_JOB, "steps": {"type": "array", "items": _ref("JobStep")}}},
+            "JobStep": {"type": "object", "properties": _STEP},
+            "DevicePage": {"type": "object", "required": ["items", "limit", "sort", "order", "next"], "properties": {
+                "items": {"type": "array", "items": _ref("Device")}, "limit": _INT,
+                "sort": {"type": "string", "enum": list(SORT_KEYS)}, "order": {"type": "string", "enum": list(ORDERS)},
+                "next": {**_NULL_STR, "description": "cursor of the next page; null on the last"},
+                "total": {**_INT, "description": "devices matching the filters (first page only: without cursor)"}}},
+            "DeviceCounts": {"type": "object", "required": ["total", "by_state", "by_protocol", "groups"],
+                             "properties": {
+                "total": _INT,
+                "by_state": {**_COUNTS, "required": list(DEVICE_STATES),
+                             "properties": {state: _INT for state in DEVICE_STATES}},
+                "by_protocol": {**_COUNTS, "required": [*PROTOCOLS, "none"],
+                                "properties": {p: _INT for p in PROTOCOLS} | {
+                                    "none": {**_INT, "description": "known only through the API, never seen"}}},
+                "groups": {"type": "array", "description": "the grouped query's rows: devices by state and protocol",
+                           "items": {"type": "object", "properties": {"state": _STR, "protocol": _STR,
+                                                                      "count": _INT}}}}},
+            "DeviceHistory": {"type": "object", "required": ["device", "jobs", "events", "more_events"],
+                              "properties": {
+                "device": _ref("Device"),
+                "jobs": {"type": "array", "items": _ref("HistoryJob")},
+                "events": {"type": "array", "items": _ref("OutboxEvent")},
+                "more_events": {**_BOOL, "description": f"the device has more than the {HISTORY_EVENTS} events "
+                                                        "listed"}}},
+            "HistoryJob": {"type": "object", "properties": {
+                **_JOB, "steps": {"type": "array", "items": _ref("HistoryStep")}}},
+            "HistoryStep": {"type": "object", "properties": _STEP | {
+                "requested_at": {**_NULL_STR, "description": "the step's request went out (null: skipped)"},
+                "answered_at": {**_NULL_STR, "description": "the device's answer came (null: none, e.g. skipped, "
+                                                            "cancelled or still waiting)"},
+                "duration_ms": {**_NULL_INT, "description": "from start to end of the step"},
+                "error": {**_NULL_STR, "description": "why the step failed, in the device's words where it gave "
+                                                      "them"}}},
+            "OutboxEvent": {"type": "object", "properties": {
+                "id": _STR, "type": _STR, "created_at": _STR,
+                "sent_at": {**_NULL_STR, "description": "Prime's broker took it (null: not yet)"},
+                "attempts": _INT, "payload": _OBJ}},
             "Image": {"type": "object", "properties": {
                 "id": _INT, "name": _STR, "version": _STR, "md5": _STR, "size": _INT, "path": _STR,
                 "created_at": _STR}},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ..models import Device, Image, JobStep, Profile, ProvisioningJob
+from ..models import Device, Image, JobStep, OutboxEvent, Profile, ProvisioningJob
 from ..outbox import rfc3339
 
 
@@ -60,6 +60,29 @@ def device_json(device: Device) -> dict[str, Any]:
 def step_json(step: JobStep) -> dict[str, Any]:
     return {"id": step.id, "step": step.step, "state": step.state, "attempt": step.attempt, "detail": step.detail,
             "started_at": _when(step.started_at), "ended_at": _when(step.ended_at)}
+
+
+# Step states in which the device answered the step's request (a skipped step was never sent; a cancelled or a
+# started one has no answer).
+ANSWERED_STEP_STATES = ("succeeded", "failed")
+
+
+def history_step_json(step: JobStep) -> dict[str, Any]:
+    """A step of a device's history: when its request went out and its answer came, how long that took, and the
+    device's error text when it failed."""
+    ended = step.ended_at
+    duration = round((ended - step.started_at).total_seconds() * 1000) if ended is not None else None
+    return {**step_json(step),
+            "requested_at": _when(step.started_at) if step.state != "skipped" else None,
+            "answered_at": _when(ended) if step.state in ANSWERED_STEP_STATES else None,
+            "duration_ms": duration,
+            "error": step.detail if step.state == "failed" else None}
+
+
+def event_json(event: OutboxEvent) -> dict[str, Any]:
+    """An event for Prime as the outbox holds it: sent (after the broker's receipt) or still waiting."""
+    return {"id": event.event_id, "type": event.type, "created_at": _when(event.created_at),
+            "sent_at": _when(event.sent_at), "attempts": event.attempts, "payload": event.payload or {}}
 
 
 def job_json(job: ProvisioningJob, steps: bool = False) -> dict[str, Any]:

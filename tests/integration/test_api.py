@@ -120,8 +120,10 @@ def provision_devices(app: Flask, count: int) -> None:
 def test_device_list_filters_and_pages(api: Call, app: Flask) -> None:
     api("POST", "/profiles", json={"name": "isr", "match_pid": "ISR*", "config_template": "hostname {{ serial }}"})
     provision_devices(app, 7)
-    page = api("GET", "/devices?serial=FOC&limit=3&offset=3", role="read").get_json()
-    assert page["total"] == 7 and [d["serial"] for d in page["items"]] == ["FOC03", "FOC04", "FOC05"]
+    first = api("GET", "/devices?serial=FOC&limit=3", role="read").get_json()
+    assert first["total"] == 7 and [d["serial"] for d in first["items"]] == ["FOC00", "FOC01", "FOC02"]
+    page = api("GET", f"/devices?serial=FOC&limit=3&cursor={first['next']}", role="read").get_json()
+    assert [d["serial"] for d in page["items"]] == ["FOC03", "FOC04", "FOC05"]
     unclaimed = api("GET", "/devices?state=unclaimed").get_json()
     assert [d["serial"] for d in unclaimed["items"]] == ["JAE99"]
     cns = api("GET", "/devices?protocol=cns&state=provisioning").get_json()

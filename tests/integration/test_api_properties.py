@@ -78,6 +78,7 @@ DOCUMENTED_REFUSALS: dict[str, set[frozenset[str]]] = {
     "POST /devices/{serial}/claim": {frozenset({"profile"})},  # no profile of that name
     "POST /devices/{serial}/reprovision": {frozenset()}, "POST /jobs/{job_id}/retry": {frozenset()},  # none matches
     "POST /bootstrap": {frozenset()},  # no bootstrap template, or it fails to render
+    "GET /devices": {frozenset({"cursor"})},  # not a cursor this server handed out, or one of another walk
 }
 
 

@@ -1,0 +1,307 @@
+"""The device inventory behind ``GET /api/v1/devices``: filters, sort keys, keyset cursors, and the fleet counts.
+
+Theory of operation
+-------------------
+A page is the first ``limit`` devices, in (sort key, serial) order, that come after a position; the position is
+the last device of the previous page, carried by that page's ``next`` cursor. A page starts after a device's keys,
+not after a count of devices, so devices added or removed during a walk never shift it: every device present all
+along whose sort key does not change is listed exactly once, and a deep page costs what the first one does. The
+serial breaks ties: unique like the id and as unchanging, it lets one index per column, (column, serial), serve
+both the sort by that column and a filter on it in the default order, by serial.
+
+The cursor is opaque to clients (base64url of a small JSON array): the sort and order it was made for, a digest of
+the filters, and the position. A cursor read with other filters, or another sort or order, is refused: its
+position would mean nothing there.
+
+Every filter and sort has an index (migration 0004): (column, serial) for each sort key and equality filter,
+(state, protocol) for the counts, ``lower(serial)`` and ``lower(hostname)`` for the case-insensitive prefix
+search. A prefix is a range on ``lower(column)`` compared byte by byte (PostgreSQL's ``~>=~`` and ``~<~`` on a
+``text_pattern_ops`` index; SQLite compares bytes anyway), so it means the same in any collation. :func:`query_plan`
+shows how the database runs a statement; the tests hold the main queries to their indexes with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, String, and_, false, func, literal, literal_column, or_, select, tuple_
+from sqlalchemy.orm import InstrumentedAttribute, selectinload
+
+from ..models import OUTBOX_DEVICE_SERIAL, Device, OutboxEvent, Profile, db
+from ..provisioning.types import DEVICE_STATES
+from .errors import invalid
+
+DEFAULT_LIMIT, MAX_LIMIT = 50, 500
+SORT_KEYS: dict[str, InstrumentedAttribute[Any]] = {
+    "serial": Device.serial, "last_seen": Device.last_seen, "state": Device.state, "pid": Device.pid}
+ORDERS = ("asc", "desc")
+PROTOCOLS = ("cns", "pnp")
+# Filter -> longest value (the column's own length: a longer value can match nothing).
+FILTERS = {"state": 32, "protocol": 16, "profile": 255, "pid": 255, "software_version": 100, "last_seen_after": 64,
+           "last_seen_before": 64, "search": 255, "serial": 255}
+PAGE_PARAMETERS = ("limit", "cursor", "sort", "order")
+HISTORY_EVENTS = 200  # a device's history lists at most this many of its latest events
+MAX_CURSOR = 1024  # characters; a cursor this server hands out is a few hundred at most
+CURSOR_VERSION = 1
+# The last code point: lower(prefix) || _TOP is above every string that starts with the prefix.
+_TOP = "\U0010ffff"
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|([+-])(\d{2}):(\d{2}))",
+                      re.ASCII)
+
+
+@dataclass(frozen=True)
+class Position:
+    """The last device of a page: its sort key and serial."""
+
+    key: str | dt.datetime
+    serial: str
+
+
+@dataclass(frozen=True)
+class InventoryQuery:
+    """One inventory request, validated: the sort, the page size, the filters (as given) and where the page starts."""
+
+    sort: str = "serial"
+    descending: bool = False
+    limit: int = DEFAULT_LIMIT
+    filters: tuple[tuple[str, str], ...] = ()
+    after: Position | None = None
+
+    @property
+    def order(self) -> str:
+        return "desc" if self.descending else "asc"
+
+    def fingerprint(self) -> str:
+        """A digest of the filters: a cursor is only good for the walk it came from."""
+        return hashlib.sha256(json.dumps(sorted(self.filters)).encode()).hexdigest()[:16]
+
+    def cursor_after(self, device: Device) -> str:
+        """The opaque cursor of the page that follows ``device``."""
+        key = getattr(device, self.sort)
+        encoded = key.isoformat(timespec="microseconds") if isinstance(key, dt.datetime) else key
+        raw = json.dumps([CURSOR_VERSION, self.sort, self.order, self.fingerprint(), encoded, device.serial],
+                         separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode()
+
+
+# ---- reading the query string ---------------------------------------------------------------------------------------
+
+
+def parse_timestamp(name: str, value: str) -> dt.datetime:
+    """An RFC 3339 date-time as the naive UTC the database stores; times beyond what it can hold are clamped."""
+    match = _RFC3339.fullmatch(value)
+    problem = f"{name} must be an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z"
+    if match is None:
+        raise invalid(problem, fields=[name])
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    fraction = int((match.group(7) or ".0")[1:7].ljust(6, "0"))
+    offset = dt.timedelta()
+    if match.group(9):
+        off_hours, off_minutes = int(match.group(10)), int(match.group(11))
+        if off_hours > 23 or off_minutes > 59:
+            raise invalid(problem, fields=[name])
+        offset = dt.timedelta(hours=off_hours, minutes=off_minutes) * (-1 if match.group(9) == "-" else 1)
+    if second == 60:  # a leap second: the last instant of the minute before it
+        second, fraction = 59, 999999
+    try:
+        local = dt.datetime(year, month, day, hour, minute, second, fraction, tzinfo=dt.timezone(offset))
+    except ValueError:
+        raise invalid(problem, fields=[name]) from None
+    try:
+        return local.astimezone(dt.UTC).replace(tzinfo=None)
+    except OverflowError:  # the first or last day of year 1 or 9999, shifted past the calendar
+        return dt.datetime.min if year == 1 else dt.datetime.max
+
+
+def _limit(args: Mapping[str, str]) -> int:
+    problem = f"limit must be an integer from 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})"
+    try:
+        limit = int(args.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        raise invalid(problem, fields=["limit"]) from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise invalid(problem, fields=["limit"])
+    return limit
+
+
+def _check_filter(name: str, value: str) -> None:
+    if len(value) > FILTERS[name]:
+        raise invalid(f"{name} is longer than {FILTERS[name]} characters", fields=[name])
+    if name == "state" and value not in DEVICE_STATES:
+        raise invalid(f"state must be one of {', '.join(DEVICE_STATES)}", fields=["state"])
+    if name == "protocol" and value not in PROTOCOLS:
+        raise invalid(f"protocol must be one of {', '.join(PROTOCOLS)}", fields=["protocol"])
+    if name.startswith("last_seen_"):
+        parse_timestamp(name, value)
+
+
+def _bad_cursor(message: str) -> Exception:
+    return invalid(f"cursor: {message}; start the walk again without a cursor", fields=["cursor"])
+
+
+def _decode_cursor(cursor: str) -> list[Any]:
+    if not cursor or len(cursor) > MAX_CURSOR:
+        raise _bad_cursor("not a cursor this server handed out")
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        fields = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise _bad_cursor("not a cursor this server handed out") from None
+    if (not isinstance(fields, list) or len(fields) != 6 or fields[0] != CURSOR_VERSION
+            or fields[1] not in SORT_KEYS or fields[2] not in ORDERS or not isinstance(fields[3], str)
+            or not isinstance(fields[4], str) or len(fields[4]) > 255
+            or not isinstance(fields[5], str) or len(fields[5]) > 255):
+        raise _bad_cursor("not a cursor this server handed out")
+    return fields
+
+
+def _position(sort: str, key: str, serial: str) -> Position:
+    if sort != "last_seen":
+        return Position(key, serial)
+    try:
+        return Position(dt.datetime.fromisoformat(key).replace(tzinfo=None), serial)
+    except ValueError:
+        raise _bad_cursor("not a cursor this server handed out") from None
+
+
+def inventory_query(args: Mapping[str, str]) -> InventoryQuery:
+    """Validate the query string of ``GET /devices`` (unknown names already refused); 422 naming what is wrong."""
+    filters = tuple(sorted((name, value) for name, value in args.items() if name in FILTERS))
+    for name, value in filters:
+        _check_filter(name, value)
+    limit = _limit(args)
+    sort, order = args.get("sort"), args.get("order")
+    if sort is not None and sort not in SORT_KEYS:
+        raise invalid(f"sort must be one of {', '.join(SORT_KEYS)}", fields=["sort"])
+    if order is not None and order not in ORDERS:
+        raise invalid("order must be asc or desc", fields=["order"])
+    if "cursor" not in args:
+        return InventoryQuery(sort or "serial", order == "desc", limit, filters)
+    _, cursor_sort, cursor_order, fingerprint, key, serial = _decode_cursor(args["cursor"])
+    if (sort or cursor_sort) != cursor_sort or (order or cursor_order) != cursor_order:
+        raise _bad_cursor(f"it continues a walk by sort={cursor_sort}&order={cursor_order}")
+    query = InventoryQuery(cursor_sort, cursor_order == "desc", limit, filters, _position(cursor_sort, key, serial))
+    if query.fingerprint() != fingerprint:
+        raise _bad_cursor("it continues a walk with other filters (send the same filters with every page)")
+    return query
+
+
+# ---- statements -----------------------------------------------------------------------------------------------------
+
+
+def _dialect() -> str:
+    return db.session.get_bind().dialect.name
+
+
+def folded_prefix(column: Any, prefix: str, dialect: str) -> ColumnElement[bool]:
+    """``lower(column)`` starts with ``lower(prefix)``, as a range the folded index answers."""
+    folded = func.lower(column)
+    low = func.lower(literal(prefix))
+    high = low.concat(literal(_TOP)).self_group()  # PostgreSQL's ~<~ binds as tightly as ||
+    if dialect == "postgresql":
+        return and_(folded.op("~>=~", is_comparison=True)(low), folded.op("~<~", is_comparison=True)(high))
+    return and_(folded >= low, folded < high)
+
+
+def _condition(name: str, value: str, dialect: str) -> ColumnElement[bool] | None:
+    if dialect == "postgresql" and "\x00" in value:
+        return false()  # PostgreSQL text cannot hold a NUL: nothing stored has one
+    if name in ("state", "protocol", "pid", "software_version"):
+        column: InstrumentedAttribute[str] = getattr(Device, name)
+        return column == value
+    if name == "profile":
+        if not value:  # no profile name is empty: the devices without a profile
+            return Device.profile_id.is_(None)
+        return Device.profile_id == select(Profile.id).where(Profile.name == value).scalar_subquery()
+    if name == "last_seen_after":
+        return Device.last_seen >= parse_timestamp(name, value)
+    if name == "last_seen_before":
+        return Device.last_seen < parse_timestamp(name, value)
+    if not value:  # an empty search or serial prefix: every device
+        return None
+    if name == "serial":
+        return folded_prefix(Device.serial, value, dialect)
+    return or_(folded_prefix(Device.serial, value, dialect), folded_prefix(Device.hostname, value, dialect))
+
+
+def conditions(query: InventoryQuery, dialect: str) -> list[ColumnElement[bool]]:
+    """The WHERE clause of the query's filters (no position)."""
+    found = (_condition(name, value, dialect) for name, value in query.filters)
+    return [c for c in found if c is not None]
+
+
+def page_statement(query: InventoryQuery, dialect: str | None = None) -> Select[tuple[Device]]:
+    """The devices of the query's page, plus one: a row beyond ``limit`` means there is a next page."""
+    key = SORT_KEYS[query.sort]
+    columns = (key,) if key is Device.serial else (key, Device.serial)
+    stmt = select(Device).where(*conditions(query, dialect or _dialect()))
+    if query.after is not None:
+        if key is Device.serial:
+            mark, start = Device.serial, literal(query.after.serial, Device.serial.type)
+        else:
+            mark = tuple_(key, Device.serial)
+            start = tuple_(literal(query.after.key, key.type), literal(query.after.serial, Device.serial.type))
+        stmt = stmt.where(mark < start if query.descending else mark > start)
+    order = [c.desc() if query.descending else c.asc() for c in columns]
+    return stmt.order_by(*order).limit(query.limit + 1).options(selectinload(Device.profile))
+
+
+def count_statement(query: InventoryQuery, dialect: str | None = None) -> Select[tuple[int]]:
+    """How many devices match the query's filters."""
+    return select(func.count()).select_from(Device).where(*conditions(query, dialect or _dialect()))
+
+
+def read_page(query: InventoryQuery) -> tuple[list[Device], str | None]:
+    """The page's devices and the cursor of the next page (``None`` after the last)."""
+    rows = list(db.session.scalars(page_statement(query)))
+    if len(rows) <= query.limit:
+        return rows, None
+    rows = rows[:query.limit]
+    return rows, query.cursor_after(rows[-1])
+
+
+COUNTS_STATEMENT = (select(Device.state, Device.protocol, func.count())
+                    .group_by(Device.state, Device.protocol).order_by(Device.state, Device.protocol))
+
+
+def fleet_counts() -> dict[str, Any]:
+    """Devices by state and by protocol, from one grouped query (every state listed, zeros included).
+
+    A device known only through the API (expected, never seen) has no protocol yet: it counts under ``none``.
+    """
+    rows = db.session.execute(COUNTS_STATEMENT)
+    groups = [(state, protocol or "none", int(count)) for state, protocol, count in rows]
+    by_state = dict.fromkeys(DEVICE_STATES, 0)
+    by_protocol = dict.fromkeys((*PROTOCOLS, "none"), 0)
+    for state, protocol, count in groups:
+        by_state[state] = by_state.get(state, 0) + count
+        by_protocol[protocol] = by_protocol.get(protocol, 0) + count
+    return {"total": sum(count for _, _, count in groups), "by_state": by_state, "by_protocol": by_protocol,
+            "groups": [{"state": s, "protocol": p, "count": c} for s, p, c in groups]}
+
+
+# The serial an event names, as the outbox index has it (the same text, so that the database uses the index).
+EVENT_SERIAL = literal_column(OUTBOX_DEVICE_SERIAL, String)
+
+
+def device_events_statement(serial: str) -> Select[tuple[OutboxEvent]]:
+    """The outbox events naming ``serial``, newest first, one beyond :data:`HISTORY_EVENTS` (there are more)."""
+    return (select(OutboxEvent).where(EVENT_SERIAL == serial).order_by(OutboxEvent.id.desc())
+            .limit(HISTORY_EVENTS + 1))
+
+
+def query_plan(stmt: Select[Any]) -> list[str]:
+    """How the database runs ``stmt``: SQLite's EXPLAIN QUERY PLAN details or PostgreSQL's EXPLAIN lines."""
+    connection = db.session.connection()
+    sql = str(stmt.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+    if connection.dialect.name == "sqlite":
+        return [str(row[-1]) for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+    return [str(row[0]) for row in connection.exec_driver_sql(f"EXPLAIN {sql}")]
