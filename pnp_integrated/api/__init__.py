@@ -1,4 +1,5 @@
-"""The REST API (``/api/v1``): profiles, devices, jobs, images, bootstrap rendering, and its OpenAPI document."""
+"""The REST API (``/api/v1``): profiles, devices, jobs, images, bootstrap rendering, the enrolment of a gateway
+pair's secondary, and its OpenAPI document."""
 
 from __future__ import annotations
 
@@ -11,6 +12,6 @@ errors.install(blueprint)
 auth.install(blueprint)
 
 # The route modules attach their views to ``blueprint``.
-from . import bootstrap, devices, images, jobs, openapi, profiles  # noqa: E402, F401
+from . import bootstrap, devices, enrolment, images, jobs, openapi, profiles  # noqa: E402, F401
 
 __all__ = ["blueprint"]

@@ -13,10 +13,13 @@ from typing import Any
 
 from flask import Response, jsonify
 
+from ..config import Settings
+from ..credentials import LOGIN_PATTERN
 from ..provisioning.images import NAME_PATTERN
 from ..provisioning.types import DEVICE_STATES, RUNNING, TERMINAL_STATES
 from ..version import __version__
 from . import blueprint
+from .enrolment import MAX_KEYS, MAX_PEM, PAIR_SETTINGS
 from .inventory import DEFAULT_LIMIT, FILTERS, HISTORY_EVENTS, MAX_CURSOR, MAX_LIMIT, ORDERS, PROTOCOLS, SORT_KEYS
 from .validation import MAX_IMAGE_VERSION, MAX_OFFSET, MAX_TEXT, VARIABLE_NAME
 
@@ -138,6 +141,66 @@ _PROFILE_REFUSED = ("'image' names no stored image; a template ('bootstrap_templ
                     "'post_template') does not compile or fails with the profile's variables; 'match_pid' is "
                     "'re:' and a regular expression that does not compile")
 
+# The enrolment of a gateway pair's secondary (api/enrolment.py): admin tokens only, HTTPS only.
+_ENROLMENT_403 = {"description": "a read token, or the request came over plain HTTP (error.code https_required: "
+                                 "an enrolment travels only over HTTPS)", **_json(_ref("Error"))}
+_ENROLMENT_409 = ("this gateway cannot be enrolled or leave now (the error says why): it has no configuration file "
+                  "(PNP_CONFIG), is not run by `pnpp run`, is integrated, is in another pair (or is not a secondary, "
+                  "to leave), or its environment sets a pair setting")
+_PEM = {"type": "string", "maxLength": MAX_PEM, "description": "PEM certificate"}
+_PAIR_SETTING_TYPES = {str: {"type": "string", "maxLength": 1024}, bool: _BOOL, int: _INT, float: {"type": "number"}}
+
+
+def _pair_setting(name: str) -> dict[str, Any]:
+    default = getattr(Settings(), name)
+    kind = next(k for k in (bool, int, float, str) if isinstance(default, k))
+    fixed = {"mode": "standalone", "gateway_ha": "pair", "gateway_role": "secondary"}
+    if name in fixed:
+        return {"type": "string", "enum": [fixed[name]]}
+    return dict(_PAIR_SETTING_TYPES[kind])
+
+
+_ENROLMENT_IN = {
+    "type": "object", "required": ["settings", "secrets"], "additionalProperties": False,
+    "properties": {
+        "settings": {"type": "object", "required": list(PAIR_SETTINGS), "additionalProperties": False,
+                     "description": "the pair's settings, as the secondary's configuration file holds them (an "
+                                    "empty string: the default)",
+                     "properties": {name: _pair_setting(name) for name in PAIR_SETTINGS}},
+        "secrets": {"type": "object", "required": ["broker_login", "profile_keys", "prime_trust", "peer_certificate"],
+                    "additionalProperties": False, "properties": {
+                        "broker_login": {"type": "object", "required": ["login", "passcode"],
+                                         "additionalProperties": False, "writeOnly": True, "properties": {
+                                             "login": {"type": "string",
+                                                       "pattern": f"^{LOGIN_PATTERN.pattern}$"},
+                                             "passcode": {"type": "string", "minLength": 1, "maxLength": 1024}}},
+                        "profile_keys": {"type": "object", "required": ["keys"], "additionalProperties": False,
+                                         "writeOnly": True, "properties": {"keys": {
+                                             "type": "array", "minItems": 1, "maxItems": MAX_KEYS, "items": {
+                                                 "type": "object", "required": ["id", "key"],
+                                                 "additionalProperties": False,
+                                                 "properties": {"id": _STR, "key": _STR}}}}},
+                        "prime_trust": {"type": "object", "minProperties": 1, "maxProperties": 4,
+                                        "description": "Prime server address -> the certificates it presented",
+                                        "propertyNames": {"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+                                        "additionalProperties": {"type": "array", "minItems": 1, "maxItems": 10,
+                                                                 "items": _PEM}},
+                        "peer_certificate": {**_PEM, "description": "the primary's own certificate (PEM)"}}},
+    },
+}
+_ENROLMENT_REFUSED = ("with these settings the gateway would not start (a rule of its configuration, named in the "
+                      "message), it cannot reach the pair's database, a certificate is not PEM, a profile key is "
+                      "not a Fernet key, or prime_trust lacks a Prime address the settings name")
+
+
+def _enrolment_op(summary: str, ok: int, result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    op = _op(summary, ok, result, **kwargs)
+    op["responses"]["403"] = _ENROLMENT_403
+    if "409" in op["responses"]:
+        op["responses"]["409"] = {"description": _ENROLMENT_409, **_json(_ref("Error"))}
+    return op
+
+
 # The device inventory (api/inventory.py).
 _CURSOR_REFUSED = ("'cursor' is not one this server handed out, or continues a walk with other filters, another "
                    "sort or another order")
@@ -258,6 +321,19 @@ SPEC: dict[str, Any] = {
                                   "profile": {"type": "string", "maxLength": 255},
                                   "protocol": {"type": "string", "enum": ["cns", "pnp"]}, "variables": _VARIABLES}}),
         },
+        "/ha/enrolment": {
+            "get": _enrolment_op("What this gateway is, and whether it can be enrolled as a pair's secondary now "
+                                 "(admin tokens only)", 200, _ref("EnrolmentFacts")),
+            "post": _enrolment_op("Become the secondary of a gateway pair: the settings and shared secrets are "
+                                  "written (0600) and `pnpp run` restarts the node into the pair; the token is "
+                                  "revoked by this use", 202, _ref("EnrolmentAccepted"), body=_ENROLMENT_IN,
+                                  errors=(409, 422), refused=_ENROLMENT_REFUSED),
+            "delete": _enrolment_op("Leave the pair: the configuration and secrets from before the enrolment come "
+                                    "back and the node stops; the token is revoked by this use", 202,
+                                    {"type": "object", "properties": {"node": _STR, "left": _BOOL,
+                                                                      "stopping": _BOOL, "restored": _BOOL}},
+                                    errors=(409,)),
+        },
         "/openapi.json": {"get": {"summary": "This document", "security": [],
                                   "responses": {"200": {"description": "OpenAPI 3 document"}}}},
     },
@@ -323,6 +399,15 @@ SPEC: dict[str, Any] = {
                 "id": _STR, "type": _STR, "created_at": _STR,
                 "sent_at": {**_NULL_STR, "description": "Prime's broker took it (null: not yet)"},
                 "attempts": _INT, "payload": _OBJ}},
+            "EnrolmentFacts": {"type": "object", "properties": {
+                **{k: _STR for k in ("node", "version", "mode", "gateway_ha", "gateway_role", "gateway_peer", "vip",
+                                     "node_address", "state")},
+                "started": {"type": "number", "description": "when the worker that answered started (Unix time)"},
+                "ports": {"type": "object", "properties": {"http": _INT, "https": _INT, "cns_port_base": _INT}},
+                "enrolment": {"type": "object", "properties": {"possible": _BOOL, "refusal": _STR}}}},
+            "EnrolmentAccepted": {"type": "object", "properties": {
+                **{k: _STR for k in ("node", "gateway_role", "gateway_peer", "vip", "config_file")},
+                "restarting": _BOOL, "at": {"type": "number", "description": "when it was accepted (Unix time)"}}},
             "Image": {"type": "object", "properties": {
                 "id": _INT, "name": _STR, "version": _STR, "md5": _STR, "size": _INT, "path": _STR,
                 "created_at": _STR}},
