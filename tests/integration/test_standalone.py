@@ -104,13 +104,15 @@ def row(node: RunningNode, service: str) -> dict[str, str]:
     return next(r for r in status["rows"] if r["service"] == service)
 
 
-def connected(node: RunningNode, text: str) -> bool:
-    """Both Prime rows of one reading say the bridge is connected, the HA row with ``text`` (each worker keeps its
-    own reading for up to a second, so two requests may see two moments)."""
+def connected(node: RunningNode, text: str) -> dict[str, dict[str, str]] | None:
+    """The rows of one reading in which both Prime rows say the bridge is connected, the HA row with ``text``
+    (``None`` otherwise). Each worker keeps its own reading for up to a second, so two requests may see two moments:
+    what is asserted afterwards is read from these rows."""
     _, status = node.get_json("/status")
     rows = {r["service"]: r for r in status["rows"]}
-    return rows["Prime Infrastructure Broker"]["status"] == "UP" and text in \
-        rows["Prime Infrastructure HA status"]["info"]
+    if rows["Prime Infrastructure Broker"]["status"] == "UP" and text in rows["Prime Infrastructure HA status"]["info"]:
+        return rows
+    return None
 
 
 def pnpp_status(node: RunningNode) -> tuple[int, dict[str, Any]]:
@@ -157,9 +159,9 @@ def test_a_standalone_gateway_with_prime_on_one_address(tmp_path: Path, primes: 
     trust(settings, PRIMARY, passcode)
     node = start_gateway(tmp_path, settings, gateways)
 
-    wait_until(lambda: connected(node, "connected to"), 30, "the bridge to connect")
-    assert f"Connection Detail: {PRIMARY}:{ports['broker_port']}" in row(node, "Prime Infrastructure Broker")["info"]
-    ha = row(node, "Prime Infrastructure HA status")
+    rows = wait_until(lambda: connected(node, "connected to"), 30, "the bridge to connect")
+    assert f"Connection Detail: {PRIMARY}:{ports['broker_port']}" in rows["Prime Infrastructure Broker"]["info"]
+    ha = rows["Prime Infrastructure HA status"]
     assert ha["status"] == "UP" and ha["mode"] == prime_ha
     if prime_ha == "vip":
         assert f"connected to Prime's VIP {PRIMARY} (which server holds the VIP is not visible from here)" in ha["info"]
@@ -177,9 +179,10 @@ def test_a_standalone_gateway_with_prime_on_one_address(tmp_path: Path, primes: 
 
     # Prime goes away: the row turns DOWN, and nothing the gateway records meanwhile is lost.
     prime.kill()
+    wait_until(lambda: "neither the broker nor the health monitor" in
+               row(node, "Prime Infrastructure HA status")["info"], 30, "the Prime HA row to say Prime is gone")
     wait_until(lambda: row(node, "Prime Infrastructure HA status")["status"] == "DOWN"
-               and row(node, "Prime Infrastructure Broker")["status"] == "DOWN", 30, "the Prime rows DOWN")
-    assert "neither the broker nor the health monitor" in row(node, "Prime Infrastructure HA status")["info"]
+               and row(node, "Prime Infrastructure Broker")["status"] == "DOWN", 30, "both Prime rows DOWN")
 
 
 def test_prime_ha_with_different_addresses_the_gateway_follows_the_active_server(
@@ -197,13 +200,14 @@ def test_prime_ha_with_different_addresses_the_gateway_follows_the_active_server
     assert f"and those of {PRIMARY}, trusted before" in trust(settings, SECONDARY, passcode)
     node = start_gateway(tmp_path, settings, gateways)
 
-    wait_until(lambda: connected(node, "connected to the primary"), 30, "the gateway to connect to the primary")
+    rows = wait_until(lambda: connected(node, "connected to the primary"), 30,
+                      "the gateway to connect to the primary")
+    assert "(Prime's primary)" in rows["Prime Infrastructure Broker"]["info"]
     # Each server's health is asked with a short time limit: on a loaded host one reading may miss an answer.
     wait_until(lambda: row(node, "Prime Infrastructure HA status")["info"] ==
                f"connected to the primary {PRIMARY}; primary {PRIMARY} active; secondary {SECONDARY} standby", 30,
                "the row to name both servers' states")
     assert row(node, "Prime Infrastructure HA status")["mode"] == "different-ip"
-    assert "(Prime's primary)" in row(node, "Prime Infrastructure Broker")["info"]
     create_default_profile(node)
     provision(node, "BEFORE")
     before = outbox_ids(node)
@@ -213,10 +217,11 @@ def test_prime_ha_with_different_addresses_the_gateway_follows_the_active_server
     # moves its bridge there long before STOMP heart-beats (25 s) would have noticed.
     primary.freeze()
     wait_until(lambda: (secondary.health() or {}).get("state") == "active", 30, "the secondary to become active")
-    wait_until(lambda: connected(node, "connected to the secondary"), 20, "the gateway to connect to the secondary")
-    provision(node, "DURING")
+    rows = wait_until(lambda: connected(node, "connected to the secondary"), 20,
+                      "the gateway to connect to the secondary")
     assert f"Connection Detail: {SECONDARY}:{ports['broker_port']} (Prime's secondary)" in \
-        row(node, "Prime Infrastructure Broker")["info"]
+        rows["Prime Infrastructure Broker"]["info"]
+    provision(node, "DURING")
     wait_until(lambda: f"primary {PRIMARY} not answering; secondary {SECONDARY} active" in
                row(node, "Prime Infrastructure HA status")["info"], 30, "the row to show the secondary active")
     everything = outbox_ids(node)
