@@ -158,6 +158,9 @@ class ProvisioningJob(db.Model):  # type: ignore[name-defined,misc]
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
     __mapper_args__ = {"version_id_col": version}
+    # The console's activity chart counts completions and failures per minute over the last hours from the index
+    # alone.
+    __table_args__ = (Index("ix_jobs_finished_at_state", "finished_at", "state"),)
 
     device: Mapped[Device] = relationship(foreign_keys=[device_id])
     steps: Mapped[list[JobStep]] = relationship(back_populates="job", order_by="JobStep.id")
@@ -207,6 +210,9 @@ class DeviceSession(db.Model):  # type: ignore[name-defined,misc]
 OUTBOX_DEVICE_SERIAL = "coalesce((payload -> 'device') ->> 'serial', ((payload -> 'job') -> 'device') ->> 'serial')"
 
 
+GATEWAY_STATE_EVENTS = "type = 'gateway.state'"
+
+
 class OutboxEvent(db.Model):  # type: ignore[name-defined,misc]
     """An event for Prime, written in the same transaction as the change it reports; sent by the leader."""
 
@@ -216,6 +222,10 @@ class OutboxEvent(db.Model):  # type: ignore[name-defined,misc]
         Index("ix_outbox_unsent", "sent_at", "id"),
         # A device's history lists the events naming its serial, newest first.
         Index("ix_outbox_device_serial", text(OUTBOX_DEVICE_SERIAL), "id"),
+        # The console marks the node's HA transitions on its activity chart; a partial index costs the many other
+        # events nothing.
+        Index("ix_outbox_gateway_state", "created_at", sqlite_where=text(GATEWAY_STATE_EVENTS),
+              postgresql_where=text(GATEWAY_STATE_EVENTS)),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid)
@@ -269,3 +279,42 @@ class ProcessedCommand(db.Model):  # type: ignore[name-defined,misc]
     command_id: Mapped[str] = mapped_column(String(64))
     type: Mapped[str] = mapped_column(String(64))
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ConsoleUser(db.Model):  # type: ignore[name-defined,misc]
+    """An operator of the console at ``/``: a name, a role (``admin`` or ``read``, as API tokens have) and a scrypt
+    hash of the password (never the password)."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    password_set_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_sign_in_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ConsoleSession(db.Model):  # type: ignore[name-defined,misc]
+    """A signed-in browser: by a user's password or by an API token. The cookie carries a random secret; only its
+    SHA-256 is stored, with the session's CSRF token and its absolute expiry."""
+
+    __tablename__ = "console_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), nullable=True,
+                                                 index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+
+
+class SignInFailure(db.Model):  # type: ignore[name-defined,misc]
+    """Failed console sign-ins counted per user name and per source address, for the throttle against guessing."""
+
+    __tablename__ = "sign_in_failures"
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)  # "user:<name>" or "address:<ip>"
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
