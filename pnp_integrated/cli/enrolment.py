@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import os
 import re
 import ssl
 import time
@@ -160,7 +161,14 @@ def pair_database(settings: Settings) -> Flask:
     from ..database import migration_lock, schema_revisions
     from ..extension import create_app
 
-    app = create_app({f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}, check_schema=False)
+    # Every setting is given: the file PNP_CONFIG names (setup may be about to write it) has nothing to add.
+    named = os.environ.pop("PNP_CONFIG", None)
+    try:
+        app = create_app({f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)},
+                         check_schema=False)
+    finally:
+        if named is not None:
+            os.environ["PNP_CONFIG"] = named
     with app.app_context(), migration_lock():
         before, head = schema_revisions()
         if before is not None and before != head:

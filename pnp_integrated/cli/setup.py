@@ -559,7 +559,7 @@ def _enrol(plan: PairPlan, answers: Answers, settings: Settings, runtime: Settin
         revoke_pair_tokens(app, "verify")
         revoke_pair_tokens(app, "enrol")
         status = f" (HTTP {exc.status})" if isinstance(exc, EnrolmentRefused) else ""
-        _fail(f"the secondary refused the enrolment{status}: {exc}; nothing was written")
+        _fail(f"the secondary did not take the enrolment{status}: {exc}; nothing was written")
     write()
     if plan.certificate:
         write_secret(peer_certificate_path(runtime), plan.certificate)
