@@ -158,6 +158,9 @@ def test_pages_keep_their_size_and_the_last_says_so(fleet: Fleet, read: Callable
     assert [len(p["items"]) for p in walked] == [10, 10, 10, 10]
     assert walked[0]["total"] == 40 and walked[-1]["next"] is None
     assert read("/devices")["limit"] == 50 and len(read("/devices?limit=500")["items"]) == 40
+    for item in (d for page in walked for d in page["items"]):  # each device as GET /devices/<serial> has it
+        facts = fleet.devices[item["serial"]]
+        assert (item["profile"], item["state"], item["pid"]) == (facts["profile"], facts["state"], facts["pid"])
 
 
 # ---- filters and search ---------------------------------------------------------------------------------------------
