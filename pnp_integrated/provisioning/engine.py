@@ -102,9 +102,13 @@ def job_event_payload(work: Work, step: str, state: str, attempt: int, detail: s
 
 def _step_event(work: Work, step: str, state: str, attempt: int, detail: str = "") -> None:
     record_event("job.step", {"job": job_event_payload(work, step, state, attempt, detail)})
-    log.info("device %s job %s step %s %s (attempt %s)%s", work.device.serial, work.job.id, step, state, attempt,
-             f": {detail}" if detail else "",
-             extra={"device": work.device.serial, "job": work.job.id, "step": step})
+    # One INFO line per step, its outcome; a first attempt's start is in the job's history (and at DEBUG), a
+    # retry's start is worth the operator's eye.
+    level = logging.DEBUG if state == "started" and attempt == 1 else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(level, "device %s job %s step %s %s (attempt %s)%s", work.device.serial, work.job.id, step, state,
+                attempt, f": {detail}" if detail else "",
+                extra={"device": work.device.serial, "job": work.job.id, "step": step})
 
 
 # ---- the job's history ----------------------------------------------------------------------------------------------
@@ -599,6 +603,8 @@ _WORK = (
 )
 _WORK_LOCKED = _WORK.with_for_update(of=_DEVICES)
 _DEVICE_CHANGED = update(_DEVICES).where(_DEVICES.c.id == bindparam("row_id"))
+# Built once: the columns set are the parameters' names, so each set of changed columns compiles once, not per call.
+_JOB_CHANGED = update(_JOBS).where(_JOBS.c.id == bindparam("row_id"), _JOBS.c.version == bindparam("expected_version"))
 
 
 def _record(row: Any, table: Any, prefix: str) -> _Record | None:
@@ -627,9 +633,8 @@ def _write_back(device: _Record, job: _Record | None) -> None:
     connection = db.session.connection()
     if job is not None and job.changes:
         version = job._values["version"]
-        stmt = (update(_JOBS).where(_JOBS.c.id == job.id, _JOBS.c.version == version)
-                .values(**job.changes, version=version + 1))
-        if connection.execute(stmt).rowcount != 1:
+        values = {**job.changes, "version": version + 1, "row_id": job.id, "expected_version": version}
+        if connection.execute(_JOB_CHANGED, values).rowcount != 1:
             raise LostRace(f"job {job.id} changed meanwhile")
     if device.changes:
         connection.execute(_DEVICE_CHANGED, {"row_id": device.id, **device.changes})
@@ -678,8 +683,7 @@ def rendered_config(serial: str, correlator: str | None = None) -> str | None:
     """
     _check_serial(serial)
     try:
-        device = locked_device(serial, lock=False)
-        job = current_job(device, lock=False) if device is not None else None
+        device, job, profile = _locked_work(serial, lock=False)
         if device is None or job is None:
             return None
         request = job.pending_request or {}
@@ -689,7 +693,6 @@ def rendered_config(serial: str, correlator: str | None = None) -> str | None:
             return str(request["config_text"])
         if job.state == RUNNING and request.get("kind") == ActionKind.CONFIG.value:
             return str(request["config_text"])
-        profile = job_profile(job)
         if profile is None or not profile.config_template:
             return None
         try:
