@@ -19,6 +19,10 @@ The request kinds: the first page (50 devices by serial, with the total); a deep
 of a walk); the failed devices (first page, with their total); a search by serial prefix (six characters of a
 device's serial, lower case); the counts by state and protocol; the recently seen (sort by last seen, newest first);
 a device's history (jobs, steps, events); and one page of 500 of a walk through the whole fleet.
+
+What the indexes cost the device path: before the upgrade and after it, ``--contacts`` writes of a device contact
+(one UPDATE of a random device's last_seen, committed on its own, as the engine writes a contact of a device it
+knows) are timed on the full tables, with the write-ahead log they produced on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
+
+from sqlalchemy import bindparam
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -240,10 +246,55 @@ def write_rows(driver: Any, dialect: str, table: str, rows: list[dict[str, Any]]
                        values)
 
 
-def fill(database_url: str, data_dir: Path, devices: int) -> tuple[Fleet, float, float]:
+@dataclass
+class WriteCost:
+    """What a device's contact costs the database: one UPDATE of its last-seen time, committed on its own."""
+
+    revision: str
+    updates: int = 0
+    seconds: float = 0.0
+    wal_bytes: int | None = None  # PostgreSQL: write-ahead log written
+
+    def line(self) -> str:
+        wal = f", {self.wal_bytes / self.updates:,.0f} bytes of WAL each" if self.wal_bytes is not None else ""
+        return f"{self.revision}: {1e6 * self.seconds / self.updates:,.0f} us per update{wal}"
+
+
+def contact_writes(revision: str, devices: int, count: int, seed: int) -> WriteCost:
+    """Time ``count`` contacts of random devices as the engine writes them for a device it knows (one UPDATE of
+    last_seen, one commit each): the device path's write, which every index on last_seen makes dearer."""
+    from sqlalchemy import update
+
+    from pnp_integrated.models import Device, db
+
+    rng = random.Random(seed)
+    cost = WriteCost(revision, count)
+    statement = update(Device.__table__).where(Device.__table__.c.id == bindparam("row")).values(
+        last_seen=bindparam("at"))
+    with db.engine.connect() as connection:
+        postgres = connection.dialect.name == "postgresql"
+        if not postgres:
+            connection.exec_driver_sql("PRAGMA synchronous=NORMAL")  # the node's setting (the fill turned it off)
+        wal = connection.exec_driver_sql("SELECT pg_current_wal_lsn()").scalar() if postgres else None
+        connection.commit()
+        started = time.perf_counter()
+        for n in range(count):
+            connection.execute(statement, {"row": rng.randrange(1, devices + 1),
+                                           "at": NOW + dt.timedelta(microseconds=n)})
+            connection.commit()
+        cost.seconds = time.perf_counter() - started
+        if postgres:
+            cost.wal_bytes = int(connection.exec_driver_sql(
+                f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{wal}')").scalar() or 0)
+    return cost
+
+
+def fill(database_url: str, data_dir: Path, devices: int,
+         contacts: int = 0) -> tuple[Fleet, float, float, list[WriteCost]]:
     """Write the fleet into the database, batch by batch, at the revision before the inventory's indexes, then
-    migrate it to the newest (building those indexes on the full tables, as an upgrade of a fleet does);
-    (what was written, seconds the writes took, seconds the upgrade took)."""
+    migrate it to the newest (building those indexes on the full tables, as an upgrade of a fleet does); with
+    ``contacts``, time that many device contacts' writes before and after the upgrade. (What was written, seconds
+    the writes took, seconds the upgrade took, the contacts' write costs.)"""
     from flask_migrate import upgrade
     from sqlalchemy import func, select
 
@@ -269,8 +320,12 @@ def fill(database_url: str, data_dir: Path, devices: int) -> tuple[Fleet, float,
                     fleet.written[name] += len(batch)
         db.session.commit()
         written = time.monotonic() - started
+        costs = [contact_writes(f"revision {BEFORE_INVENTORY}", devices, contacts, 3)] if contacts else []
+        upgraded = time.monotonic()
         upgrade()
-        migrated = time.monotonic() - started - written
+        migrated = time.monotonic() - upgraded
+        if contacts:
+            costs.append(contact_writes("newest revision", devices, contacts, 3))
         if db.engine.dialect.name == "postgresql":
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
                 for table in ("profiles", "devices", "jobs"):  # explicit ids: the sequences move past them
@@ -279,7 +334,7 @@ def fill(database_url: str, data_dir: Path, devices: int) -> tuple[Fleet, float,
                 connection.exec_driver_sql("VACUUM ANALYZE")
         db.session.remove()
         db.engine.dispose()
-    return fleet, written, migrated
+    return fleet, written, migrated, costs
 
 
 @dataclass
@@ -431,12 +486,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="timed requests of each kind")
     parser.add_argument("--database-url", help="an empty PostgreSQL database (default: SQLite, temporary)")
     parser.add_argument("--workers", type=int, default=2, help="gateway workers of the node")
+    parser.add_argument("--contacts", type=int, default=2000,
+                        help="device contacts' writes timed before and after the inventory's indexes (0: skip)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="pnp-bench-inventory-") as tmp_name:
         tmp = Path(tmp_name)
         database_url = args.database_url or f"sqlite:///{tmp / 'inventory.sqlite3'}"
-        fleet, written, migrated = fill(database_url, tmp / "fill", args.devices)
+        fleet, written, migrated, costs = fill(database_url, tmp / "fill", args.devices, args.contacts)
         print(f"wrote {fleet.summary()} in {written:.1f} s; the upgrade to the newest revision (the inventory's "
               f"indexes) took {migrated:.1f} s", flush=True)
         from pnp_integrated import create_app
@@ -466,6 +523,10 @@ def main() -> int:
     kind_name = "PostgreSQL" if database_url.startswith("postgresql") else "SQLite"
     print(f"node: {args.workers} worker(s), {kind_name}, {code_line(code)}")
     print(format_table([*timings, walk]))
+    if costs:
+        print("\ndevice contact writes (UPDATE of last_seen, one transaction each):")
+        for cost in costs:
+            print(f"    {cost.line()}")
     for name, plan in found:
         print(f"\n{name}:\n    " + "\n    ".join(plan))
     return 0
