@@ -62,7 +62,12 @@ def run(workers: int | None, broker: str | None, log_format: str | None) -> None
     # Prime (broker, health) first, as on a Prime node; a standalone gateway's Prime is elsewhere.
     prime_child = None if settings.standalone else start_prime_child(settings, broker or "embedded")
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--chdir", str(PROJECT_ROOT), "wsgi:app"]
-    child = subprocess.Popen(cmd, preexec_fn=die_with_parent)  # gunicorn stops when pnpp run is killed
+    from .restart import GatewayRestart
+
+    restart = GatewayRestart()  # an enrolment as a pair's secondary restarts the node with its new settings
+    child = subprocess.Popen(cmd, preexec_fn=die_with_parent,  # gunicorn stops when pnpp run is killed
+                             env=restart.child_environment())
+    restart.watch(child)
 
     def forward(signum: int, _frame: Any) -> None:
         child.send_signal(signum)
@@ -74,6 +79,7 @@ def run(workers: int | None, broker: str | None, log_format: str | None) -> None
     finally:
         if prime_child is not None:
             stop_prime_child(prime_child)
+    restart.restart_if_requested()
     sys.exit(code)
 
 
