@@ -148,8 +148,8 @@ def build_status(settings: Settings) -> dict[str, Any]:
         pid_text = "pids: " + ",".join(map(str, serving)) if serving else "not listening"
         if role.service == "CNS Gateway":
             name, info = f"CNS Gateway port: {role.port}", f"{pid_text}; devices: {sessions.get(role.port, 0)}"
-        elif role.service == "CNS Gateway Dispatcher":
-            name, info = f"CNS Gateway Dispatcher port: {role.port}", pid_text
+        elif role.service in ("CNS Gateway Dispatcher", "PnP Gateway Monitoring"):
+            name, info = f"{role.service} port: {role.port}", pid_text
         else:
             name, info = role.service, f"port: {role.port}; {pid_text}"
         port_rows[role.service].append(_row(name, mode, bool(serving), info))

@@ -6,6 +6,7 @@ import click
 
 from ..prime.commands import prime
 from .bootstrap import bootstrap
+from .ha import ha
 from .images import image, token
 from .keys import profile_keys
 from .lab import lab
@@ -20,7 +21,8 @@ def main() -> None:
     """pnp-integrated: the Prime Infrastructure integrated Plug and Play gateway."""
 
 
-for command in (run, status, db, certs, config, setup, bootstrap, image, token, profile_keys, simulate, lab, prime):
+for command in (run, status, db, certs, config, setup, bootstrap, image, token, profile_keys, simulate, lab, prime,
+                ha):
     main.add_command(command)
 
 __all__ = ["main"]

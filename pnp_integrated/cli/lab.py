@@ -1,4 +1,5 @@
-"""``pnpp lab``: build and remove the HA lab (two Prime nodes and a devices network in namespaces; root only)."""
+"""``pnpp lab``: build and remove the HA lab (two Prime nodes and a devices network in namespaces; root only), or
+the standalone lab (a gateway pair and Prime servers of its own)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import click
 
 from ..lab import HaLab
 from ..lab.fleet import FLEET_CONFIG, FLEET_POST, FLEET_PROFILE
-from ..lab.plan import MOVERS, LabError
+from ..lab.plan import MOVERS, PRIME_HA_MODES, STANDALONE_MOVERS, LabError
 
 DEFAULT_DIR = "pnp-lab"
 
@@ -28,13 +29,21 @@ def lab() -> None:
 
 @lab.command("up")
 @_dir_option
-@click.option("--mover", type=click.Choice(MOVERS), default="prime", show_default=True,
-              help="what moves the VIP: the simulated Prime pair, or keepalived (VRRP)")
+@click.option("--mover", type=click.Choice(sorted({*MOVERS, *STANDALONE_MOVERS})), default=None,
+              help="what moves the VIP: the simulated Prime pair (default), or keepalived (VRRP); standalone: the "
+                   "gateways' built-in mover (default) or keepalived")
+@click.option("--standalone", is_flag=True,
+              help="a standalone gateway pair with Prime servers of its own instead of two Prime nodes")
+@click.option("--prime-ha", type=click.Choice(PRIME_HA_MODES), default="none", show_default=True,
+              help="standalone: Prime without HA (one server), with a VIP, or with different addresses")
 @click.option("--prefix", default="pnplab", show_default=True, help="namespace and interface name prefix")
 @click.option("--subnet", default="10.77.0", show_default=True, help="the lab's /24 (first three octets)")
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="gateway workers per node")
-def lab_up(root: Path, mover: str, prefix: str, subnet: str, workers: int) -> None:
+def lab_up(root: Path, mover: str | None, standalone: bool, prime_ha: str, prefix: str, subnet: str,
+           workers: int) -> None:
     """Build the lab and start both nodes; returns once both answer /status."""
+    from ..lab.standalone import StandaloneLab
+
     if (root / "lab.json").exists():
         try:
             if any(n.pid for n in HaLab.load(root).plan.nodes):
@@ -43,7 +52,14 @@ def lab_up(root: Path, mover: str, prefix: str, subnet: str, workers: int) -> No
         except LabError:
             pass
     try:
-        built = HaLab.create(root, prefix=prefix, subnet=subnet, mover=mover, workers=workers)
+        if standalone:
+            built: HaLab = StandaloneLab.create(root, prefix=prefix, subnet=subnet, mover=mover or "builtin",
+                                                workers=workers, prime_ha=prime_ha)
+        elif prime_ha != "none":
+            raise LabError("--prime-ha is for the standalone lab (--standalone); the integrated lab's Prime pair "
+                           "moves its VIP")
+        else:
+            built = HaLab.create(root, prefix=prefix, subnet=subnet, mover=mover or "prime", workers=workers)
         built.up()
     except LabError as exc:
         click.echo(f"pnpp lab: {exc}", err=True)

@@ -61,6 +61,9 @@ def run(workers: int | None, broker: str | None, log_format: str | None) -> None
 
     # Prime (broker, health) first, as on a Prime node; a standalone gateway's Prime is elsewhere.
     prime_child = None if settings.standalone else start_prime_child(settings, broker or "embedded")
+    from .ha import start_pair_watch, stop_pair_watch
+
+    pair_watch = start_pair_watch(settings)  # a standalone gateway pair: its health monitor and VIP watch
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--chdir", str(PROJECT_ROOT), "wsgi:app"]
     from .restart import GatewayRestart
 
@@ -77,6 +80,7 @@ def run(workers: int | None, broker: str | None, log_format: str | None) -> None
     try:
         code = child.wait()
     finally:
+        stop_pair_watch(pair_watch)
         if prime_child is not None:
             stop_prime_child(prime_child)
     restart.restart_if_requested()

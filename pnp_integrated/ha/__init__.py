@@ -173,13 +173,51 @@ def ha_status_rows(role: NodeRole) -> list[dict[str, str]]:
 
 
 def gateway_ha_row(role: NodeRole) -> dict[str, str]:
-    """The "PnP Gateway HA state" row: this gateway's role and why."""
+    """The "PnP Gateway HA state" row: this gateway's role and why.
+
+    In a standalone gateway pair it reads as Prime's does ("Primary Server is in Active state"), with the VIP and
+    lease facts and the connection to the other gateway as the pair's health monitor last saw it.
+    """
     from ..models import utcnow
 
     settings = role.settings
     state = role.evaluate(utcnow())
-    return {"service": "PnP Gateway HA state", "mode": settings.ha_mode, "status": state,
+    if settings.standalone and settings.gateway_in_pair:
+        return _gateway_pair_row(role, state)
+    mode = settings.gateway_ha if settings.standalone else settings.ha_mode
+    return {"service": "PnP Gateway HA state", "mode": mode, "status": state,
             "info": f"{role.reason}; transitions: {role.transitions}"}
+
+
+def _gateway_pair_row(role: NodeRole, state: str) -> dict[str, str]:
+    import time
+
+    settings = role.settings
+    server = f"{settings.gateway_role.capitalize()} Server"
+    status = f"{server} is in {'Active' if state == 'ACTIVE' else 'Standby'} state"
+    vip = f"VIP {settings.vip} {'on this gateway' if role.vip_ok else 'not on this gateway'}"
+    lease = ("leader lease held by this gateway" if role.node_leads else
+             f"leader lease held by {role.lease_node}" if role.lease_node else "leader lease held by nobody")
+    if settings.gateway_vip_mover == "keepalived":
+        failback = "failback manual (keepalived, nopreempt: restart keepalived on the active secondary)"
+    elif settings.gateway_failback == "manual":
+        failback = "failback manual (`pnpp ha failback`)"
+    else:
+        failback = f"failback automatic after a hold-down of {settings.gateway_hold_down:g} s"
+    health = ask_health(settings.node_addr, settings.health_port, timeout=1.0)
+    if health is None:
+        peer = (f"peer {settings.gateway_peer}: not known (this gateway's pair health monitor on "
+                f"{settings.node_addr}:{settings.health_port} does not answer)")
+    else:
+        seen = float(health.get("peer_seen") or 0)
+        last = f"last seen {max(0.0, time.time() - seen):.1f} s ago" if seen else "never seen"
+        peer_state = str(health.get("peer_state") or "not asked yet")
+        reachable = "unreachable" if peer_state.startswith("unreachable") else f"reachable, {peer_state}"
+        peer = f"peer {settings.gateway_peer} {reachable}, {last}"
+        if health.get("note"):
+            peer += f"; {health['note']}"
+    return {"service": "PnP Gateway HA state", "mode": f"pair ({settings.gateway_vip_mover})", "status": status,
+            "info": f"{vip}; {lease}; {peer}; {failback}; transitions: {role.transitions}"}
 
 
 def prime_ha_row(settings: Settings) -> dict[str, str]:

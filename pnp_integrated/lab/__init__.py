@@ -9,6 +9,7 @@ Topology (``<p>`` is the lab prefix, default ``pnplab``; addresses in ``<subnet>
     VIP <subnet>.100/24, moved by the simulated Prime pair (``mover="prime"``) or by keepalived (``"keepalived"``)
 
 The lab writes ``lab.json`` in its directory so ``pnpp lab down`` (another process) can take everything down.
+:class:`~.standalone.StandaloneLab` builds the other topology: a standalone gateway pair and Prime servers of its own.
 """
 
 from __future__ import annotations
@@ -57,11 +58,15 @@ class HaLab:
 
     @classmethod
     def load(cls, root: Path) -> HaLab:
-        """The lab described by ``root/lab.json``."""
+        """The lab described by ``root/lab.json`` (a :class:`~.standalone.StandaloneLab` when it is one)."""
+        from .standalone import StandaloneLab
+
         try:
             data = json.loads((root / STATE_FILE).read_text())
             nodes = [LabNode(**n) for n in data.pop("nodes")]
-            return cls(LabPlan(**data, nodes=nodes))
+            primes = [LabNode(**n) for n in data.pop("primes", [])]
+            kind = StandaloneLab if data.get("topology") == "standalone" else HaLab
+            return kind(LabPlan(**data, nodes=nodes, primes=primes))
         except FileNotFoundError:
             raise LabError(f"no lab in {root} ({STATE_FILE} not found)") from None
         except (ValueError, TypeError) as exc:
@@ -94,14 +99,14 @@ class HaLab:
 
     def down(self) -> None:
         """Stop every process of the lab, PostgreSQL, and remove the namespaces and the bridge (never raises)."""
-        for namespace in [n.namespace for n in self.plan.nodes] + [self.plan.devices_namespace]:
+        for namespace, _ in self.plan.members:
             self._kill_namespace(namespace)
             # The veth pair goes with its outer end at once; a deleted namespace frees it only later.
             run("ip", "link", "del", self._outer(namespace), check=False)
             run("ip", "netns", "del", namespace, check=False)
         run("ip", "link", "del", self.plan.bridge, check=False)
         self.stop_postgres()
-        for node in self.plan.nodes:
+        for node in (*self.plan.nodes, *self.plan.primes):
             node.pid = node.keepalived_pid = 0
         if Path(self.plan.root).exists():
             self.save()
@@ -112,8 +117,7 @@ class HaLab:
         run("ip", "link", "add", p.bridge, "type", "bridge")
         run("ip", "addr", "add", f"{p.gateway_ip}/24", "dev", p.bridge)
         run("ip", "link", "set", p.bridge, "up")
-        members = [(n.namespace, n.address) for n in p.nodes] + [(p.devices_namespace, p.devices_ip)]
-        for namespace, address in members:
+        for namespace, address in p.members:
             outer = self._outer(namespace)
             run("ip", "netns", "add", namespace)
             run("ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0", "netns", namespace)
@@ -160,13 +164,17 @@ class HaLab:
         rows = self.query("SELECT event_id, sent_at IS NOT NULL FROM outbox ORDER BY id")
         return [(str(event_id), bool(sent)) for event_id, sent in rows]
 
+    def prime_data_dirs(self) -> list[Path]:
+        """The data directories of the lab's simulated Prime servers (here: the nodes')."""
+        return [Path(node.data_dir) for node in self.plan.nodes]
+
     def prime_event_ids(self) -> set[str]:
-        """Ids of the events the Prime sinks of both nodes received."""
+        """Ids of the events the Prime sinks of the lab received (every Prime server's, de-duplicated)."""
         from ..prime.sink import EventStore
 
         ids: set[str] = set()
-        for node in self.plan.nodes:
-            path = Path(node.data_dir) / "prime" / "events.sqlite3"
+        for data_dir in self.prime_data_dirs():
+            path = data_dir / "prime" / "events.sqlite3"
             if path.exists():
                 store = EventStore(path)
                 try:
@@ -261,20 +269,24 @@ class HaLab:
     def gateway_credentials_file(self) -> Path:
         return Path(self.plan.root) / "secrets" / "broker-credentials.json"
 
-    def start_keepalived(self, name: str) -> None:
-        node = self.plan.node(name)
-        run_dir = Path(node.data_dir) / "keepalived"
-        run_dir.mkdir(parents=True, exist_ok=True)
+    def keepalived_conf(self, node: LabNode) -> str:
+        """The keepalived configuration of ``node``: the VIP between the two nodes, failback manual (nopreempt)."""
         # High priorities: a backup declares the master dead after 3 adverts plus (256 - priority)/256 s of skew, so
         # 245 takes over 0.57 s sooner than 100 would.
         priority = 250 if node.role == "primary" else 245
-        conf = run_dir / "keepalived.conf"
-        conf.write_text(
+        return (
             "global_defs {\n  router_id " + node.name + "\n  enable_script_security\n}\n"
             "vrrp_instance PNP {\n  state BACKUP\n  interface eth0\n  virtual_router_id 77\n"
             f"  priority {priority}\n  advert_int 1\n  nopreempt\n"
             f"  virtual_ipaddress {{\n    {self.plan.vip}/24 dev eth0\n  }}\n}}\n"
         )
+
+    def start_keepalived(self, name: str) -> None:
+        node = self.plan.node(name)
+        run_dir = Path(node.data_dir) / "keepalived"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        conf = run_dir / "keepalived.conf"
+        conf.write_text(self.keepalived_conf(node))
         log = (run_dir / "keepalived.log").open("ab")
         process = subprocess.Popen(
             ["ip", "netns", "exec", node.namespace, "keepalived", "--dont-fork", "--log-console", "--vrrp",

@@ -2,9 +2,10 @@
 
 Rules, applied after every check (``misses`` is 3 by default):
 
-* a node holds the VIP only while it is healthy: a standby node that is not healthy takes nothing over, and an active
-  one that stays unhealthy for ``misses`` checks gives the VIP up (a node cut off from what it serves, such as the
-  database of a gateway, is of no use with it; its peer, if healthy, takes over);
+* a node holds the VIP only while it is healthy: a standby node whose last check failed takes nothing over, and an
+  active one that stays unhealthy for ``misses`` checks gives the VIP up and tells its peer it is unhealthy (a node
+  cut off from what it serves, such as the database of a gateway, is of no use with it; its peer, if healthy, takes
+  over);
 * a healthy standby node whose peer missed ``misses`` checks in a row (no answer, or an unhealthy one) becomes active
   (the peer failed); a peer that has not been healthy yet since it started is given ``start_grace`` seconds first,
   so the primary of a pair that starts together is not overtaken while its service is still coming up;
@@ -130,7 +131,8 @@ class PeerWatch:
         healthy = self.healthy() if self.healthy is not None else True
         self.unhealthy = 0 if healthy else self.unhealthy + 1
         self._healthy_once = self._healthy_once or healthy
-        self.state.healthy = healthy
+        # What the peer (and keepalived) is told: one slow check of a loaded node is not yet a failed node.
+        self.state.healthy = self.unhealthy < self.misses_allowed
         self.state.starting = not self._healthy_once and time.monotonic() - self._started < self.start_grace
         peer = self._ask()
         now = time.monotonic()
