@@ -46,7 +46,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.orm import InstrumentedAttribute, load_only
+from sqlalchemy.orm import InstrumentedAttribute, aliased, load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
 from ..models import OUTBOX_DEVICE_SERIAL, Device, OutboxEvent, Profile, db
@@ -92,6 +92,11 @@ class InventoryQuery:
     @property
     def order(self) -> str:
         return "desc" if self.descending else "asc"
+
+    @property
+    def searches(self) -> bool:
+        """Whether a prefix search (of serial, or serial and hostname) narrows the devices."""
+        return any(value for name, value in self.filters if name in ("search", "serial"))
 
     def fingerprint(self) -> str:
         """A digest of the filters: a cursor is only good for the walk it came from."""
@@ -253,16 +258,28 @@ def conditions(query: InventoryQuery, dialect: str) -> list[ColumnElement[bool]]
 
 
 def page_statement(query: InventoryQuery, dialect: str | None = None) -> Select[tuple[Device]]:
-    """The devices of the query's page, plus one: a row beyond ``limit`` means there is a next page."""
-    key = SORT_KEYS[query.sort]
-    columns = (key,) if key is Device.serial else (key, Device.serial)
-    stmt = select(Device).where(*conditions(query, dialect or _dialect()))
+    """The devices of the query's page, plus one: a row beyond ``limit`` means there is a next page.
+
+    With a prefix search, the matching devices are read first, as a materialized CTE: else PostgreSQL walks the
+    index of the sort key until it has a page of matches, expecting them spread out, while the devices whose
+    serial starts with a prefix sit together in serial order (a prefix late in the alphabet cost it a second on
+    100,000 devices). Through the folded indexes the matches cost what they number, and only they are sorted.
+    """
+    where = conditions(query, dialect or _dialect())
+    source: Any = Device
+    if query.searches:
+        source = aliased(Device, select(Device).where(*where).cte("matches").prefix_with("MATERIALIZED"))
+        where = []
+    key, serial = getattr(source, query.sort), source.serial
+    columns = (key,) if query.sort == "serial" else (key, serial)
+    stmt = select(source).where(*where)
     if query.after is not None:
-        if key is Device.serial:
-            mark, start = Device.serial, literal(query.after.serial, Device.serial.type)
+        if query.sort == "serial":
+            mark, start = serial, literal(query.after.serial, Device.serial.type)
         else:
-            mark = tuple_(key, Device.serial)
-            start = tuple_(literal(query.after.key, key.type), literal(query.after.serial, Device.serial.type))
+            mark = tuple_(key, serial)
+            start = tuple_(literal(query.after.key, SORT_KEYS[query.sort].type),
+                           literal(query.after.serial, Device.serial.type))
         stmt = stmt.where(mark < start if query.descending else mark > start)
     order = [c.desc() if query.descending else c.asc() for c in columns]
     return stmt.order_by(*order).limit(query.limit + 1)
