@@ -91,10 +91,10 @@ class PnPGateway:
         register_web_services(app)
 
         from . import metrics
-        from .dashboard import blueprint as dashboard_blueprint
+        from .console import blueprint as console_blueprint  # the operator console at /
 
         metrics.init_app(app)
-        app.register_blueprint(dashboard_blueprint)
+        app.register_blueprint(console_blueprint)
         from .cns.imageservice import blueprint as cns_image_blueprint  # CNS image agent (/cns/HttpMsgDispatcher)
         app.register_blueprint(cns_image_blueprint)
         app.register_error_handler(sa_exc.TimeoutError, _database_busy)

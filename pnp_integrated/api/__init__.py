@@ -11,7 +11,18 @@ blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 errors.install(blueprint)
 auth.install(blueprint)
 
-# The route modules attach their views to ``blueprint``.
-from . import bootstrap, devices, enrolment, images, jobs, openapi, profiles  # noqa: E402, F401
+# The route modules attach their views to ``blueprint`` (activity and rendering add theirs to the OpenAPI
+# document too).
+from . import (  # noqa: E402, F401
+    activity,
+    bootstrap,
+    devices,
+    enrolment,
+    images,
+    jobs,
+    openapi,
+    profiles,
+    rendering,
+)
 
 __all__ = ["blueprint"]

@@ -13,6 +13,10 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 PUBLIC_ENDPOINTS = {"api.openapi"}
 # POST endpoints that change nothing (rendering), open to read tokens.
 READ_ONLY_POSTS = {"api.render_bootstrap"}
+# The operator console calls the API in-process for its signed-in operator, whose name and role (an unsaved
+# ApiToken) it puts under this WSGI environ key. No HTTP request can set one (headers arrive as HTTP_* keys), and the
+# call then meets the same role check, validation and audit as any client's.
+CONSOLE_PRINCIPAL = "pnp_integrated.console.principal"
 
 
 def install(blueprint: Blueprint) -> None:
@@ -22,6 +26,10 @@ def install(blueprint: Blueprint) -> None:
     def _authenticate() -> None:
         if request.endpoint in PUBLIC_ENDPOINTS:
             return
+        principal = request.environ.get(CONSOLE_PRINCIPAL)
+        if isinstance(principal, ApiToken):
+            _authorise(principal)
+            return
         header = request.headers.get("Authorization", "")
         scheme, _, raw = header.partition(" ")
         if scheme.lower() != "bearer" or not raw.strip():
@@ -29,9 +37,13 @@ def install(blueprint: Blueprint) -> None:
         token = token_for(raw.strip())
         if token is None:
             raise ApiError(401, "unauthorized", "the token is invalid or revoked")
-        if token.role != "admin" and request.method not in SAFE_METHODS and request.endpoint not in READ_ONLY_POSTS:
-            raise ApiError(403, "forbidden", f"token {token.name!r} has the read role; this request needs admin")
-        g.api_token = token
+        _authorise(token)
+
+
+def _authorise(token: ApiToken) -> None:
+    if token.role != "admin" and request.method not in SAFE_METHODS and request.endpoint not in READ_ONLY_POSTS:
+        raise ApiError(403, "forbidden", f"token {token.name!r} has the read role; this request needs admin")
+    g.api_token = token
 
 
 def current_token() -> ApiToken:

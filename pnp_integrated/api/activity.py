@@ -1,0 +1,100 @@
+"""``GET /api/v1/activity``: provisioning completions and failures per minute, and the node's HA transitions.
+
+What a roll-out looks like over the last hours: how many jobs ended in each minute, by how they ended, and when the
+gateway changed role (the ``gateway.state`` events it wrote for Prime: ACTIVE after a start or a take-over, PASSIVE
+when it lost the VIP or the lease). Minutes are grouped by the database, from the index on the jobs' end
+(``ix_jobs_finished_at_state``); only minutes in which a job ended are listed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask import Response, jsonify
+from sqlalchemy import ColumnElement, func, literal_column, select, text
+
+from ..models import GATEWAY_STATE_EVENTS, OutboxEvent, ProvisioningJob, db, utcnow
+from ..outbox import rfc3339
+from ..provisioning.types import TERMINAL_STATES
+from . import blueprint
+from .errors import invalid
+from .openapi import SPEC
+from .validation import query_args
+
+DEFAULT_MINUTES, MAX_MINUTES = 180, 1440
+MAX_TRANSITIONS = 500  # a flapping pair is drawn as its latest changes, not as every one of thousands
+
+
+def _minutes(args: dict[str, str]) -> int:
+    problem = f"minutes must be an integer from 1 to {MAX_MINUTES} (default {DEFAULT_MINUTES})"
+    try:
+        minutes = int(args.get("minutes", DEFAULT_MINUTES))
+    except ValueError:
+        raise invalid(problem, fields=["minutes"]) from None
+    if not 1 <= minutes <= MAX_MINUTES:
+        raise invalid(problem, fields=["minutes"])
+    return minutes
+
+
+def minute_of(column: Any, dialect: str) -> ColumnElement[str]:
+    """The minute ``column`` falls in, as RFC 3339 UTC text (``2026-01-31T12:34:00Z``), computed by the database."""
+    if dialect == "postgresql":
+        return func.to_char(func.date_trunc("minute", column), literal_column("'YYYY-MM-DD\"T\"HH24:MI:00\"Z\"'"))
+    return func.strftime("%Y-%m-%dT%H:%M:00Z", column)
+
+
+def activity(minutes: int, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Job endings per minute and HA transitions over the ``minutes`` up to ``now`` (naive UTC)."""
+    until = now or utcnow()
+    since = (until - dt.timedelta(minutes=minutes - 1)).replace(second=0, microsecond=0)
+    minute = minute_of(ProvisioningJob.finished_at, db.session.get_bind().dialect.name).label("minute")
+    rows = db.session.execute(
+        select(minute, ProvisioningJob.state, func.count())
+        .where(ProvisioningJob.finished_at >= since, ProvisioningJob.finished_at <= until)
+        .group_by(minute, ProvisioningJob.state).order_by(minute))
+    per_minute: dict[str, dict[str, Any]] = {}
+    for at, state, count in rows:
+        if state in TERMINAL_STATES:
+            entry = per_minute.setdefault(str(at), {"minute": str(at), **dict.fromkeys(TERMINAL_STATES, 0)})
+            entry[state] += int(count)
+    # The index's own condition, as text: a bound parameter would keep the database from using the partial index.
+    events = list(db.session.execute(
+        select(OutboxEvent.created_at, OutboxEvent.payload)
+        .where(text(GATEWAY_STATE_EVENTS), OutboxEvent.created_at >= since, OutboxEvent.created_at <= until)
+        .order_by(OutboxEvent.created_at.desc()).limit(MAX_TRANSITIONS)))
+    transitions = [{"at": rfc3339(at), "state": str(payload.get("state", "")), "node": str(payload.get("node", "")),
+                    "reason": str(payload.get("reason", ""))} for at, payload in reversed(events)]
+    return {"since": rfc3339(since), "until": rfc3339(until), "minutes": minutes,
+            "per_minute": list(per_minute.values()), "transitions": transitions}
+
+
+@blueprint.get("/activity")
+def get_activity() -> Response:
+    """Completions, failures and cancellations per minute, and HA transitions, over the last ``minutes``."""
+    return jsonify(activity(_minutes(query_args(("minutes",)))))
+
+
+_INT, _STR = {"type": "integer"}, {"type": "string"}
+SPEC["paths"]["/activity"] = {"get": {
+    "summary": "Provisioning activity: jobs ended per minute (completed, failed, cancelled) and the gateway's HA "
+               "transitions, over the last minutes",
+    "parameters": [{"name": "minutes", "in": "query", "required": False,
+                    "description": f"how far back (default {DEFAULT_MINUTES})",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES}}],
+    "responses": {"200": {"description": "success", "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/Activity"}}}},
+        **{str(status): {"$ref": f"#/components/responses/E{status}"} for status in (401, 403, 422)}},
+}}
+SPEC["components"]["schemas"]["Activity"] = {
+    "type": "object", "required": ["since", "until", "minutes", "per_minute", "transitions"], "properties": {
+        "since": {**_STR, "description": "the first minute counted (UTC)"}, "until": _STR, "minutes": _INT,
+        "per_minute": {"type": "array", "description": "the minutes in which jobs ended, oldest first (a minute "
+                                                       "not listed had none)",
+                       "items": {"type": "object", "required": ["minute", *TERMINAL_STATES],
+                                 "properties": {"minute": _STR, **{state: _INT for state in TERMINAL_STATES}}}},
+        "transitions": {"type": "array", "description": f"the gateway's role changes, oldest first (the latest "
+                                                        f"{MAX_TRANSITIONS})",
+                        "items": {"type": "object", "properties": {
+                            "at": _STR, "state": {"type": "string", "description": "ACTIVE or PASSIVE"},
+                            "node": _STR, "reason": _STR}}}}}
