@@ -13,6 +13,7 @@ from .lab import lab
 from .node import certs, config, db, run, status
 from .setup import setup
 from .simulate import simulate
+from .users import user
 
 
 @click.group()
@@ -22,7 +23,7 @@ def main() -> None:
 
 
 for command in (run, status, db, certs, config, setup, bootstrap, image, token, profile_keys, simulate, lab, prime,
-                ha):
+                ha, user):
     main.add_command(command)
 
 __all__ = ["main"]

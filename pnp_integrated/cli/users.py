@@ -6,6 +6,7 @@ where every process on the host can read it.
 
 from __future__ import annotations
 
+import sys
 from typing import IO
 
 import click
@@ -15,7 +16,7 @@ from .common import app_or_exit, fail
 
 def _password(source: IO[str] | None) -> str:
     if source is None:
-        if not click.get_text_stream("stdin").isatty():
+        if not sys.stdin.isatty():
             fail("no terminal to type the password on: give it with --password-file FILE (or - for stdin)")
         return str(click.prompt("Password", hide_input=True, confirmation_prompt="Repeat the password"))
     where = "stdin" if source.name == "<stdin>" else source.name
