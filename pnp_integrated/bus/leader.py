@@ -12,6 +12,10 @@ role changes (see :mod:`pnp_integrated.ha`).
 
 A transaction of the leader's worker that wrote outbox events wakes the bridge as it commits, so those events leave
 at once; the bridge finds the events of the other workers at its next poll.
+
+The loop takes the lease; once held, a :class:`LeaseKeeper` renews it on a native thread of its own, on time
+whatever the worker's event loop is doing (under a storm of devices a greenlet's sleep or lock wait comes back
+seconds late, and renewals that missed the lease's whole ttl moved it between two busy workers again and again).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from typing import Any
 
 from flask import Flask, has_app_context
+from gevent.monkey import get_original
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -42,6 +47,101 @@ HA_RENEW_EVERY = 1.0
 HA_STALE_AFTER = 3.0
 
 
+class _Doze:
+    """A native thread's sleep that another thread may cut short; raw locks, never the worker's patched ones."""
+
+    def __init__(self) -> None:
+        self._lock = get_original("_thread", "allocate_lock")()
+        self._lock.acquire()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, less when woken (a wake before the sleep ends the next one at once)."""
+        self._lock.acquire(timeout=max(0.0, seconds))
+
+    def wake(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # a wake is already pending
+            pass
+
+
+class LeaseKeeper:
+    """Renews the lease this worker holds, every ``renew_every`` seconds, on a native thread of its own.
+
+    It needs nothing of the worker's event loop: an engine of its own (:func:`.lease.keeper_engine`), waits that
+    block only its thread (the GIL is released in them), raw locks. ``held_until`` (monotonic) is how long this worker
+    may act as leader after the last renewal; a renewal that finds the lease released or taken sets ``term`` to
+    ``None`` and calls ``lost`` (from the keeper's thread: it must be thread-safe, as setting an Event is).
+    """
+
+    def __init__(self, app: Flask, holder: str, ttl: float, renew_every: float, lost: Any) -> None:
+        self.app = app
+        self.holder = holder
+        self.ttl = ttl
+        self.renew_every = renew_every
+        self._lost = lost
+        self.term: int | None = None
+        self.held_until = 0.0
+        self._doze = _Doze()
+        self._stopping = False
+        self._running = False
+
+    def hold(self, term: int, renewed_at: float) -> None:
+        """Renew ``term`` from now on (the loop took or renewed it at monotonic time ``renewed_at``)."""
+        self.held_until = renewed_at + self.ttl * 0.8  # renewed well before others may take it
+        self.term = term
+        if not self._running:
+            self._running = True
+            get_original("_thread", "start_new_thread")(self._run, ())
+
+    def drop(self) -> None:
+        """Stop renewing (the lease is being released, or was lost)."""
+        self.term = None
+        self.held_until = 0.0
+
+    def stop(self) -> None:
+        self.drop()
+        self._stopping = True
+        self._doze.wake()
+
+    def _run(self) -> None:
+        engine = None
+        try:
+            with self.app.app_context():
+                engine = lease.keeper_engine(lock_wait=self.renew_every)
+            with Session(engine, expire_on_commit=False) as session:
+                while not self._stopping:
+                    self._doze.wait(self.renew_every)
+                    if not self._stopping:
+                        self._renew(session)
+        except Exception:  # never expected; the loop takes the lease again once it expires
+            log.exception("%s: the leader lease keeper stopped", self.holder)
+            self.drop()
+            self._lost()
+        finally:
+            self._running = False
+            if engine is not None:
+                engine.dispose()
+
+    def _renew(self, session: Session) -> None:
+        term = self.term
+        if term is None:
+            return
+        started = time.monotonic()
+        try:
+            renewed = lease.renew(session, self.holder, self.ttl)
+        except Exception as exc:  # busy or away: held until held_until all the same, tried again next round
+            log.warning("%s: leader lease not renewed (%s)", self.holder, type(exc).__name__)
+            return
+        if self.term != term:  # dropped meanwhile (the VIP left, the worker stops)
+            return
+        if renewed is None:
+            self.drop()
+            self._lost()
+            return
+        self.held_until = started + self.ttl * 0.8
+
+
 class LeaderLoop:
     """Competes for the lease every ``renew_every`` seconds and runs the bridge while it holds it."""
 
@@ -55,10 +155,11 @@ class LeaderLoop:
         self.stale_after = HA_STALE_AFTER if in_ha else None
         self.holder = lease.holder_id(settings.node_name)
         self.term: int | None = None
-        self._held_until = 0.0
+        self.keeper = LeaseKeeper(app, self.holder, self.ttl, self.renew_every, self.wake)
         self._bridge_options = dict(bridge_options or {})
         self.bridge: PrimeBridge | None = None
         self._bridge_thread: threading.Thread | None = None
+        self._bridge_ended = threading.Event()  # set when the bridge's thread returns: is_set() never yields
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -71,7 +172,7 @@ class LeaderLoop:
     @property
     def is_leader(self) -> bool:
         """True while our last successful renewal has not expired (checked by the bridge before each batch)."""
-        return self.term is not None and time.monotonic() < self._held_until
+        return self.term is not None and time.monotonic() < self.keeper.held_until
 
     def wake(self) -> None:
         """Run the next round now (the VIP arrived or left)."""
@@ -92,6 +193,7 @@ class LeaderLoop:
         if self._thread is not None:
             self._thread.join(timeout)
         self._stop_bridge(timeout)
+        self.keeper.stop()
         if self.term is not None:
             with self.app.app_context():
                 lease.release(self.holder)
@@ -119,22 +221,28 @@ class LeaderLoop:
         role = node_role(self.app)
         started = time.monotonic()
         term: int | None = None
-        if role.vip_ok:
+        if role.vip_ok and self.term is not None and self.keeper.term == self.term:
+            term = self.term  # held: the keeper renews it
+        elif role.vip_ok:
             try:
                 with self.app.app_context():
                     # Only with the VIP here (this branch): the VIP is what says the stale holder's node is gone.
                     term = lease.try_hold(self.holder, self.ttl, stale_after=self.stale_after)
             except Exception:  # the database may be briefly unreachable: not leader this round
                 log.exception("leader lease check failed")
+            if term is not None:
+                self.keeper.hold(term, started)
         elif self.term is not None:
             log.warning("%s: the VIP left this node; releasing the leader lease at once", self.holder)
             self._release()
+        if term is not None and self._stopping.is_set():  # taken while the worker stops: not for long
+            self.term = term
+            return
         if term is not None:
             if self.term != term:
                 log.info("%s is the leader (term %s): starting the Prime bridge", self.holder, term)
             self.term = term
-            self._held_until = started + self.ttl * 0.8  # renew well before others may take it
-            if self._bridge_thread is None or not self._bridge_thread.is_alive():
+            if self._bridge_thread is None or self._bridge_ended.is_set():
                 self._start_bridge()
         elif self.term is not None:
             log.warning("%s lost the leader lease: stopping the Prime bridge", self.holder)
@@ -164,6 +272,7 @@ class LeaderLoop:
         self._purge_thread.start()
 
     def _release(self) -> None:
+        self.keeper.drop()
         self._stop_bridge()
         try:
             with self.app.app_context():
@@ -199,9 +308,18 @@ class LeaderLoop:
         self._was_leading = leading
 
     def _start_bridge(self) -> None:
-        self.bridge = PrimeBridge(self.app, holder=self.holder, is_leader=lambda: self.is_leader,
-                                  term=self.term or 0, **self._bridge_options)
-        self._bridge_thread = threading.Thread(target=self.bridge.run, name="pnp-prime-bridge", daemon=True)
+        bridge = PrimeBridge(self.app, holder=self.holder, is_leader=lambda: self.is_leader,
+                             term=self.term or 0, **self._bridge_options)
+        ended = threading.Event()
+
+        def run() -> None:
+            try:
+                bridge.run()
+            finally:
+                ended.set()
+
+        self.bridge, self._bridge_ended = bridge, ended
+        self._bridge_thread = threading.Thread(target=run, name="pnp-prime-bridge", daemon=True)
         self._bridge_thread.start()
 
     def _stop_bridge(self, timeout: float = 10.0) -> None:

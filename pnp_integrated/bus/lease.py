@@ -9,7 +9,14 @@ waiting out the whole expiry would only lengthen the outage. A holder that still
 crashed with the VIP left on it) keeps its lease, which is what stops two nodes from both being ACTIVE.
 
 A worker of the same node also takes the lease at once from a sibling whose process is gone (a crash, the kernel's
-OOM killer): the node's Prime bridge resumes within a round instead of after the expiry.
+OOM killer): the node's Prime bridge resumes within a round instead of after the expiry. A sibling that lives keeps
+the lease through late renewals, for :data:`SIBLING_HUNG_AFTER` past the expiry: under a storm of devices every
+worker of the node is as busy as the holder, so moving the lease would only stop and restart the bridge, and a worker
+that stopped answering is killed by gunicorn's arbiter before then (the sibling then takes it at once). A released
+lease (:func:`release`) is anyone's at once.
+
+The holder renews with :func:`renew`, which only ever extends a lease it still holds: a renewal cannot take back a
+lease that was released or taken meanwhile.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import and_, case, create_engine, or_, update
+from sqlalchemy import Engine, and_, case, create_engine, event, or_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -28,6 +35,11 @@ from ..context import gateway_state
 from ..models import LeaderLease, db, utcnow
 
 LEADER = "leader"
+# How long after its expiry a sibling that lives keeps the lease: a worker that missed renewals this long is hung,
+# not busy (gunicorn's arbiter kills a worker that stopped answering for 60 s, deploy/gunicorn.conf.py).
+SIBLING_HUNG_AFTER = 60.0
+# The expiry of a released lease: long past for every contender, a sibling included.
+RELEASED_AT = dt.datetime(1970, 1, 1)
 
 
 @contextmanager
@@ -76,13 +88,19 @@ def try_hold(holder: str, ttl: float, name: str = LEADER, *, stale_after: float 
 
 def _try_hold(session: Session, holder: str, name: str, now: dt.datetime, expires: dt.datetime,
               stale_if_before: dt.datetime | None = None) -> int | None:
-    takeable = or_(LeaderLease.holder == holder, LeaderLease.expires_at < now)
+    node = holder.rsplit(":", 1)[0]
+    sibling = LeaderLease.holder.startswith(node + ":", autoescape=True)
+    takeable = or_(
+        LeaderLease.holder == holder,
+        LeaderLease.expires_at <= RELEASED_AT,
+        # Another node's expired lease; a sibling's only once it is hung (a busy worker keeps leading).
+        and_(LeaderLease.expires_at < now, ~sibling),
+        LeaderLease.expires_at < now - dt.timedelta(seconds=SIBLING_HUNG_AFTER),
+    )
     if stale_if_before is not None:
         # expires_at = last renewal + ttl, so "renewed before now - stale_after" is "expires before this". Only from
         # another node: a sibling worker slowed down by load is not a dead node, and leadership stays where it is.
-        node = holder.rsplit(":", 1)[0]
-        takeable = or_(takeable, and_(LeaderLease.expires_at < stale_if_before,
-                                      ~LeaderLease.holder.startswith(node + ":", autoescape=True)))
+        takeable = or_(takeable, and_(LeaderLease.expires_at < stale_if_before, ~sibling))
     try:
         term = _take(session, holder, name, expires, takeable)
         if term is not None:
@@ -123,6 +141,43 @@ def _take(session: Session, holder: str, name: str, expires: dt.datetime, takeab
     return int(term)
 
 
+def renew(session: Session, holder: str, ttl: float, name: str = LEADER) -> int | None:
+    """Extend a lease ``holder`` still holds by ``ttl`` seconds from now, in ``session`` (the lease keeper's own, see
+    :func:`keeper_engine`); its term, or ``None`` when it was released or another holder has it (it never takes
+    one). Database errors are raised: the lease is then neither renewed nor known to be lost."""
+    expires = utcnow() + dt.timedelta(seconds=ttl)
+    try:
+        return _take(session, holder, name, expires,
+                     and_(LeaderLease.holder == holder, LeaderLease.expires_at > RELEASED_AT))
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def keeper_engine(lock_wait: float) -> Engine:
+    """An engine of the lease keeper's own, for a native thread of its own (needs an application context).
+
+    Its waits block only that thread, which the GIL is released for: on SQLite, the write lock is waited for inside
+    sqlite3 (for ``lock_wait`` seconds at most) instead of the app's cooperative retries, which need the worker's event
+    loop; on PostgreSQL, an autocommit connection of its own (a renewal is one round trip).
+    """
+    url = db.engine.url
+    if db.engine.dialect.name == "sqlite":
+        engine = create_engine(url, pool_size=1, max_overflow=0, connect_args={"timeout": lock_wait})
+        event.listen(engine, "connect", _sqlite_keeper_pragmas)
+        return engine
+    from ..database import postgres_connect_args
+
+    return create_engine(url, pool_size=1, max_overflow=0, isolation_level="AUTOCOMMIT",
+                         connect_args=postgres_connect_args(gateway_state().settings.db_dead_peer_timeout))
+
+
+def _sqlite_keeper_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")  # as the app's connections: the database is in WAL mode
+    cursor.close()
+
+
 def sibling_gone(holder: str, other: str) -> bool:
     """Whether ``other`` is a worker of ``holder``'s node whose process no longer exists."""
     node, _, _pid = holder.rpartition(":")
@@ -139,7 +194,8 @@ def sibling_gone(holder: str, other: str) -> bool:
 
 
 def release(holder: str, name: str = LEADER) -> None:
-    """Give the lease up at once (clean shutdown), so another worker need not wait for expiry."""
+    """Give the lease up at once (clean shutdown, the VIP left), so another worker or node need not wait for expiry:
+    its expiry becomes :data:`RELEASED_AT`."""
     with _lease_session() as session:
         _release(session, holder, name)
 
@@ -149,7 +205,7 @@ def _release(session: Session, holder: str, name: str) -> None:
         session.execute(
             update(LeaderLease)
             .where(LeaderLease.name == name, LeaderLease.holder == holder)
-            .values(expires_at=utcnow())
+            .values(expires_at=RELEASED_AT)
         )
         session.commit()
     except OperationalError:
