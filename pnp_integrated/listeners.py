@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import errno
 import logging
+import select as kernel_select
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
+import gevent.socket
+from gevent.lock import BoundedSemaphore
+from gevent.monkey import get_original
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from gevent.server import StreamServer
@@ -64,15 +69,63 @@ def bind_socket(host: str, port: int, backlog: int = 1024, *, reuse_port: bool =
     return sock
 
 
-def tls_handshake(raw: Any, address: tuple[str, int], context: ssl.SSLContext, timeout: float, port: int) -> Any:
-    """Wrap an accepted socket in TLS within ``timeout`` seconds; ``None`` (socket closed) on failure."""
+def peer_data_waiting(sock: Any) -> bool:
+    """Whether bytes the peer sent wait unread in the kernel (seen with the kernel's poll: a zero-timeout look that
+    never yields to other greenlets)."""
+    poller = get_original("select", "poll")()
     try:
-        with gevent.Timeout(timeout):
-            tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-            tls.do_handshake()
+        poller.register(sock.fileno(), kernel_select.POLLIN)
+    except (OSError, ValueError):  # already closed
+        return False
+    return any(mask & kernel_select.POLLIN for _, mask in poller.poll(0))
+
+
+class _HandshakeTimeout(Exception):
+    """The peer did not do its part of a TLS handshake in time."""
+
+
+def tls_handshake(raw: Any, address: tuple[str, int], context: ssl.SSLContext, timeout: float, port: int,
+                  turns: Any = None, timed_out: Callable[[], None] | None = None) -> Any:
+    """Wrap an accepted socket in TLS, the peer's part within ``timeout`` seconds; ``None`` (socket closed) on
+    failure.
+
+    Only the time spent waiting for the peer counts, and when it is up while bytes the peer sent wait unread, the
+    worker was late, not the peer (under a storm of devices a greenlet waits seconds for its turn): the handshake
+    goes on. ``turns`` (a semaphore) bounds the handshake steps that compute at once; a handshake waits for a turn
+    without using CPU. ``timed_out`` is called when a handshake is closed for its time.
+    """
+    reason = ""
+    blocking = raw.gettimeout()
+    try:
+        tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        tls.settimeout(0.0)  # each step returns at once; the waits for the peer are below
+        waited = 0.0
+        while True:
+            try:
+                if turns is None:
+                    tls.do_handshake()
+                else:
+                    with turns:
+                        tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                wait = gevent.socket.wait_read
+            except ssl.SSLWantWriteError:
+                wait = gevent.socket.wait_write
+            began = time.monotonic()
+            try:
+                wait(tls.fileno(), timeout=max(0.0, timeout - waited), timeout_exc=_HandshakeTimeout())
+            except _HandshakeTimeout:
+                if not peer_data_waiting(tls):
+                    raise
+                continue  # the peer's bytes came while this worker was busy: not the peer's time
+            waited += time.monotonic() - began
+        tls.settimeout(blocking)
         return tls
-    except gevent.Timeout:
+    except _HandshakeTimeout:
         reason = f"no handshake within {timeout:g}s"
+        if timed_out is not None:
+            timed_out()
     except (ssl.SSLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
     log.info("TLS handshake refused on port %s from %s: %s", port, address[0], reason,
@@ -276,18 +329,30 @@ def close_at_once(sock: Any, _address: tuple[str, int]) -> None:
     sock.close()
 
 
+# TLS handshake steps a worker computes at once on its raw (CNS) ports. Thousands of devices come back at once after
+# a failover; all their handshakes computing at once make each turn of the worker's event loop take seconds, so every
+# timer of the worker comes late (HELLO deadlines, the lease's renewals). The others wait their turn without using
+# CPU; a handshake waiting for its peer holds no turn, so slow peers cannot hold the others up.
+STREAM_HANDSHAKES_AT_ONCE = 32
+
+
 class ListenerController:
-    """Starts every listener of a worker; ``start`` returns once all are bound and re-raises bind errors."""
+    """Starts every listener of a worker; ``start`` returns once all are bound and re-raises bind errors.
+
+    ``handshake_timed_out`` is called for each raw-port TLS handshake closed for its time (counted by the caller).
+    """
 
     def __init__(self, specs: list[ListenerSpec], *, context: ssl.SSLContext | None, handshake_timeout: float,
                  http_idle_timeout: float = 60.0, http_header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-                 max_connections: int = 20000) -> None:
+                 max_connections: int = 20000, handshake_timed_out: Callable[[], None] | None = None) -> None:
         self.specs = specs
         self._context = context
         self._handshake_timeout = handshake_timeout
         self._http_idle_timeout = http_idle_timeout
         self._http_header_timeout = http_header_timeout
         self._pool = Pool(max_connections)
+        self._handshakes = BoundedSemaphore(STREAM_HANDSHAKES_AT_ONCE)
+        self._handshake_timed_out = handshake_timed_out
         self.servers: list[StreamServer] = []
 
     def _server_for(self, spec: ListenerSpec, sock: socket.socket) -> StreamServer:
@@ -303,9 +368,10 @@ class ListenerController:
         if spec.tls:
             assert self._context is not None
             context, timeout, port = self._context, self._handshake_timeout, spec.port
+            handshakes, timed_out = self._handshakes, self._handshake_timed_out
 
             def handle_tls(raw: Any, address: tuple[str, int]) -> None:
-                tls = tls_handshake(raw, address, context, timeout, port)
+                tls = tls_handshake(raw, address, context, timeout, port, handshakes, timed_out)
                 if tls is not None:
                     handler(tls, address)
 

@@ -13,7 +13,10 @@ PUBLISH_FLOOD = "cns-publish-flood"  # a CNS session published more than its all
 STATUS_BUSY = "status-busy"  # more /status requests at once than a worker answers
 CONFIG_URL_TOKEN = "config-url-token"  # a configuration asked for without a valid token (PNP_CONFIG_URL_TOKENS)
 DEVICE_CERTIFICATE = "device-certificate"  # a device request its client certificate does not allow
-REASONS = (DISK_LOW, NEW_DEVICES_PER_SOURCE, PUBLISH_FLOOD, STATUS_BUSY, CONFIG_URL_TOKEN, DEVICE_CERTIFICATE)
+TLS_HANDSHAKE_TIMEOUT = "tls-handshake-timeout"  # a CNS TLS peer did not do its part of the handshake in time
+CNS_HELLO_TIMEOUT = "cns-hello-timeout"  # a CNS connection sent no HELLO in time (closed without a word, CNS-W1)
+REASONS = (DISK_LOW, NEW_DEVICES_PER_SOURCE, PUBLISH_FLOOD, STATUS_BUSY, CONFIG_URL_TOKEN, DEVICE_CERTIFICATE,
+           TLS_HANDSHAKE_TIMEOUT, CNS_HELLO_TIMEOUT)
 
 REFUSED = Counter("pnp_refused", "Requests the node refused to protect itself, by reason", ["reason"])
 

@@ -13,6 +13,7 @@ from .config import Settings
 from .context import gateway_state
 from .listeners import GatewayHTTPHandler, GatewayHTTPServer, ListenerController, ListenerSpec, bind_socket
 from .ports import MONITOR_ADDRESS, node_ports, port_setting
+from .refusals import TLS_HANDSHAKE_TIMEOUT, count_refusal
 from .tls import device_https_context, server_context
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def start_worker(app: Flask) -> ListenerController:
         handshake_timeout=settings.tls_handshake_timeout,
         http_idle_timeout=settings.http_idle_timeout,
         http_header_timeout=settings.http_header_timeout,
+        handshake_timed_out=lambda: count_refusal(TLS_HANDSHAKE_TIMEOUT),
     )
     controller.start()
     state.listeners = controller

@@ -115,6 +115,7 @@ class CnsNode:
             self._error = exc
             self._ready.set()
             return
+        self._hub = gevent.get_hub()
         self._ready.set()
         while not self._stop.is_set():
             gevent.sleep(0.02)
@@ -131,6 +132,19 @@ class CnsNode:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def stall(self, seconds: float, at: float) -> None:
+        """Hold the node's event loop for ``seconds``, ``at`` seconds from now, inside a timer's turn, as a greenlet
+        woken with thousands of others in a storm does: nothing else of the worker runs meanwhile, and what arrives
+        meanwhile is only seen at the next turn (returns at once; the stall runs in the node's thread)."""
+        import gevent
+
+        def busy() -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                pass
+
+        self._hub.loop.run_callback_threadsafe(lambda: gevent.spawn_later(at, busy))
 
     @property
     def plain(self) -> list[int]:

@@ -26,6 +26,7 @@ from .gateway import (
     FrameStream,
     FrameTimeout,
     close_socket,
+    no_hello,
     send_frame,
     spread,
 )
@@ -109,8 +110,9 @@ class Dispatcher:
                              max_body_bytes=settings.cns_max_body_bytes)
         try:
             frame = FrameStream(sock, reader).read(time.monotonic() + settings.cns_hello_timeout)
-        except FrameTimeout:
-            return  # no HELLO in time: closed without a word
+        except FrameTimeout:  # no HELLO in time: closed without a word, as CNS-W1 says
+            no_hello(self.port, address[0], settings.cns_hello_timeout)
+            return
         except CnsProtocolError as exc:
             send_frame(sock, error_frame(exc.code, exc.message))
             return

@@ -23,10 +23,12 @@ from gevent.monkey import get_original
 from sqlalchemy import bindparam, func, insert, select
 
 from ..database import admission_turn
+from ..listeners import peer_data_waiting
+from ..logs import client_mistake
 from ..models import DeviceSession, db, new_uuid, utcnow
 from ..outbox import record_event
 from ..provisioning.types import NEW_DEVICES_WAIT_SECONDS
-from ..refusals import NEW_DEVICES_PER_SOURCE, count_refusal
+from ..refusals import CNS_HELLO_TIMEOUT, NEW_DEVICES_PER_SOURCE, count_refusal
 from . import provision
 from .codec import CLOSED, DEVICE_COMMANDS, NEED_DATA, CnsProtocolError, Frame, FrameReader, error_frame, serialize
 from .messages import CONFIG_LOAD, EXEC_CMD
@@ -89,6 +91,17 @@ class FrameTimeout(Exception):
     """No complete frame before the deadline."""
 
 
+# Past a deadline, what the peer had already sent is still read (the worker was late, not the peer); the rest of a
+# TLS record begun in time may take this long more to come.
+LATE_READ_SECONDS = 2.0
+
+
+def peer_sent_more(sock: Any) -> bool:
+    """Whether the peer sent bytes not read yet: decrypted and waiting in the TLS layer, or in the kernel."""
+    pending = getattr(sock, "pending", None)
+    return bool(pending is not None and pending()) or peer_data_waiting(sock)
+
+
 class FrameStream:
     """Frames from a socket through a :class:`FrameReader`, each read bounded by a deadline."""
 
@@ -97,7 +110,11 @@ class FrameStream:
         self.reader = reader
 
     def read(self, deadline: float) -> Frame | None:
-        """The next frame; ``None`` when the peer closed. Raises FrameTimeout, CnsProtocolError or OSError."""
+        """The next frame; ``None`` when the peer closed. Raises FrameTimeout, CnsProtocolError or OSError.
+
+        The deadline is the peer's: bytes it sent before the deadline are read even when this worker comes to them
+        after it (under a storm a greenlet waits seconds for its turn), so a device that was on time is answered.
+        """
         while True:
             event = self.reader.next_event()
             if event is CLOSED:
@@ -106,13 +123,17 @@ class FrameStream:
                 assert isinstance(event, Frame)
                 return event
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise FrameTimeout
             data: bytes | None = None
-            with gevent.Timeout(remaining, False):
-                data = self.sock.recv(65536)
+            if remaining > 0:
+                with gevent.Timeout(remaining, False):
+                    data = self.sock.recv(65536)
             if data is None:
-                raise FrameTimeout
+                if not peer_sent_more(self.sock):
+                    raise FrameTimeout
+                with gevent.Timeout(LATE_READ_SECONDS, False):
+                    data = self.sock.recv(65536)
+                if data is None:
+                    raise FrameTimeout
             self.reader.receive_data(data)
 
 
@@ -137,6 +158,13 @@ def peer_hung_up(sock: Any) -> bool:
     except (OSError, ValueError):  # already closed
         return True
     return any(mask & _HUNG_UP for _, mask in poller.poll(0))
+
+
+def no_hello(port: int, address: str, seconds: float) -> None:
+    """Log (rate-limited) and count a connection closed for sending no HELLO in time (CNS-W1: without a word)."""
+    count_refusal(CNS_HELLO_TIMEOUT)
+    log.info("CNS connection on port %s from %s sent no HELLO within %gs: closed", port, address, seconds,
+             extra=client_mistake(f"cns-no-hello-{port}"))
 
 
 def close_socket(sock: Any) -> None:
@@ -217,6 +245,7 @@ class GatewayConnection:
                 frame = stream.read(deadline)
             except FrameTimeout:
                 if self.session.hello is None:
+                    no_hello(self.port, self.address, self.settings.cns_hello_timeout)
                     return f"no HELLO within {self.settings.cns_hello_timeout:g}s"
                 return f"idle for {self.session.hello.idle_timeout:g}s"
             except CnsProtocolError as exc:

@@ -205,6 +205,36 @@ def test_slow_client_trickling_a_hello_is_cut_at_the_hello_timeout(node_factory:
         assert time.monotonic() - started < 4
 
 
+# ---- a worker busy with a storm: deadlines are the peer's, not the worker's ----------------------------------------
+def late_turns(node: CnsNode) -> None:
+    """The worker's turns from now on: one busy from 0.8 s to 1.3 s (the 1 s deadline passes meanwhile), the next
+    busy until 2.3 s before it comes to the deadline; the device does its part at 1.5 s, well before the worker looks
+    at it again."""
+    node.stall(0.5, at=0.8)
+    node.stall(1.0, at=1.1)
+    time.sleep(1.5)
+
+
+def test_a_hello_sent_in_time_is_answered_when_the_worker_reads_it_late(node_factory: Callable[..., CnsNode]) -> None:
+    node = node_factory(cns_hello_timeout=1)
+    with CnsLink.open(HOST, node.settings.dispatcher_plain_port, timeout=10) as link:
+        late_turns(node)
+        link.send(hello_frame("LATE1"))
+        assert link.receive().command == "REDIRECT"
+
+
+def test_a_connection_without_hello_is_counted_as_refused(node_factory: Callable[..., CnsNode]) -> None:
+    from pnp_integrated.refusals import CNS_HELLO_TIMEOUT, REFUSED
+
+    node = node_factory(cns_hello_timeout=0.5)
+    counted = REFUSED.labels(CNS_HELLO_TIMEOUT)._value.get()
+    for port in (node.settings.dispatcher_plain_port, node.plain[0]):
+        with CnsLink.open(HOST, port) as link:
+            assert link.closed_by_peer(timeout=5)
+    wait_until(lambda: REFUSED.labels(CNS_HELLO_TIMEOUT)._value.get() == counted + 2, 5,
+               "both closes in pnp_refused_total")
+
+
 def test_idle_session_is_closed_after_keepalive_times_retries(node: CnsNode) -> None:
     link, answer = connect(HOST, node.plain[0], "IDLE", keepalive="1,0")
     with link:
