@@ -25,7 +25,13 @@ holds at most ~19,000 sockets here. Every device goes through a dispatcher port,
    session), client CPU per session, gateway RSS per held session. ``--py-spy`` profiles every worker during each
    storm (raw files in ``--profile-dir``); ``--profile-summary`` sums such files by concern and by function.
    ``--storm-in-flight K`` lets at most K devices per client process be on their way at once, for comparing with
-   a fleet that arrives spread out.
+   a fleet that arrives spread out. A real device has a CPU of its own; thousands of simulated ones share a core:
+   with ``--client-handshakes K`` at most K devices per client process are between their connect and the end of
+   their TLS handshake at once, the others waiting to connect (0, the default: no bound; a client process then runs
+   a thousand handshakes at once, each takes seconds to come back to, and the gateway rightly closes those that
+   took it more than its 10 s); ``--node-nice N`` runs the node at a lower CPU priority than the devices. Also per size:
+   connections closed after their handshake without any answer, the leader lease's holder changes during the
+   storm (the lease row is read every half second) and its term before and after.
 
 Targets (2 cores): 10,000 sessions per worker, <= 15 KB per idle plain session, <= 35 KB per idle TLS session,
 >= 500 complete day-0 flows per second per node; a storm of 10,000 TLS devices all holding a session within 30 s, at
@@ -196,14 +202,26 @@ def storm_child(spec: dict[str, Any]) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    from gevent.lock import BoundedSemaphore
+
+    # A device opens its connection and shakes hands on a CPU of its own: with a bound, at most that many devices of
+    # this process are between their connect and the end of their handshake at once (the others wait to connect).
+    handshaking = BoundedSemaphore(spec["client_handshakes"]) if spec.get("client_handshakes") else None
     links: list[Any] = []
     held_at: list[float] = []
     busy_counts: list[int] = []
     errors: dict[str, int] = {}
     failures: list[str] = []
     tries = [0, 0]  # dispatcher HELLOs, gateway-port HELLOs
+    unanswered = [0]  # connections closed by the gateway after the handshake without any answer
 
     def open_link(to_host: str, port: int, role: str, stage: list[str]) -> CnsLink:
+        if handshaking is None:
+            return connect(to_host, port, role, stage)
+        with handshaking:
+            return connect(to_host, port, role, stage)
+
+    def connect(to_host: str, port: int, role: str, stage: list[str]) -> CnsLink:
         stage[0] = f"{role} connect"
         raw = socket.create_connection((to_host, port), timeout=timeout)
         if context is not None:
@@ -253,6 +271,8 @@ def storm_child(spec: dict[str, Any]) -> None:
                 except (OSError, LinkClosed, CnsProtocolError) as exc:  # TimeoutError is an OSError
                     kind = f"{stage[0]}: {type(exc).__name__}"
                     errors[kind] = errors.get(kind, 0) + 1
+                    if stage[0].endswith((" answer", " RECEIPT")) and not isinstance(exc, TimeoutError):
+                        unanswered[0] += 1  # handshake done, then closed without a frame for the device
                 finally:
                     if link is not None:
                         link.close()
@@ -276,7 +296,7 @@ def storm_child(spec: dict[str, Any]) -> None:
     after = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"held_at": held_at, "went": went, "busy_answers": sum(busy_counts),
                       "busy_devices": sum(1 for b in busy_counts if b), "errors": errors, "failed": len(failures),
-                      "dispatcher_hellos": tries[0], "gateway_hellos": tries[1],
+                      "dispatcher_hellos": tries[0], "gateway_hellos": tries[1], "unanswered": unanswered[0],
                       "failures": failures[:5],
                       "cpu": after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime}), flush=True)
     gevent.get_hub().threadpool.spawn(sys.stdin.read).get()  # hold until the parent closes our stdin
@@ -411,6 +431,56 @@ def node_code(worker: int) -> str:
     return f"{checkout} at {commit}{' with uncommitted changes to pnp_integrated' if changed else ''}"
 
 
+class LeaseWatch:
+    """Reads the node's leader lease row every half second while a storm runs: holder changes and terms."""
+
+    def __init__(self, node: Node) -> None:
+        import threading
+
+        self.app = node.app()
+        self.changes = 0
+        self.terms: list[int] = []
+        self._holder: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def read(self) -> tuple[str, int] | None:
+        from pnp_integrated.bus.lease import LEADER
+        from pnp_integrated.models import LeaderLease, db
+
+        with self.app.app_context():
+            row = db.session.get(LeaderLease, LEADER)
+            found = (row.holder, row.term) if row is not None else None
+            db.session.remove()
+        return found
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                found = self.read()
+            except Exception:  # a busy database: read again at the next tick
+                continue
+            if found is None:
+                continue
+            holder, term = found
+            if self._holder is not None and holder != self._holder:
+                self.changes += 1
+            self._holder = holder
+            self.terms.append(term)
+
+    def start(self) -> LeaseWatch:
+        found = self.read()
+        if found is not None:
+            self._holder, term = found
+            self.terms.append(term)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, run: int,
                 tag: str) -> dict[str, Any]:
     """``count`` devices arrive at once through the dispatcher of a fresh node and stay until all hold a session."""
@@ -429,12 +499,18 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
             time.sleep(0.5)
         workers = gateway_workers(root)
         code = node_code(workers[0]) if workers else "unknown"
+        if args.node_nice:  # the devices are thousands of machines in reality: the node is what waits for CPU here
+            from bench.proc import process_tree
+
+            for pid in process_tree(root):
+                os.setpriority(os.PRIO_PROCESS, pid, args.node_nice)
         serials = [f"ST{tag}{transport[0].upper()}{run}{i:06d}" for i in range(count)]
         processes = max(args.processes, math.ceil(2 * count / STORM_SOCKETS_PER_PROCESS))
         for i in range(processes):
             spec = {"mode": "storm", "serials": serials[i::processes], "host": node.host, "tls": tls,
                     "dispatcher_port": node.base + (2 if tls else 1), "device_timeout": args.device_timeout,
-                    "max_seconds": args.storm_seconds, "in_flight": args.storm_in_flight}
+                    "max_seconds": args.storm_seconds, "in_flight": args.storm_in_flight,
+                    "client_handshakes": args.client_handshakes}
             children.append(subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
         for child in children:
@@ -454,6 +530,7 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
                                                    "--format", "raw", "-o", str(out)],
                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(2)  # attached before the devices come
+        watch = LeaseWatch(node).start()
         load_before = os.getloadavg()[0]
         cpu_before = gateway_cpu_seconds(root)
         went = time.monotonic()
@@ -469,6 +546,7 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
                                                           "failures": ["client died"]})
         cpu_used = gateway_cpu_seconds(root) - cpu_before
         load_after = os.getloadavg()[0]
+        watch.stop()
         for profiler in profilers:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         for profiler in profilers:
@@ -499,18 +577,23 @@ def storm_phase(workdir: Path, count: int, tls: bool, args: argparse.Namespace, 
             "gateway_cpu_ms": cpu_used * 1000 / count, "gateway_cores": cpu_used / seconds if seconds else 0.0,
             "client_cpu_ms": sum(r.get("cpu", 0) for r in results) * 1000 / count,
             "rss_kb": (rss_after - rss_before) / 1024 / count, "processes": processes,
-            "capacity": capacity, "workers": len(workers), "code": code}
+            "capacity": capacity, "workers": len(workers), "code": code,
+            "unanswered": sum(r.get("unanswered", 0) for r in results),
+            "late_receipts": errors.get("gateway RECEIPT: TimeoutError", 0),
+            "lease_moves": watch.changes, "terms": (watch.terms[0], watch.terms[-1]) if watch.terms else (0, 0)}
 
 
 STORM_COLUMNS = (("transport", 9), ("devices", 8), ("held", 7), ("s to all", 9), ("sess/s", 7), ("p50/p99 s", 13),
-                 ("BUSY", 8), ("BUSY'd", 7), ("errors", 7), ("tries", 6), ("gw CPU ms", 10), ("gw cores", 9),
+                 ("BUSY", 8), ("BUSY'd", 7), ("errors", 7), ("no answer", 10), ("no RECEIPT", 11),
+                 ("lease moves", 12), ("terms", 7), ("tries", 6), ("gw CPU ms", 10), ("gw cores", 9),
                  ("cl CPU ms", 10), ("gw RSS KB", 10))
 
 
 def storm_row(r: dict[str, Any]) -> str:
     cells = (r["transport"], f"{r['count']:,}", f"{r['held']:,}", f"{r['seconds']:.1f}", f"{r['rate']:.0f}",
              f"{r['p50']:.1f}/{r['p99']:.1f}", str(r["busy_answers"]), str(r["busy_devices"]),
-             str(sum(r["errors"].values())), f"{r['tries']:.1f}", f"{r['gateway_cpu_ms']:.2f}",
+             str(sum(r["errors"].values())), str(r["unanswered"]), str(r["late_receipts"]), str(r["lease_moves"]),
+             f"{r['terms'][0]}-{r['terms'][1]}", f"{r['tries']:.1f}", f"{r['gateway_cpu_ms']:.2f}",
              f"{r['gateway_cores']:.2f}", f"{r['client_cpu_ms']:.2f}", f"{r['rss_kb']:.1f}")
     return "".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, STORM_COLUMNS, strict=True))
 
@@ -524,7 +607,10 @@ def print_storm_table(results: list[dict[str, Any]], notes: list[str]) -> None:
     print("-" * sum(width for _, width in STORM_COLUMNS))
     print("s to all: from the moment every device is let go until the last one holds a session (WELCOME + "
           "SUBSCRIBE receipted);\nBUSY: answers; BUSY'd: devices told BUSY at least once; errors: timeouts, resets, "
-          "other answers;\ntries: dispatcher HELLOs per device (each a TLS handshake on TLS);\n"
+          "other answers;\nno answer: connections closed by the gateway after their handshake without a frame; "
+          "no RECEIPT: WELCOMEd devices whose SUBSCRIBE was not receipted within the device timeout;\n"
+          "lease moves: leader lease holder changes seen during the storm; terms: its term before and after;\n"
+          "tries: dispatcher HELLOs per device (each a TLS handshake on TLS);\n"
           "CPU and RSS per session: gateway = gunicorn master + workers, client = the simulated devices' processes;\n"
           "gw cores: the gateway's CPU seconds per second of the storm (2 is all of this machine).")
     print(f"targets: all {TARGETS['storm_devices']:,} TLS devices within {TARGETS['storm_seconds']:g} s, "
@@ -689,7 +775,9 @@ def storm_main(args: argparse.Namespace, transports: list[str]) -> None:
                 kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(result["errors"].items(), key=lambda e: -e[1]))
                 print(f"  {result['processes']} client processes, {result['workers']} workers, port capacity "
                       f"{result['capacity']}, device timeout {args.device_timeout:g} s, "
-                      f"in flight per client process {args.storm_in_flight or 'all'}; gateway-port HELLOs per "
+                      f"in flight per client process {args.storm_in_flight or 'all'}, client handshakes at "
+                      f"once per process {args.client_handshakes or 'all'}, node nice {args.node_nice}; "
+                      f"gateway-port HELLOs per "
                       f"device {result['gateway_tries']:.2f}; idle node {result['idle_cpu_ms_per_s']:.0f} ms CPU/s; "
                       f"load average {result['load'][0]:.1f} before, {result['load'][1]:.1f} after; "
                       f"errors: {kinds or 'none'}; failed {result['failed']} "
@@ -721,6 +809,12 @@ def main() -> None:
     parser.add_argument("--storm-in-flight", type=int, default=0,
                         help="storm: at most this many devices per client process on their way to a session at once "
                         "(default: all of them)")
+    parser.add_argument("--node-nice", type=int, default=0,
+                        help="storm: nice value of the node's processes, so the simulated devices (which share its "
+                        "cores) are served first, as thousands of real devices would be by their own CPUs")
+    parser.add_argument("--client-handshakes", type=int, default=0,
+                        help="storm: devices of each client process in their connect and TLS handshake at once "
+                        "(0: no bound)")
     parser.add_argument("--py-spy", help="storm: py-spy executable; profile every worker during each storm")
     parser.add_argument("--profile-dir", type=Path, default=Path("."), help="storm: where the profiles go")
     parser.add_argument("--profile-summary", nargs="+", type=Path, metavar="FILE",
