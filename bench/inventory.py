@@ -10,10 +10,13 @@ one keep-alive connection with a read token::
     .venv/bin/python bench/inventory.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/inventory
     .venv/bin/python bench/inventory.py --devices 20000 --requests 100
 
-For each request kind it prints the latency at the client (p50, p95, p99, max), the gateway's CPU per request (its
-gunicorn processes, from /proc) and what the answer held; then how the database runs each query (EXPLAIN QUERY PLAN
-on SQLite, EXPLAIN on PostgreSQL). SQLite is left without ANALYZE statistics, as a node leaves it; PostgreSQL's are
-brought up to date after the fill (VACUUM ANALYZE), as autovacuum does soon after any bulk change.
+The kinds are requested in turn, one of each, ``--requests`` rounds: a moment of load on a shared machine falls on
+all of them alike. For each it prints the latency at the client (p50, p95, p99, max); from up to 100 requests of it
+in a row, the CPU per request of the gateway (its gunicorn processes, from /proc) and of the database server
+(PostgreSQL on this machine: its processes; SQLite runs inside the gateway); and what the answer held. Then how the
+database runs each query (EXPLAIN QUERY PLAN on SQLite, EXPLAIN on PostgreSQL). SQLite is left without ANALYZE
+statistics, as a node leaves it; PostgreSQL's are brought up to date after the fill (VACUUM ANALYZE), as
+autovacuum does soon after any bulk change.
 
 The request kinds: the first page (50 devices by serial, with the total); a deep page (a cursor from the second half
 of a walk); the failed devices (first page, with their total); a search by serial prefix (six characters of a
@@ -49,7 +52,7 @@ from sqlalchemy import bindparam
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.proc import gateway_cpu_seconds  # noqa: E402
+from bench.proc import cpu_seconds, gateway_cpu_seconds, listening_pids, process_tree  # noqa: E402
 from pnp_integrated.devsim import percentile  # noqa: E402
 from pnp_integrated.devsim.node import NodeDidNotStart, RunningNode, node_settings, start_node  # noqa: E402
 
@@ -365,6 +368,7 @@ class Timing:
     name: str
     latencies: list[float] = field(default_factory=list)
     cpu: float = 0.0
+    database_cpu: float | None = None
     items: int = 0
     note: str = ""
 
@@ -402,24 +406,55 @@ def walk_cursors(console: Console, limit: int = 500) -> tuple[list[str], Timing]
         cursors.append(cursor)
 
 
-def measure(console: Console, node: RunningNode, kind: Kind, requests: int) -> Timing:
-    paths = kind.paths()
-    for _ in range(5):  # warm-up: connections in the pool, statements compiled
-        console.get(next(paths))
-    timing = Timing(kind.name)
-    cpu0 = gateway_cpu_seconds(node.process.pid)
+def _describe(timing: Timing, body: Any) -> None:
+    timing.items = len(body.get("items", body.get("jobs", [])))
+    if "total" in body and "items" in body:
+        timing.note = f"total {body['total']:,}"
+    elif "by_state" in body:
+        timing.note = f"{len(body['groups'])} groups"
+    elif "events" in body:
+        timing.note = f"{sum(len(j['steps']) for j in body['jobs'])} steps, {len(body['events'])} events"
+
+
+def measure(console: Console, node: RunningNode, fleet_kinds: list[Kind], requests: int,
+            database_pids: list[int]) -> list[Timing]:
+    """Latency of each kind, the kinds taken in turn (a moment of load on a shared machine falls on all of them
+    alike); then the CPU per request of each kind alone (up to 100 requests of it in a row): the gateway's, and the
+    database server's when it runs on this machine."""
+    streams = [kind.paths() for kind in fleet_kinds]
+    timings = [Timing(kind.name) for kind in fleet_kinds]
+    for stream in streams:
+        for _ in range(5):  # warm-up: connections in the pool, statements prepared
+            console.get(next(stream))
     for _ in range(requests):
-        elapsed, body = console.get(next(paths))
-        timing.latencies.append(elapsed)
-        timing.items = len(body.get("items", body.get("jobs", [])))
-        if "total" in body and "items" in body:
-            timing.note = f"total {body['total']:,}"
-        elif "by_state" in body:
-            timing.note = f"{len(body['groups'])} groups"
-        elif "events" in body:
-            timing.note = f"{sum(len(j['steps']) for j in body['jobs'])} steps, {len(body['events'])} events"
-    timing.cpu = (gateway_cpu_seconds(node.process.pid) - cpu0) / requests
-    return timing
+        for timing, stream in zip(timings, streams, strict=True):
+            elapsed, body = console.get(next(stream))
+            timing.latencies.append(elapsed)
+            _describe(timing, body)
+    alone = min(requests, 100)
+    for timing, stream in zip(timings, streams, strict=True):
+        gateway0, database0 = gateway_cpu_seconds(node.process.pid), _cpu(database_pids)
+        for _ in range(alone):
+            console.get(next(stream))
+        timing.cpu = (gateway_cpu_seconds(node.process.pid) - gateway0) / alone
+        timing.database_cpu = (_cpu(database_pids) - database0) / alone if database_pids else None
+    return timings
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+def database_server_pids(database_url: str) -> list[int]:
+    """The processes of a PostgreSQL server on this machine (the one listening on the URL's port, and its
+    backends); none for SQLite (it runs in the gateway's workers) or a server elsewhere."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql" or (url.host or "localhost") not in ("localhost", "127.0.0.1", "::1"):
+        return []
+    listening = listening_pids(url.port or 5432)
+    return sorted({pid for root in listening for pid in process_tree(root)})
 
 
 def kinds(rng: random.Random, fleet: Fleet, deep: list[str]) -> list[Kind]:
@@ -470,12 +505,14 @@ def plans(database_url: str, data_dir: Path, fleet_kinds: list[Kind]) -> list[tu
 
 
 def format_table(timings: list[Timing]) -> str:
-    header = ["request", "n", "p50 ms", "p95 ms", "p99 ms", "max ms", "gateway CPU ms/request", "rows", "answer"]
+    header = ["request", "n", "p50 ms", "p95 ms", "p99 ms", "max ms", "gateway CPU ms/req", "database CPU ms/req",
+              "rows", "answer"]
     rows = [header]
     for t in timings:
         rows.append([t.name, str(len(t.latencies)), *(f"{1000 * percentile(t.latencies, q):.1f}"
                                                       for q in (0.5, 0.95, 0.99)),
                      f"{1000 * max(t.latencies, default=0):.1f}", f"{1000 * t.cpu:.1f}" if t.cpu else "-",
+                     f"{1000 * t.database_cpu:.1f}" if t.database_cpu is not None else "-",
                      f"{t.items:,}", t.note])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
@@ -530,7 +567,7 @@ def main() -> int:
             walk.note = f"{len(walk.latencies)} pages"
             deep = cursors[len(cursors) // 2:]
             fleet_kinds = kinds(random.Random(7), fleet, deep)
-            timings = [measure(console, node, kind, args.requests) for kind in fleet_kinds]
+            timings = measure(console, node, fleet_kinds, args.requests, database_server_pids(database_url))
         finally:
             node.stop()
         found = plans(database_url, tmp / "fill", fleet_kinds)
