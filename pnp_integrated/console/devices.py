@@ -84,7 +84,7 @@ def inventory() -> Response:
         return page("console/devices.html", answer.status, problem=answer.message,
                     **{**context, "field_problems": set(answer.fields)})
     body = answer.body
-    at = int(request.args.get("at", "0") or 0) if request.args.get("at", "0").isdigit() else 0
+    at = int(request.args["at"]) if request.args.get("at", "").isdigit() else 0  # where this page starts, shown
     total = body.get("total")
     if total is None and request.args.get("total", "").isdigit():
         total = int(request.args["total"])

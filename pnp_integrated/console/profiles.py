@@ -9,6 +9,7 @@ and the matching rules only.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Response, redirect, request, url_for
@@ -64,10 +65,10 @@ def _submitted() -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
 
 
 def _problems_of(answer: Answer) -> dict[str, str]:
-    """The API's refusal, by the form field it concerns."""
+    """The API's refusal, by the form field it concerns (shown next to it, without the field's name)."""
     fields = [f for f in answer.fields if f in FIELDS]
     if fields:
-        return dict.fromkeys(fields, answer.message)
+        return dict.fromkeys(fields, re.sub(r"^field '[^']*': ", "", answer.message))
     if answer.status == 409:  # a conflict names no field: the default profile, or a name already taken
         return {"is_default" if "default" in answer.message else "name": answer.message}
     return {"": answer.message}

@@ -251,10 +251,11 @@ def test_a_profile_is_validated_field_by_field_and_previewed_for_a_device(browse
     page.fill("#match_pid", "re:C9[3-4")
     page.fill("#config_template", "hostname {{ serial }}\nsnmp-server location {{ site }\n")
     page.click("#save")
-    expect(page.locator("#problem-match_pid")).to_contain_text("match_pid")
+    expect(page.locator("#problem-match_pid")).to_contain_text("not a valid regular expression")
     page.fill("#match_pid", "C93*")
     page.click("#save")
-    expect(page.locator("#problem-config_template")).to_contain_text("configuration template")
+    expect(page.locator("#problem-config_template")).to_have_text("configuration template line 2: unexpected '}'")
+    console.shoot(page, "profile-invalid")
     page.fill("#config_template", "hostname {{ serial }}\nsnmp-server location {{ site }}\n")
     page.fill("#variables", '{"site": "ams1-b2"}')
     serial = sorted(console.fleet.failed)[0]
