@@ -1,9 +1,11 @@
 """HA failover benchmark in the namespace lab: how long devices go without a gateway when the active node dies.
 
 It builds its own lab (``pnpp lab``: two Prime nodes, a devices namespace, shared PostgreSQL; keepalived moves the
-VIP with advert_int 1 by default), connects ``--devices`` TLS CNS devices that hold their sessions (spread over
-client processes of at most ``--per-client`` devices, each with its own 20,000 descriptor limit), starts a small
-mixed fleet mid-provisioning, then kills every process of the active node and unplugs it. Printed:
+VIP with advert_int 1 by default; ``--standalone``: a standalone gateway pair with its own VIP, moved by keepalived or
+the gateways' built-in mover, and Prime servers of its own, ``--prime-ha`` none, vip or different-ip), connects
+``--devices`` TLS CNS devices that hold their sessions (spread over client processes of at most ``--per-client``
+devices, each with its own 20,000 descriptor limit), starts a small mixed fleet mid-provisioning, then kills every
+process of the active node (gateway) and unplugs it. Printed:
 
 - VIP arrival -> ACTIVE: from the other node's log (the follower's "VIP arrived" to "gateway is now ACTIVE");
 - device-visible outage per protocol: probes from the devices' network open a new CNS session (dispatcher, HELLO,
@@ -14,6 +16,7 @@ mixed fleet mid-provisioning, then kills every process of the active node and un
   reached a Prime sink.
 
     .venv/bin/python bench/failover.py --devices 10000
+    .venv/bin/python bench/failover.py --devices 10000 --standalone --mover builtin --prime-ha different-ip
 
 Needs root. Targets: ACTIVE within 1 s of the VIP arriving; outage at most 5 s; 10,000 TLS devices back within 15 s.
 """
@@ -45,6 +48,7 @@ from bench.proc import gateway_cpu_seconds  # noqa: E402
 from pnp_integrated.config import Settings  # noqa: E402
 from pnp_integrated.devsim.link import CnsLink, dispatch, hello_frame  # noqa: E402
 from pnp_integrated.lab import HaLab  # noqa: E402
+from pnp_integrated.lab.standalone import StandaloneLab  # noqa: E402
 
 PREFIX, SUBNET = "pnpb", "10.76.0"
 PORTS = Settings()  # the lab's nodes keep the default ports
@@ -175,27 +179,41 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=5000, help="devices per client process (max 19,000)")
     parser.add_argument("--fleet", type=int, default=40, help="CNS and as many Open PnP devices mid-provisioning")
     parser.add_argument("--keepalive", type=float, default=3.0, help="CNS keepalive of the holding devices")
-    parser.add_argument("--mover", choices=("keepalived", "prime"), default="keepalived")
+    parser.add_argument("--mover", choices=("keepalived", "prime", "builtin"), default="keepalived",
+                        help="what moves the VIP (prime: the integrated lab only; builtin: the standalone lab only)")
+    parser.add_argument("--standalone", action="store_true",
+                        help="a standalone gateway pair and Prime servers of its own instead of two Prime nodes")
+    parser.add_argument("--prime-ha", choices=("none", "vip", "different-ip"), default="none",
+                        help="the standalone lab's Prime: one server, a pair with a VIP, or with different addresses")
     parser.add_argument("--dir", type=Path, default=None, help="lab directory (default: a temporary one)")
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (20_000, max(20_000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
     root = args.dir or Path(tempfile.mkdtemp(prefix="pnp-failover-"))
     capacity = str(max(500, math.ceil(args.devices / 4) + 200))  # the TLS gateway ports share the devices
-    HaLab.create(root / "stale", prefix=PREFIX, subnet=SUBNET).down()
-    lab = HaLab.create(root / "lab", prefix=PREFIX, subnet=SUBNET, mover=args.mover,
-                       node_settings={"PNP_CNS_PORT_CAPACITY": capacity})
+    settings = {"PNP_CNS_PORT_CAPACITY": capacity}
+    lab: HaLab
+    if args.standalone:
+        StandaloneLab.create(root / "stale", prefix=PREFIX, subnet=SUBNET, prime_ha="vip").down()
+        lab = StandaloneLab.create(root / "lab", prefix=PREFIX, subnet=SUBNET, mover=args.mover,
+                                   prime_ha=args.prime_ha, node_settings=settings)
+        topology = f"standalone pair, Prime HA {args.prime_ha}"
+    else:
+        HaLab.create(root / "stale", prefix=PREFIX, subnet=SUBNET).down()
+        lab = HaLab.create(root / "lab", prefix=PREFIX, subnet=SUBNET, mover=args.mover, node_settings=settings)
+        topology = "integrated, two Prime nodes"
+    first, second = (node.name for node in lab.plan.nodes)
     holders: list[subprocess.Popen[bytes]] = []
     prober = Prober(lab)
     try:
-        print(f"building the lab in {root} ({args.mover} moves the VIP) ...", flush=True)
+        print(f"building the lab in {root} ({topology}; {args.mover} moves the VIP) ...", flush=True)
         lab.up()
         deadline = time.monotonic() + 60
-        while sorted((lab.state("prime-a"), lab.state("prime-b"))) != ["ACTIVE", "PASSIVE"]:
+        while sorted((lab.state(first), lab.state(second))) != ["ACTIVE", "PASSIVE"]:
             if time.monotonic() > deadline:
                 sys.exit("no node became ACTIVE")
             time.sleep(0.5)
-        active = "prime-a" if lab.state("prime-a") == "ACTIVE" else "prime-b"
-        standby = "prime-b" if active == "prime-a" else "prime-a"
+        active = first if lab.state(first) == "ACTIVE" else second
+        standby = second if active == first else first
 
         events = []
         clients = max(1, math.ceil(args.devices / min(args.per_client, 19_000)))
@@ -267,7 +285,7 @@ def main() -> None:
         sent_away = refusals(events, killed)
         print("attempts that failed after the kill: " + (", ".join(f"{why} {n}" for why, n in sent_away.most_common())
                                                           or "none"))
-        print(f"mover {args.mover}, keepalive of the holding devices {args.keepalive:g}s, "
+        print(f"{topology}, mover {args.mover}, keepalive of the holding devices {args.keepalive:g}s, "
               f"fleet exit code {fleet.returncode}; lab in {root}")
         print(json.dumps({"to_active": to_active, "outage_cns": prober.outage("cns", killed),
                           "outage_pnp": prober.outage("pnp", killed), "sessions_back": back,

@@ -6,16 +6,19 @@ the rules of :mod:`.watch`; with keepalived it only reports (whether the VIP is 
 for the status table's "PnP Gateway HA state" row.
 
 Holding the VIP is half of ACTIVE: the gateway's workers follow the VIP (``pnp_integrated.ha``) and still need the
-database leader lease, so two gateways that both hold the VIP never both serve devices. A gateway is healthy when its
-monitoring port completes a TLS handshake (a worker is up and answering) and the database's port accepts a
-connection (a gateway cut off from the database cannot serve, and is then the one that was cut off, not its peer).
-The two are measured in the background with a generous time limit (:class:`ServingProbe`): a gateway busy with
-thousands of devices answers slowly, and a slow answer must delay the reading, not move the VIP away from it.
+database leader lease, so two gateways that both hold the VIP never both serve devices. A gateway is healthy while
+its monitoring port is served and the database's port accepts a connection (a gateway cut off from the database
+cannot serve, and is then the one that was cut off, not its peer). Served means a listener is there: a connection
+refused says no worker listens (not started yet, or gone), while one that is slow to be accepted or to finish its
+handshake says a worker is busy, with a storm of devices, say. A busy gateway is a healthy one: moving the VIP away
+from it would only move the storm to its peer and back (gunicorn itself replaces a worker that hangs). The checks
+run in the background (:class:`ServingProbe`), so a slow one never delays the watch.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -29,20 +32,34 @@ from .watch import PeerWatch
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT = 5.0  # each of the gateway's own checks: milliseconds when idle, seconds under a storm of devices
+PORT_TIMEOUT = 0.5  # the monitoring port: longer only means busy, which is served
+DATABASE_TIMEOUT = 1.0  # the database's port: longer means cut off (a pulled cable answers nothing)
+WATCH_NICENESS = -10  # the watch process runs ahead of the workers (it needs root for the VIP anyway)
 
 
-def monitoring_port_answers(port: int, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Whether the gateway's monitoring port on this host completes a TLS handshake within ``timeout``."""
+def monitoring_port_served(port: int, timeout: float = PORT_TIMEOUT) -> bool:
+    """Whether a listener serves the gateway's monitoring port on this host (refused: nobody does).
+
+    The TLS handshake is completed when it can be, so a check leaves no "handshake refused" line in the gateway's
+    log; one that does not finish within ``timeout`` is a busy worker's, and counts as served.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # liveness only: nothing is read from it
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
-            return True
-    except (OSError, ssl.SSLError):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except TimeoutError:
+        return True  # the accept queue is full: a worker is there, and busy
+    except OSError:
         return False
+    try:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
+            pass
+    except (OSError, ssl.SSLError):
+        pass  # accepted by a listener: served, whatever became of the handshake
+    finally:
+        raw.close()
+    return True
 
 
 def database_endpoint(url: str) -> tuple[str, int] | None:
@@ -55,7 +72,7 @@ def database_endpoint(url: str) -> tuple[str, int] | None:
     return parsed.host, parsed.port or 5432
 
 
-def reachable(endpoint: tuple[str, int] | None, timeout: float = PROBE_TIMEOUT) -> bool:
+def reachable(endpoint: tuple[str, int] | None, timeout: float = DATABASE_TIMEOUT) -> bool:
     """Whether a TCP connection to ``endpoint`` opens within ``timeout`` (no endpoint: nothing to reach)."""
     if endpoint is None:
         return True
@@ -67,20 +84,18 @@ def reachable(endpoint: tuple[str, int] | None, timeout: float = PROBE_TIMEOUT) 
 
 
 class ServingProbe:
-    """The gateway's own check, measured in the background every ``interval``: its monitoring port answers and the
+    """The gateway's own check, measured in the background every ``interval``: its monitoring port is served and the
     database is reachable. Calling it returns the last reading (False until the first one succeeds)."""
 
-    def __init__(self, settings: Settings, interval: float = 1.0, timeout: float = PROBE_TIMEOUT) -> None:
+    def __init__(self, settings: Settings, interval: float = 1.0) -> None:
         self.monitoring_port = settings.monitoring_port
         self.database = database_endpoint(settings.sqlalchemy_url)
         self.interval = interval
-        self.timeout = timeout
         self.ok = False
         self._stopping = threading.Event()
 
     def measure(self) -> bool:
-        self.ok = (monitoring_port_answers(self.monitoring_port, self.timeout)
-                   and reachable(self.database, self.timeout))
+        self.ok = monitoring_port_served(self.monitoring_port) and reachable(self.database)
         return self.ok
 
     def run(self) -> None:
@@ -120,6 +135,11 @@ def serve_gateway_pair(settings: Settings) -> None:
     import gevent
     from gevent.event import Event
 
+    try:
+        # A watch starved of CPU by the gateway's own busy workers would answer its peer late and look dead to it.
+        os.nice(WATCH_NICENESS)
+    except OSError:
+        log.info("gateway pair: running at normal priority (raising it needs CAP_SYS_NICE)")
     probe = ServingProbe(settings)
     watch = gateway_pair_watch(settings, probe)
     monitor = HealthMonitor(settings, watch.state, host=settings.node_addr, failback=watch.failback,
