@@ -192,6 +192,7 @@ class GatewayConnection:
         self.ended_by: str = ""  # set when another greenlet ended this session
         self._lock = RLock()
         self._pushed: set[str] = set()
+        self._contact: Any = None  # the engine's contact after WELCOME, while it runs
 
     # ---- used by other greenlets ----------------------------------------------------------------------------
     def send(self, frame: Frame) -> bool:
@@ -279,13 +280,16 @@ class GatewayConnection:
                 self._store_subjects()
                 self._receipt(decision.receipt)
                 if isinstance(decision, Subscribe) and subject in (CONFIG_LOAD, EXEC_CMD):
+                    self._after_contact()
                     self._carry_out(provision.pending_action(self.app, self.session.hello))
                 return ""
             case Publish():
+                self._after_contact()
                 return self._publish(decision)
             case Ping():
                 self.send(pong())
             case Goodbye():
+                self._after_contact()
                 self._receipt(decision.receipt)
                 from .session import bye
 
@@ -316,14 +320,38 @@ class GatewayConnection:
             self.send(busy(spread(ADMISSION_RETRY_AFTER), "gateway busy admitting other devices; retry later"))
             return "admission queue full"
         started = time.monotonic()
+        handed_over = False
         try:
             # A device that waited long for its turn may have given up (and is coming back through the dispatcher):
             # admitting it would tell Prime it connected, and cost the time of devices still waiting.
             if peer_hung_up(self.sock):
                 return "hung up while waiting for admission"
-            return self._admit_now(hello)
+            refused = self._admit_now(hello)
+            if not refused:
+                # The engine's contact goes on beside the session, in the admission's slot: under a storm it waits
+                # long for the database, and the device's first frame (SUBSCRIBE) is receipted meanwhile.
+                self._contact = gevent.spawn(self._contact_engine, hello, started)
+                handed_over = True
+            return refused
         finally:
-            slots.release(time.monotonic() - started)
+            if not handed_over:
+                slots.release(time.monotonic() - started)
+
+    def _contact_engine(self, hello: Hello, started: float) -> None:
+        """Tell the engine the device is here and push what it asks for; then give the admission slot back."""
+        try:
+            self._carry_out(provision.contact(self.app, hello, self.address))
+        except Exception:  # a bug: the session ends, as it would had the contact run in the session's greenlet
+            log.exception("CNS device %s: provisioning contact failed", hello.device_id)
+            self.end(503, "internal gateway error")
+        finally:
+            self.worker.admission_slots.release(time.monotonic() - started)
+
+    def _after_contact(self) -> None:
+        """Wait for the engine's contact, if it still runs: what follows (a pending action, a result) needs it."""
+        if self._contact is not None:
+            self._contact.join()
+            self._contact = None
 
     def _live_on_port(self) -> int:
         return db.session.connection().execute(
@@ -370,7 +398,6 @@ class GatewayConnection:
         self.worker.connections[self.token] = self
         self.send(welcome(self.token, hello.keepalive))
         log.info("CNS device %s connected on port %s from %s", hello.device_id, self.port, self.address)
-        self._carry_out(provision.contact(self.app, hello, self.address))
         return ""
 
     # ---- subscriptions, events ------------------------------------------------------------------------------
@@ -417,8 +444,9 @@ class GatewayConnection:
         if delivery is None or action.correlator in self._pushed:
             return
         subject, xml = delivery
-        if self.push(subject, xml):
-            self._pushed.add(action.correlator)
+        self._pushed.add(action.correlator)  # before the send, which may yield to the contact's greenlet
+        if not self.push(subject, xml):
+            self._pushed.discard(action.correlator)
 
     # ---- end ------------------------------------------------------------------------------------------------
     def _finish(self, reason: str) -> None:

@@ -3,6 +3,7 @@ workers, TLS with the node's CA, and the status table's device counts."""
 
 from __future__ import annotations
 
+import fcntl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -145,3 +146,19 @@ def test_status_counts_devices_per_gateway_port(node: RunningNode, observer: Any
     while any(r.port == port for r in live(observer)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(r.port == port for r in live(observer))
+
+
+def test_a_welcomed_device_is_receipted_while_the_engine_waits_for_the_database(node: RunningNode) -> None:
+    """Under a storm the engine's contact of a new device waits long for the node's SQLite write turn; the device's
+    first frame must be receipted meanwhile (it gave up after 120 s, and came back with two more handshakes)."""
+    with (node.data_dir / "db-write.lock").open("a+") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)  # another writer of the node holds the turn
+        try:
+            with CnsLink.open(HOST, gateway_ports(node)[3], timeout=10) as link:
+                link.command("HELLO", {"Device-Id": "WAITS1"})
+                assert link.receive().command == "WELCOME"
+                link.command("SUBSCRIBE", {"Subject": CONFIG_LOAD, "Receipt": "first"})
+                answer = link.receive(timeout=5)
+                assert (answer.command, answer.get("Receipt-Id")) == ("RECEIPT", "first")
+        finally:
+            fcntl.flock(turn, fcntl.LOCK_UN)
