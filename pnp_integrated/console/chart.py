@@ -1,8 +1,9 @@
 """The overview's activity chart: jobs completed and failed per minute, HA transitions on the same time axis.
 
-Pure geometry from the API's ``GET /activity`` answer to what the SVG template draws: one column per minute,
-completions rising above the axis and failures hanging below it (each with its own scale, stated on the chart, so
-that a few failures among thousands of completions still show), and a vertical mark at each role change.
+Pure geometry from the API's ``GET /activity`` answer to what the SVG template draws: one column per minute (per
+few minutes beyond :data:`MAX_COLUMNS` minutes, so that a day stays a few hundred shapes), completions rising above
+the axis and failures hanging below it (each with its own scale, stated on the chart, so that a few failures among
+thousands of completions still show), and a vertical mark at each role change.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ WIDTH, HEIGHT = 960, 260
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 26, 30
 UP_SHARE = 0.68  # of the plot's height, for completions; the rest is for failures
 TICK_STEPS = ((60, 10), (180, 30), (360, 60), (720, 120), (1440, 240))  # window (minutes) -> tick every
+MAX_COLUMNS = 360
 
 
 @dataclass(frozen=True)
 class Column:
-    """One minute: its bars and what its tooltip says."""
+    """One minute (or a few): its bars and what its tooltip says."""
 
     x: float
     width: float
-    minute: str  # RFC 3339, UTC
+    minute: str  # its first minute, RFC 3339, UTC
+    minutes: int
     completed: int
     failed: int
     up_y: float
@@ -32,7 +35,11 @@ class Column:
 
     @property
     def label(self) -> str:
-        return f"{self.minute[11:16]} UTC: {self.completed} completed, {self.failed} failed"
+        first = _parse(self.minute)
+        span = first.strftime("%H:%M")
+        if self.minutes > 1:
+            span += f" to {(first + dt.timedelta(minutes=self.minutes - 1)).strftime('%H:%M')}"
+        return f"{span} UTC: {self.completed} completed, {self.failed} failed"
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class ActivityChart:
     total_completed: int
     total_failed: int
     minutes: int
+    per_column: int  # minutes a column counts
 
 
 def _parse(value: str) -> dt.datetime:
@@ -85,18 +93,23 @@ def activity_chart(activity: dict[str, Any]) -> ActivityChart:
     plot_height = HEIGHT - TOP - BOTTOM
     axis_y = TOP + plot_height * UP_SHARE
     step = plot_width / minutes
-    rows = activity["per_minute"]
-    most_completed = max([1, *(int(r["completed"]) for r in rows)])
-    most_failed = max([1, *(int(r["failed"]) for r in rows)])
-    columns = []
-    for row in rows:
+    per_column = -(-minutes // MAX_COLUMNS)
+    sums: dict[int, list[int]] = {}  # column -> [completed, failed]
+    for row in activity["per_minute"]:
         index = int((_parse(row["minute"]) - since).total_seconds() // 60)
-        if not 0 <= index < minutes:
-            continue
-        completed, failed = int(row["completed"]), int(row["failed"])
+        if 0 <= index < minutes:
+            column = sums.setdefault(index // per_column, [0, 0])
+            column[0] += int(row["completed"])
+            column[1] += int(row["failed"])
+    most_completed = max([1, *(c for c, _ in sums.values())])
+    most_failed = max([1, *(f for _, f in sums.values())])
+    columns = []
+    for index, (completed, failed) in sorted(sums.items()):
         up = (axis_y - TOP) * completed / most_completed
         down = (HEIGHT - BOTTOM - axis_y) * failed / most_failed
-        columns.append(Column(LEFT + index * step, max(1.0, step - 1), row["minute"], completed, failed,
+        first = since + dt.timedelta(minutes=index * per_column)
+        columns.append(Column(LEFT + index * per_column * step, max(1.0, step * per_column - 1),
+                              first.strftime("%Y-%m-%dT%H:%M:00Z"), per_column, completed, failed,
                               axis_y - up, up, down))
     transitions = []
     for change in activity["transitions"]:
@@ -112,4 +125,4 @@ def activity_chart(activity: dict[str, Any]) -> ActivityChart:
         at += dt.timedelta(minutes=every)
     return ActivityChart(WIDTH, HEIGHT, LEFT, WIDTH - RIGHT, TOP, axis_y, HEIGHT - BOTTOM, columns, transitions,
                          ticks, most_completed, most_failed, sum(c.completed for c in columns),
-                         sum(c.failed for c in columns), minutes)
+                         sum(c.failed for c in columns), minutes, per_column)

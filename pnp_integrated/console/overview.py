@@ -23,6 +23,9 @@ from .signin import current_operator
 WINDOWS = {"1h": 60, "3h": 180, "6h": 360, "12h": 720, "24h": 1440}
 DEFAULT_WINDOW = "3h"
 REFRESH_MS = 5000
+# The services table is read again at most this often per worker: reading it asks the kernel for every socket of the
+# host, which costs more than the rest of a refresh.
+STATUS_MAX_AGE = 10.0
 
 
 def _window() -> str:
@@ -37,7 +40,7 @@ def _live_context() -> dict[str, Any] | Response:
     for answer in (counts, activity):
         if not answer.ok:
             return refusal(answer.status, answer.message)
-    status = current_status(current_app._get_current_object(), max_age=2.0)  # type: ignore[attr-defined]
+    status = current_status(current_app._get_current_object(), max_age=STATUS_MAX_AGE)  # type: ignore[attr-defined]
     return {"counts": counts.body, "states": DEVICE_STATES, "chart": activity_chart(activity.body),
             "node_status": status, "window": window}
 

@@ -70,6 +70,17 @@ def test_activity_counts_the_jobs_ended_in_each_minute_and_lists_the_ha_transiti
     assert [(t["state"], t["node"]) for t in body["transitions"]] == [("PASSIVE", "gw-a"), ("ACTIVE", "gw-b")]
     assert body["transitions"][0]["reason"] == "VIP moved"
 
+    # The next refresh counts what ended since; the minutes before keep their counts.
+    with app.app_context():
+        later = utcnow() - dt.timedelta(seconds=1)
+        db.session.execute(insert(ProvisioningJob), [{"device_id": 1, "state": "failed", "finished_at": later,
+                                                      "created_at": later, "updated_at": later, "version": 1}])
+        db.session.commit()
+    again = {m["minute"]: m for m in api("GET", "/activity").get_json()["per_minute"]}
+    latest = later.strftime("%Y-%m-%dT%H:%M:00Z")
+    assert again[latest]["failed"] == (2 if latest == minute else 1)
+    assert again[earlier] == {"minute": earlier, "completed": 2, "failed": 0, "cancelled": 1}
+
     wide = api("GET", "/activity?minutes=400").get_json()
     assert sum(m["completed"] for m in wide["per_minute"]) == 9 and len(wide["transitions"]) == 3
     for bad in ("0", "1441", "lots"):
