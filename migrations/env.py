@@ -91,6 +91,11 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # The gateway's connections end a transaction idle for PNP_DB_DEAD_PEER_TIMEOUT; between a migration's
+            # statements (index builds on a large fleet, a loaded host) that may pass without anything being wrong.
+            connection.exec_driver_sql("SET idle_in_transaction_session_timeout = 0")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),

@@ -259,10 +259,15 @@ def migration_lock() -> Iterator[None]:
     if db.engine.dialect.name == "postgresql":
         with db.engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            # A session lock outlives the transaction: committed at once, the connection waits "idle", not "idle
+            # in transaction", so the dead-peer timeout of every gateway connection does not end it (and release
+            # the lock) while a long migration runs.
+            conn.commit()
             try:
                 yield
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                conn.commit()
         return
     lock_path = gateway_state().settings.data_dir / "migrate.lock"
     with lock_path.open("w") as fh:

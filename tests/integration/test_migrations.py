@@ -185,3 +185,25 @@ def test_in_ha_only_the_leader_migrates(tmp_path: Path) -> None:
     leader = node_environment({**settings, "node_name": "prime-a"})
     assert pnpp(leader, "db", "upgrade").returncode == 0
     assert pnpp(env, "db", "upgrade").returncode == 0  # already at head: nothing to refuse on the standby
+
+
+def test_a_migration_longer_than_the_dead_peer_timeout_keeps_its_lock_and_completes(
+        tmp_path: Path, postgres_url: str) -> None:
+    # Every gateway connection ends a transaction left idle for PNP_DB_DEAD_PEER_TIMEOUT; a migration that takes
+    # longer (index builds on a large fleet, a loaded host) must neither lose the lock that serialises the nodes'
+    # upgrades nor fail when it lets it go.
+    import time
+
+    from pnp_integrated.database import migration_lock
+
+    app = create_app({**node_settings(tmp_path / "data", database_url=postgres_url, db_dead_peer_timeout=0.5),
+                      "TESTING": True}, check_schema=False)
+    with app.app_context():
+        with migration_lock():
+            time.sleep(1.5)  # three dead-peer timeouts
+            held = db.session.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"))
+            assert held == 1, "the migration lock was lost while the migration ran"
+        db.session.remove()
+        upgrade()  # and a real upgrade under the same timeout completes
+        current, head = schema_revisions()
+        assert current == head
