@@ -10,8 +10,8 @@ another on one keep-alive connection with the session's cookie::
 
 For each page it prints the latency at the client (p50, p95, p99, max) and the gateway's CPU per request (its
 gunicorn processes, from /proc). The pages: the overview (counts, the activity chart over 24 hours, the status
-table) and its live part, which an open overview fetches every 5 s; the inventory's first page, the failed devices,
-a search by serial prefix and a page from the middle of a walk; a device's page and its live part (every 3 s); the
+table) and its live part, which an open overview fetches every 10 s; the inventory's first page, the failed devices,
+a search by serial prefix and a page from the middle of a walk; a device's page and its live part (every 5 s); the
 profiles.
 
 Then the cost to device traffic: ``--rounds`` rounds of ``--sim-devices`` simulated Open PnP devices running their
@@ -49,7 +49,11 @@ from pnp_integrated.devsim.node import NodeDidNotStart, RunningNode, node_settin
 from pnp_integrated.devsim.pnp import SimulatedDevice, simulate  # noqa: E402
 
 USER, PASSWORD = "bench-operator", "a benchmark operator's passphrase"
-OVERVIEW_EVERY, DEVICE_EVERY, SCRAPE_EVERY = 5.0, 3.0, 15.0  # seconds, as the pages and a Prometheus job do
+from pnp_integrated.console.devices import DEVICE_REFRESH_MS  # noqa: E402
+from pnp_integrated.console.overview import REFRESH_MS  # noqa: E402
+
+# Seconds between requests, as the pages' scripts and a Prometheus job make them.
+OVERVIEW_EVERY, DEVICE_EVERY, SCRAPE_EVERY = REFRESH_MS / 1000, DEVICE_REFRESH_MS / 1000, 15.0
 
 
 class Browser:
@@ -111,7 +115,7 @@ def page_kinds(rng: random.Random, fleet: Fleet, deep: list[str]) -> list[tuple[
 
     return [
         ("overview (24 h chart)", each(lambda: "/?window=24h")),
-        ("overview, live part (every 5 s)", each(lambda: "/console/overview/live?window=24h")),
+        ("overview, live part (every 10 s)", each(lambda: "/console/overview/live?window=24h")),
         ("inventory, first page", each(lambda: "/console/devices")),
         ("inventory, failed devices", each(lambda: "/console/devices?state=failed")),
         ("inventory, serial prefix search", each(lambda: "/console/devices?" + urlencode(
@@ -119,7 +123,7 @@ def page_kinds(rng: random.Random, fleet: Fleet, deep: list[str]) -> list[tuple[
         ("inventory, a page mid-walk", each(lambda: "/console/devices?" + urlencode(
             {"cursor": rng.choice(deep), "limit": "500", "at": "50000"}))),
         ("device page (a failed device)", each(lambda: f"/console/devices/{rng.choice(fleet.failed)}")),
-        ("device page, live part (every 3 s)", each(lambda: f"/console/devices/{rng.choice(fleet.failed)}/live")),
+        ("device page, live part (every 5 s)", each(lambda: f"/console/devices/{rng.choice(fleet.failed)}/live")),
         ("profiles", each(lambda: "/console/profiles")),
     ]
 
@@ -171,22 +175,23 @@ class Watcher:
         self.stop = threading.Event()
         self.requests = 0
         self.threads: list[threading.Thread] = []
-
-    def _loop(self, every: float, path: Callable[[], str], signed_in: bool) -> None:
-        browser = Browser(self.node)
-        if signed_in:
+        # Signed in before the round: an operator signs in once a shift, not once a round (a sign-in is a scrypt).
+        self.browsers = [Browser(node), Browser(node), Browser(node)]
+        for browser in self.browsers[:2]:
             browser.sign_in()
+
+    def _loop(self, browser: Browser, every: float, path: Callable[[], str]) -> None:
         while not self.stop.wait(every):
             browser.get(path())
             self.requests += 1
 
     def __enter__(self) -> Watcher:
         rng = random.Random(3)
-        for every, path, signed_in in (
-                (OVERVIEW_EVERY, lambda: "/console/overview/live", True),
-                (DEVICE_EVERY, lambda: f"/console/devices/{rng.choice(self.serials)}/live", True),
-                (SCRAPE_EVERY, lambda: "/metrics", False)):
-            thread = threading.Thread(target=self._loop, args=(every, path, signed_in), daemon=True)
+        for browser, every, path in (
+                (self.browsers[0], OVERVIEW_EVERY, lambda: "/console/overview/live"),
+                (self.browsers[1], DEVICE_EVERY, lambda: f"/console/devices/{rng.choice(self.serials)}/live"),
+                (self.browsers[2], SCRAPE_EVERY, lambda: "/metrics")):
+            thread = threading.Thread(target=self._loop, args=(browser, every, path), daemon=True)
             thread.start()
             self.threads.append(thread)
         return self

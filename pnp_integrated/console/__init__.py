@@ -74,6 +74,14 @@ def _harden(response: Response) -> Response:
     return response
 
 
+@blueprint.get("/console/signin")
+def sign_in_page() -> Response:
+    """The sign-in form (a signed-in browser goes on to the overview)."""
+    if signin.current_operator() is not None:
+        return redirect(safe_next(request.args.get("next")), 303)  # type: ignore[return-value]
+    return signin_page(status=200, target=request.args.get("next"))
+
+
 @blueprint.post("/console/signin")
 def sign_in() -> Response:
     """Sign in with a user's name and password, or with an API token; then back to the page that asked."""

@@ -25,7 +25,7 @@ NO_PROFILE = "-"  # the profile filter's value for devices without one (the API'
 DONE = {"claimed": "Claimed: the device's next contact starts its job with that profile.",
         "reprovisioned": "A new job waits for the device's next contact.",
         "cancelled": "The job is cancelled.", "retried": "A new job waits for the device's next contact."}
-DEVICE_REFRESH_MS = 3000
+DEVICE_REFRESH_MS = 5000
 
 
 def _local_to_rfc3339(value: str) -> str | None:

@@ -22,10 +22,10 @@ from .signin import current_operator
 
 WINDOWS = {"1h": 60, "3h": 180, "6h": 360, "12h": 720, "24h": 1440}
 DEFAULT_WINDOW = "3h"
-REFRESH_MS = 5000
+REFRESH_MS = 10_000
 # The services table is read again at most this often per worker: reading it asks the kernel for every socket of the
 # host, which costs more than the rest of a refresh.
-STATUS_MAX_AGE = 10.0
+STATUS_MAX_AGE = 30.0
 
 
 def _window() -> str:

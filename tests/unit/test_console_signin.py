@@ -259,6 +259,10 @@ def test_after_signing_in_the_browser_goes_back_to_its_page_on_this_node_only(ap
         answer = client.post("/console/signin", data={"csrf_token": form_field(page.data, "csrf_token"),
                                                       "name": "alice", "password": ADMIN_PASSWORD, "next": target})
         assert answer.headers["Location"] == lands, target
+    # The form has an address of its own too; a signed-in browser asking for it goes on.
+    assert client.get("/console/signin?next=/console/profiles").headers["Location"] == "/console/profiles"
+    fresh = app.test_client().get("/console/signin")
+    assert fresh.status_code == 200 and b'id="password-form"' in fresh.data
 
 
 def test_scripts_may_read_the_dashboard_data_with_a_bearer_token(app: Flask) -> None:
