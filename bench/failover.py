@@ -201,19 +201,17 @@ def main() -> None:
         HaLab.create(root / "stale", prefix=PREFIX, subnet=SUBNET).down()
         lab = HaLab.create(root / "lab", prefix=PREFIX, subnet=SUBNET, mover=args.mover, node_settings=settings)
         topology = "integrated, two Prime nodes"
-    first, second = (node.name for node in lab.plan.nodes)
+    node_a, node_b = (node.name for node in lab.plan.nodes)
     holders: list[subprocess.Popen[bytes]] = []
     prober = Prober(lab)
     try:
         print(f"building the lab in {root} ({topology}; {args.mover} moves the VIP) ...", flush=True)
         lab.up()
         deadline = time.monotonic() + 60
-        while sorted((lab.state(first), lab.state(second))) != ["ACTIVE", "PASSIVE"]:
+        while sorted((lab.state(node_a), lab.state(node_b))) != ["ACTIVE", "PASSIVE"]:
             if time.monotonic() > deadline:
                 sys.exit("no node became ACTIVE")
             time.sleep(0.5)
-        active = first if lab.state(first) == "ACTIVE" else second
-        standby = second if active == first else first
 
         events = []
         clients = max(1, math.ceil(args.devices / min(args.per_client, 19_000)))
@@ -243,6 +241,9 @@ def main() -> None:
         time.sleep(8)  # mid-provisioning
         prober.start()
         time.sleep(2)
+        # Asked now, not at start: under the load of the sessions the VIP may have moved since.
+        active = node_a if lab.state(node_a, timeout=20) == "ACTIVE" else node_b
+        standby = node_b if active == node_a else node_a
         standby_pid = lab.plan.node(standby).pid  # its `pnpp run`, above the gunicorn workers
         cpu_before = gateway_cpu_seconds(standby_pid)
         killed = time.time()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import click
 
@@ -14,7 +13,6 @@ from ..config import Settings
 from .common import fail, settings_or_exit
 
 WATCH_MODULE = "pnp_integrated.vip_pair"
-WATCH_START_TIMEOUT = 15.0
 
 
 def _pair_settings() -> Settings:
@@ -69,8 +67,8 @@ def watch() -> None:
 def start_pair_watch(settings: Settings) -> subprocess.Popen[bytes] | None:
     """``pnpp run`` in a standalone gateway pair: start the pair's watch beside gunicorn (``None`` elsewhere).
 
-    Returns once its health monitor accepts connections; exits with a message when the port is taken or the
-    process dies.
+    Returns at once (the watch comes up while gunicorn does); exits with a message when its port is taken. A watch
+    that dies leaves this gateway without the VIP, and its peer, finding no answer, takes it over.
     """
     if not (settings.standalone and settings.gateway_in_pair):
         return None
@@ -78,23 +76,7 @@ def start_pair_watch(settings: Settings) -> subprocess.Popen[bytes] | None:
     if holder:
         fail(f"the gateway pair's health monitor cannot start: port {settings.health_port} (PNP_HEALTH_PORT) is held "
              f"by {holder}; stop that process or move PNP_HEALTH_PORT on both gateways", 2)
-    child = subprocess.Popen([sys.executable, "-m", WATCH_MODULE], preexec_fn=die_with_parent)
-    import socket
-
-    deadline = time.monotonic() + WATCH_START_TIMEOUT
-    while True:
-        try:
-            with socket.create_connection((settings.node_addr, settings.health_port), timeout=0.5):
-                return child
-        except OSError:
-            pass
-        if child.poll() is not None:
-            fail(f"the gateway pair's watch exited at start (code {child.returncode}); see the lines above", 2)
-        if time.monotonic() > deadline:
-            stop_pair_watch(child)
-            fail(f"the gateway pair's health monitor did not listen on {settings.node_addr}:{settings.health_port} "
-                 f"within {WATCH_START_TIMEOUT:g}s", 2)
-        time.sleep(0.1)
+    return subprocess.Popen([sys.executable, "-m", WATCH_MODULE], preexec_fn=die_with_parent)
 
 
 def stop_pair_watch(child: subprocess.Popen[bytes] | None) -> None:

@@ -35,6 +35,7 @@ from .procs import alive, free_port, run
 GATEWAY_LOGIN = "pnp-gateway"
 PORTS = Settings()  # the lab's gateways and Prime servers keep the default ports
 PRIME_START_TIMEOUT = 30.0
+READY_TIMEOUT = 180.0  # a gateway of the pair starts its watch and gunicorn: minutes on a busy host
 
 
 class StandaloneLab(HaLab):
@@ -216,6 +217,9 @@ class StandaloneLab(HaLab):
         node.pid = process.pid
         self.save()
 
+    def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> None:
+        super().wait_ready(name, timeout)
+
     def keepalived_conf(self, node: LabNode) -> str:
         """deploy/keepalived/keepalived.standalone.conf.sample for the lab: keepalived tracks the gateway's health as
         the pair's health monitor reports it, so a gateway that stops serving, or cannot reach the database, gives
@@ -240,7 +244,7 @@ class StandaloneLab(HaLab):
 
     def row(self, name: str, service: str) -> dict[str, str] | None:
         """The row of ``service`` in the gateway's status table (``None`` when it does not answer)."""
-        status = self.status(name)
+        status = self.status(name, timeout=10.0)
         if status is None:
             return None
         return next((r for r in status["rows"] if r["service"] == service), None)

@@ -75,7 +75,9 @@ class PeerWatch:
         self.subject = subject
         self.start_grace = start_grace
         self._started = time.monotonic()
-        self._healthy_once = False
+        self._healthy_once = healthy is None
+        if healthy is not None:
+            state.healthy = False  # not until its own check has said so once: keepalived trusts the answer at once
         self.missed = 0
         self.unhealthy = 0  # this node's own failed checks in a row
         self.failbacks_asked = 0
@@ -114,6 +116,7 @@ class PeerWatch:
         """Apply the initial state: an active node takes the VIP, a standby one makes sure it has not got it."""
         if self.observe is not None:
             self.state.state = "active" if self.observe() else "standby"
+            self.state.active_since = time.monotonic()
         elif self.state.state == "active":
             self.state.state = "standby"
             self.become_active("started as active")
@@ -132,7 +135,7 @@ class PeerWatch:
         self.unhealthy = 0 if healthy else self.unhealthy + 1
         self._healthy_once = self._healthy_once or healthy
         # What the peer (and keepalived) is told: one slow check of a loaded node is not yet a failed node.
-        self.state.healthy = self.unhealthy < self.misses_allowed
+        self.state.healthy = self._healthy_once and self.unhealthy < self.misses_allowed
         self.state.starting = not self._healthy_once and time.monotonic() - self._started < self.start_grace
         peer = self._ask()
         now = time.monotonic()
@@ -200,11 +203,11 @@ class PeerWatch:
         if stable < self.hold_down:
             self.state.note = f"automatic failback in {self.hold_down - stable:.0f} s (hold-down {self.hold_down:g} s)"
             return
-        self._stable_since = now  # the next request waits a whole hold-down again
         self.failbacks_asked += 1
         log.warning("%s: automatic failback after %.0f s of hold-down: asking %s to hand over", self._who(),
                     stable, self.peer)
         self._ask("/ha/failback", "POST", timeout=5.0)
+        self._stable_since = time.monotonic()  # the next request waits a whole hold-down after this one
 
     def run(self) -> None:
         while not self._stopping.is_set():

@@ -17,8 +17,12 @@ from tests.support import wait_until
 HA_ROW, PRIME_ROW = "PnP Gateway HA state", "Prime Infrastructure HA status"
 
 
+# A busy host may take seconds to build a status answer; DOWN must mean down, not slow.
+STATUS_TIMEOUT = 10.0
+
+
 def pair_states(lab: StandaloneLab) -> tuple[str, str]:
-    return lab.state("gw-a"), lab.state("gw-b")
+    return lab.state("gw-a", STATUS_TIMEOUT), lab.state("gw-b", STATUS_TIMEOUT)
 
 
 def row(lab: StandaloneLab, name: str, service: str) -> dict[str, str]:
@@ -54,7 +58,7 @@ def test_manual_failback_with_prime_on_a_vip(standalone_lab: Callable[..., Stand
     wait_until(lambda: "connected" in row(lab, "gw-a", PRIME_ROW)["info"], 20, "the bridge to reach Prime's VIP")
     prime = row(lab, "gw-a", PRIME_ROW)
     assert prime["status"] == "UP" and lab.plan.prime_vip in prime["info"], prime
-    assert "PnP Gateway Monitoring port: 11010" in {r["service"] for r in lab.status("gw-a")["rows"]}
+    assert "PnP Gateway Monitoring port: 11010" in {r["service"] for r in lab.status("gw-a", STATUS_TIMEOUT)["rows"]}
 
     before = lab.simulate("cns", "--devices", "8", "--serial-prefix", "PRE", "--create-profile", timeout=120)
     assert before.returncode == 0, before.stdout + before.stderr
@@ -62,7 +66,7 @@ def test_manual_failback_with_prime_on_a_vip(standalone_lab: Callable[..., Stand
     # The primary's machine dies: every process of it is killed and its cable is gone.
     lab.kill_node("gw-a")
     started = time.monotonic()
-    wait_until(lambda: lab.state("gw-b") == "ACTIVE", 30, "gw-b to become ACTIVE")
+    wait_until(lambda: lab.state("gw-b", STATUS_TIMEOUT) == "ACTIVE", 30, "gw-b to become ACTIVE")
     assert time.monotonic() - started < 20
     assert lab.vip_holders()[-1:] == ["gw-b"]
     row_reads(lab, "gw-b", "Secondary Server is in Active state", "unreachable", "last seen")
@@ -77,7 +81,7 @@ def test_manual_failback_with_prime_on_a_vip(standalone_lab: Callable[..., Stand
     wait_until(lambda: "reachable, active" in row(lab, "gw-a", HA_ROW)["info"], 20, "gw-a to see gw-b active")
     time.sleep(5)
     assert lab.vip_holders() == ["gw-b"]
-    assert lab.state("gw-a") == "PASSIVE"
+    assert lab.state("gw-a", STATUS_TIMEOUT) == "PASSIVE"
     row_reads(lab, "gw-a", "Primary Server is in Standby state", "failback manual")
 
     failback = lab.ha_failback("gw-a")  # asked on the primary, which forwards it to the active secondary
@@ -102,7 +106,8 @@ class VipSamples:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.monotonic(), tuple(self.lab.vip_holders()), self.lab.state("gw-b", 2.0)))
+            self.samples.append((time.monotonic(), tuple(self.lab.vip_holders()),
+                                 self.lab.state("gw-b", STATUS_TIMEOUT)))
             self._stop.wait(0.3)
 
     def __enter__(self) -> VipSamples:
@@ -139,7 +144,7 @@ def test_a_flapping_link_fails_back_once_after_the_hold_down(standalone_lab: Cal
     with VipSamples(lab) as samples:
         # The primary's cable is pulled: it cannot reach the database, gives the VIP up; the secondary takes it.
         lab.set_link("gw-a", False)
-        wait_until(lambda: lab.state("gw-b") == "ACTIVE", 30, "gw-b to become ACTIVE")
+        wait_until(lambda: lab.state("gw-b", STATUS_TIMEOUT) == "ACTIVE", 30, "gw-b to become ACTIVE")
         wait_until(lambda: lab.vip_holders() == ["gw-b"], 20, "the cut-off primary to give the VIP up")
         taken_over = time.monotonic()
         # The cable flaps: each time it is back for half a hold-down, then gone again for 2 s.
