@@ -30,7 +30,8 @@ def list_devices() -> Response:
     """The inventory: filters, a sort, and keyset pages (each answer's ``next`` is the cursor of the page after it).
 
     ``total`` (the devices matching the filters when the walk begins) comes with the first page only: counting
-    costs more than a page, and a walk needs it once.
+    costs more than a page, and a walk needs it once. A search counts up to
+    :data:`~.inventory.SEARCH_COUNT_LIMIT` matches (``total_capped`` says when it stopped there).
     """
     if "offset" in request.args:
         raise invalid("devices are paged with cursor (the previous answer's next), not offset", fields=["offset"])
@@ -39,7 +40,7 @@ def list_devices() -> Response:
     body = {"items": [device_json(d) for d in devices], "limit": query.limit, "sort": query.sort,
             "order": query.order, "next": cursor}
     if query.after is None:
-        body["total"] = db.session.scalar(inventory.count_statement(query))
+        body["total"], body["total_capped"] = inventory.count(query)
     return jsonify(body)
 
 

@@ -20,7 +20,18 @@ from ..provisioning.types import DEVICE_STATES, RUNNING, TERMINAL_STATES
 from ..version import __version__
 from . import blueprint
 from .enrolment import MAX_KEYS, MAX_PEM, PAIR_SETTINGS
-from .inventory import DEFAULT_LIMIT, FILTERS, HISTORY_EVENTS, MAX_CURSOR, MAX_LIMIT, ORDERS, PROTOCOLS, SORT_KEYS
+from .inventory import (
+    DEFAULT_LIMIT,
+    FILTERS,
+    HISTORY_EVENTS,
+    MAX_CURSOR,
+    MAX_LIMIT,
+    ORDERS,
+    PROTOCOLS,
+    SEARCH_COUNT_LIMIT,
+    SORT_KEYS,
+    SORTS,
+)
 from .validation import MAX_IMAGE_VERSION, MAX_OFFSET, MAX_TEXT, VARIABLE_NAME
 
 
@@ -90,7 +101,9 @@ _PARAMS = {
                               maxLength=FILTERS["last_seen_after"]),
     "last_seen_before": _query("last_seen_before", "devices last seen before this time", format="date-time",
                                maxLength=FILTERS["last_seen_before"]),
-    "device_sort": _query("sort", "sort key (default serial); devices of equal key follow by serial",
+    "device_sort": _query("sort", "sort key; devices of equal key follow by serial. Default: serial, or with a "
+                          "search (search, serial) the match order: the devices whose serial starts with it, by "
+                          "serial in lower case, then those whose hostname does, by hostname in lower case",
                           enum=list(SORT_KEYS)),
     "order": _query("order", "sort order (default asc)", enum=list(ORDERS)),
     "cursor": _query("cursor", "where the page starts: the previous answer's next, with the same filters (and the "
@@ -365,9 +378,12 @@ SPEC: dict[str, Any] = {
             "JobStep": {"type": "object", "properties": _STEP},
             "DevicePage": {"type": "object", "required": ["items", "limit", "sort", "order", "next"], "properties": {
                 "items": {"type": "array", "items": _ref("Device")}, "limit": _INT,
-                "sort": {"type": "string", "enum": list(SORT_KEYS)}, "order": {"type": "string", "enum": list(ORDERS)},
+                "sort": {"type": "string", "enum": list(SORTS)}, "order": {"type": "string", "enum": list(ORDERS)},
                 "next": {**_NULL_STR, "description": "cursor of the next page; null on the last"},
-                "total": {**_INT, "description": "devices matching the filters (first page only: without cursor)"}}},
+                "total": {**_INT, "description": "devices matching the filters (first page only: without cursor); "
+                                                  f"a search counts up to {SEARCH_COUNT_LIMIT}"},
+                "total_capped": {**_BOOL, "description": f"the search matches more than {SEARCH_COUNT_LIMIT} devices "
+                                                         "(first page only)"}}},
             "DeviceCounts": {"type": "object", "required": ["total", "by_state", "by_protocol", "groups"],
                              "properties": {
                 "total": _INT,

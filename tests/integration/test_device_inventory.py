@@ -203,11 +203,61 @@ def test_search_is_a_case_insensitive_prefix_of_serial_or_hostname(fleet: Fleet,
     assert walk(read, search="jae7700") == ["JAE77001", "JAE77002"]
     assert walk(read, search="a_") == ["A_B1"]  # '_' and '%' are characters, not wildcards
     assert walk(read, search="%") == []
-    assert walk(read, search="site0") == sorted(s for s, f in fleet.devices.items() if f["hostname"][:5] == "site0")
+    site0 = [s for s, f in fleet.devices.items() if f["hostname"][:5] == "site0"]
+    assert walk(read, search="site0") == sorted(site0, key=lambda s: (fleet.devices[s]["hostname"], s))
     assert walk(read, serial="jae770") == ["JAE77001", "JAE77002"]
     assert walk(read, serial="lyon") == []
     assert walk(read, search="\x00") == []  # no stored text has a NUL (PostgreSQL cannot hold one)
     assert len(walk(read, search="")) == len(fleet.devices)
+
+
+def match_order(fleet: Fleet, text: str) -> list[str]:
+    """The devices a search for ``text`` lists, in its order: serial matches by serial in lower case, then the
+    hostname matches by hostname in lower case (the serial breaking ties)."""
+    text = text.lower()
+    by_serial = [s for s in fleet.devices if s.lower().startswith(text)]
+    by_hostname = [s for s, f in fleet.devices.items()
+                   if f["hostname"].lower().startswith(text) and s not in by_serial]
+    return (sorted(by_serial, key=lambda s: (s.lower(), s))
+            + sorted(by_hostname, key=lambda s: (fleet.devices[s]["hostname"].lower(), s)))
+
+
+def test_a_search_lists_serial_matches_then_hostname_matches_while_devices_arrive(
+        fleet: Fleet, read: Callable[[str], Any]) -> None:
+    fleet.add(6, hostname="Fw-Edge")  # hostnames that start like the F... serials
+    fleet.add(3, hostname="fw-core")
+    for order in ("asc", "desc"):
+        present = match_order(fleet, "f")
+        assert len(present) > 20 and any(fleet.devices[s]["hostname"].lower().startswith("fw") for s in present)
+        seen: list[str] = []
+        for page in pages(read, 4, search="F", order=order):
+            assert page["sort"] == "match" and page["order"] == order
+            seen += [d["serial"] for d in page["items"]]
+            fleet.add(1, hostname="fw-new")  # arrivals on both sides of the position, in both parts
+            fleet.add(1)
+        assert sorted(seen) == sorted(set(seen)), "a device was listed twice"
+        assert set(present) <= set(seen), f"devices missed: {sorted(set(present) - set(seen))}"
+        expected = match_order(fleet, "f")
+        assert seen == [s for s in (expected if order == "asc" else expected[::-1]) if s in seen]
+
+
+def test_a_search_in_another_order_and_a_count_that_stops(fleet: Fleet, read: Callable[[str], Any]) -> None:
+    fleet.add(serial="JAE900001", hostname="foc-lab")  # a hostname match among the F... serial matches
+    matches = set(match_order(fleet, "fo"))
+    by_serial = walk(read, search="fo", sort="serial")
+    assert by_serial == sorted(matches) and read("/devices?search=fo&sort=serial")["sort"] == "serial"
+    by_pid = walk(read, search="fo", sort="pid", order="desc")
+    assert by_pid == sorted(matches, key=lambda s: (fleet.devices[s]["pid"], s), reverse=True)
+    first = read("/devices?search=fo")
+    assert first["total"] == len(matches) and first["total_capped"] is False
+    with fleet.app.app_context():  # more matches than a search counts
+        db.session.execute(insert(Device), [{"serial": f"CAP{n:05d}", "state": "unclaimed", "first_seen": BASE,
+                                             "last_seen": BASE, "variables": {}}
+                                            for n in range(inventory.SEARCH_COUNT_LIMIT + 5)])
+        db.session.commit()
+    capped = read("/devices?search=cap")
+    assert capped["total"] == inventory.SEARCH_COUNT_LIMIT and capped["total_capped"] is True
+    assert read("/devices")["total"] == len(fleet.devices) + inventory.SEARCH_COUNT_LIMIT + 5  # not a search
 
 
 # ---- counts and history ---------------------------------------------------------------------------------------------
@@ -333,7 +383,7 @@ def full_scans(plan: list[str]) -> list[str]:
 
 def sorts(plan: list[str]) -> list[str]:
     """The plan's steps that sort rows."""
-    return [line for line in plan if "TEMP B-TREE" in line or re.search(r"(^|->)\s*(Incremental )?Sort\b", line)]
+    return [line for line in plan if "TEMP B-TREE" in line or re.search(r"(^|->)\s*(Incremental )?Sort\s+\(cost", line)]
 
 
 def test_the_inventory_queries_run_on_their_indexes(inventory_app: Flask) -> None:
@@ -363,6 +413,10 @@ def test_the_inventory_queries_run_on_their_indexes(inventory_app: Flask) -> Non
             "deep page": inventory.page_statement(inventory.inventory_query({"cursor": deep or ""})),
             "failed": inventory.page_statement(inventory.inventory_query({"state": "failed"})),
             "search": inventory.page_statement(inventory.inventory_query({"search": "FOC00123"})),
+            "search, hostname part": inventory.segment_statement(
+                inventory.inventory_query({"search": "site012"}), "H", 51),
+            "search by pid": inventory.page_statement(inventory.inventory_query({"search": "FOC00123", "sort": "pid"})),
+            "search count": inventory.count_statement(inventory.inventory_query({"search": "FOC0012"})),
             "recently seen, deep": inventory.page_statement(inventory.inventory_query(
                 {"sort": "last_seen", "order": "desc", "cursor": recent or ""})),
             "counts": inventory.COUNTS_STATEMENT,
@@ -374,5 +428,11 @@ def test_the_inventory_queries_run_on_their_indexes(inventory_app: Flask) -> Non
         assert any("INDEX" in line.upper() for line in plan), f"{name} uses no index:\n" + "\n".join(plan)
     for name in ("first page", "deep page"):
         assert not sorts(plans[name]), f"{name} sorts instead of reading the serial index:\n" + "\n".join(plans[name])
-    search = "\n".join(plans["search"])
-    assert "serial_folded" in search and "hostname_folded" in search, search
+    for name, index in (("search", "serial_folded"), ("search, hostname part", "hostname_folded"),
+                        ("search count", "serial_folded")):
+        assert index in "\n".join(plans[name]), f"{name} does not read {index}:\n" + "\n".join(plans[name])
+    # The match order is the folded index's: a page reads a page of it, sorting at most the ties of one entry.
+    assert not [line for line in sorts(plans["search"]) if "Incremental" not in line and "RIGHT PART" not in line], \
+        "\n".join(plans["search"])
+    by_pid = "\n".join(plans["search by pid"])
+    assert "serial_folded" in by_pid and "hostname_folded" in by_pid, by_pid
