@@ -20,9 +20,9 @@ autovacuum does soon after any bulk change.
 
 The request kinds: the first page (50 devices by serial, with the total); a deep page (a cursor from the second half
 of a walk); the failed devices (first page, with their total); a search by serial prefix (six characters of a
-device's serial, lower case) and by one letter (most of the fleet matches); the counts by state and protocol; the
-recently seen (sort by last seen, newest first); a device's history (jobs, steps, events); and one page of 500 of a
-walk through the whole fleet.
+device's serial, lower case) and by one letter (most of the fleet matches), in the match order, and the one letter
+by last seen; the counts by state and protocol; the recently seen (sort by last seen, newest first); a device's
+history (jobs, steps, events); and one page of 500 of a walk through the whole fleet.
 
 What the indexes cost the device path: before the upgrade and after it, ``--contacts`` writes of a device contact
 (one UPDATE of a random device's last_seen, committed on its own, as the engine writes a contact of a device it
@@ -484,6 +484,9 @@ def kinds(rng: random.Random, fleet: Fleet, deep: list[str]) -> list[Kind]:
              {"search": serials[0][:6].lower()}),
         # One letter: most of the fleet matches, and a search costs what its matches number.
         Kind("search, one letter", always("/devices?limit=50&search=f"), {"search": "f"}),
+        # In an asked-for order a search reads and sorts all its matches.
+        Kind("search, one letter, by last seen", always("/devices?limit=50&search=f&sort=last_seen"),
+             {"search": "f", "sort": "last_seen"}),
         Kind("counts", always("/devices/counts")),
         Kind("recently seen (last_seen desc)", always("/devices?limit=50&sort=last_seen&order=desc"),
              {"sort": "last_seen", "order": "desc"}),
