@@ -10,6 +10,7 @@ own ``ssl_context`` server option would log a traceback per refused handshake.
 
 from __future__ import annotations
 
+import email.errors
 import errno
 import logging
 import select as kernel_select
@@ -196,13 +197,18 @@ class _StrictHeaders:
         result = super().read_request(raw_requestline)  # type: ignore[misc]
         self._end_header_deadline()  # the headers are in; the body and the application have limits of their own
         headers = self.headers  # type: ignore[attr-defined]
-        if getattr(headers, "defects", None) or any("\x00" in value or "\r" in value for value in headers.values()):
+        defects = [d for d in getattr(headers, "defects", ()) if not isinstance(d, _BODY_DEFECTS)]
+        if defects or any("\x00" in value or "\r" in value for value in headers.values()):
             from gevent.pywsgi import _InvalidClientRequest
 
             raise _InvalidClientRequest("malformed header section (NUL, bare CR, or a space before a colon)")
         return result
 
 
+# The parser reads the header section as a whole e-mail message: a multipart Content-Type without the body it reads
+# leaves these defects, which say nothing of the headers (the body is the application's to parse).
+_BODY_DEFECTS = (email.errors.StartBoundaryNotFoundDefect, email.errors.CloseBoundaryNotFoundDefect,
+                 email.errors.MultipartInvariantViolationDefect, email.errors.NoBoundaryInMultipartDefect)
 REFUSAL_TEXT_LIMIT = 200  # characters of gevent's reason kept in the log line: a request line may be 8 KiB
 
 

@@ -3,13 +3,17 @@ request two parsers could split differently never reaches the application."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import ssl
+import subprocess
+import urllib.request
 from collections.abc import Callable
 
 import pytest
 
-from pnp_integrated.devsim.node import RunningNode
+from pnp_integrated.devsim.node import PNPP, RunningNode
 
 POST = b"POST /pnp/WORK-REQUEST HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
 AMBIGUOUS = {
@@ -50,3 +54,24 @@ def test_ambiguous_requests_are_400(running_node: Callable[..., RunningNode], tl
     assert all(line.startswith(b"HTTP/1.1 400") for line in answers.values()), answers
     assert first_line(node, b"GET /pnp/HELLO HTTP/1.1\r\nHost: x\r\n\r\n", tls).startswith(b"HTTP/1.1 200")
     assert "Traceback" not in node.log_text()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_multipart_upload_reaches_the_api(running_node: Callable[..., RunningNode], tls: bool) -> None:
+    """A browser's or curl's ``-F file=@image.bin`` upload: its multipart Content-Type is not a malformed header."""
+    node = running_node()
+    created = subprocess.run([PNPP, "token", "create", "--role", "admin", "--name", "upload"], env=node.env,
+                             capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    image = b"\x7fELF" + bytes(range(256)) * 64
+    boundary = "----pnp-upload-7d3a"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"isr4300.17.09.04a.SPA.bin\""
+            f"\r\nContent-Type: application/octet-stream\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(node.url("/api/v1/images", tls=tls), data=body, method="POST", headers={
+        "Authorization": f"Bearer {created.stdout.strip()}",
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=30, context=node.client_context() if tls else None) as answer:
+        assert answer.status == 201
+        stored = json.loads(answer.read())
+    assert (stored["md5"], stored["size"], stored["version"]) == (hashlib.md5(image).hexdigest(), len(image),
+                                                                  "17.09.04a")

@@ -113,7 +113,13 @@ def test_unknown_device_is_claimed_and_provisioned(running_node: Callable[..., R
     assert (row["state"], row["software_version"], row["profile"]) == ("provisioned", NEW_VERSION, "lyon-branch")
     history = operator.ok("GET", "/devices/FGL2231A0QZ/history")
     assert [(j["id"], j["state"]) for j in history["jobs"]] == [(job["id"], "completed")]
-    assert history["jobs"][0]["steps"] == job["steps"]
+    # The history's steps are the job's, with when each request went out and its answer came.
+    history_steps = history["jobs"][0]["steps"]
+    assert [{k: s[k] for k in step} for s, step in zip(history_steps, job["steps"], strict=True)] == job["steps"]
+    for step in history_steps:
+        assert (step["requested_at"], step["answered_at"], step["error"]) == (step["started_at"], step["ended_at"],
+                                                                               None), step
+        assert step["duration_ms"] is not None and step["duration_ms"] >= 0, step
 
 
 class HeldAgent(PnpAgent):
