@@ -103,8 +103,9 @@ _PARAMS = {
                                maxLength=FILTERS["last_seen_before"]),
     "device_sort": _query("sort", "sort key; devices of equal key follow by serial. Default: serial, or with a "
                           "search (search, serial) the match order: the devices whose serial starts with it, by "
-                          "serial in lower case, then those whose hostname does, by hostname in lower case",
-                          enum=list(SORT_KEYS)),
+                          "serial in lower case, then those whose hostname does, by hostname in lower case. A "
+                          "search in a sort reads and sorts all its matches: sort one once it is narrow (its "
+                          "first page's total_capped false)", enum=list(SORT_KEYS)),
     "order": _query("order", "sort order (default asc)", enum=list(ORDERS)),
     "cursor": _query("cursor", "where the page starts: the previous answer's next, with the same filters (and the "
                      "same sort and order, or none)", pattern="^[A-Za-z0-9_-]+$", maxLength=MAX_CURSOR),
