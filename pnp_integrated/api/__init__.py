@@ -11,16 +11,16 @@ blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 errors.install(blueprint)
 auth.install(blueprint)
 
-# The route modules attach their views to ``blueprint`` (activity and rendering add theirs to the OpenAPI
-# document too).
+# The route modules attach their views to ``blueprint``; the contract serves the OpenAPI document generated from
+# them.
 from . import (  # noqa: E402, F401
     activity,
     bootstrap,
+    contract,
     devices,
     enrolment,
     images,
     jobs,
-    openapi,
     profiles,
     rendering,
 )

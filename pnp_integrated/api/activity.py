@@ -17,33 +17,18 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Response, jsonify
 from sqlalchemy import ColumnElement, func, literal_column, select, text
 
 from ..models import GATEWAY_STATE_EVENTS, OutboxEvent, ProvisioningJob, db, utcnow
 from ..outbox import rfc3339
 from ..provisioning.types import TERMINAL_STATES
-from . import blueprint
-from .errors import invalid
-from .openapi import SPEC
-from .validation import query_args
+from . import blueprint, schemas
+from .contract import operation
+from .schemas import MAX_MINUTES, MAX_TRANSITIONS
 
-DEFAULT_MINUTES, MAX_MINUTES = 180, 1440
-MAX_TRANSITIONS = 500  # a flapping pair is drawn as its latest changes, not as every one of thousands
 # Longer than any transaction that ends a job takes to commit (lock waits are bounded well below), with room for the
 # clock of the other node of a pair.
 SETTLED_AFTER = dt.timedelta(minutes=2)
-
-
-def _minutes(args: dict[str, str]) -> int:
-    problem = f"minutes must be an integer from 1 to {MAX_MINUTES} (default {DEFAULT_MINUTES})"
-    try:
-        minutes = int(args.get("minutes", DEFAULT_MINUTES))
-    except ValueError:
-        raise invalid(problem, fields=["minutes"]) from None
-    if not 1 <= minutes <= MAX_MINUTES:
-        raise invalid(problem, fields=["minutes"])
-    return minutes
 
 
 def minute_of(column: Any, dialect: str) -> ColumnElement[str]:
@@ -122,31 +107,8 @@ def activity(minutes: int, now: dt.datetime | None = None) -> dict[str, Any]:
 
 
 @blueprint.get("/activity")
-def get_activity() -> Response:
-    """Completions, failures and cancellations per minute, and HA transitions, over the last ``minutes``."""
-    return jsonify(activity(_minutes(query_args(("minutes",)))))
-
-
-_INT, _STR = {"type": "integer"}, {"type": "string"}
-SPEC["paths"]["/activity"] = {"get": {
-    "summary": "Provisioning activity: jobs ended per minute (completed, failed, cancelled) and the gateway's HA "
-               "transitions, over the last minutes",
-    "parameters": [{"name": "minutes", "in": "query", "required": False,
-                    "description": f"how far back (default {DEFAULT_MINUTES})",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES}}],
-    "responses": {"200": {"description": "success", "content": {"application/json": {"schema": {
-        "$ref": "#/components/schemas/Activity"}}}},
-        **{str(status): {"$ref": f"#/components/responses/E{status}"} for status in (401, 403, 422)}},
-}}
-SPEC["components"]["schemas"]["Activity"] = {
-    "type": "object", "required": ["since", "until", "minutes", "per_minute", "transitions"], "properties": {
-        "since": {**_STR, "description": "the first minute counted (UTC)"}, "until": _STR, "minutes": _INT,
-        "per_minute": {"type": "array", "description": "the minutes in which jobs ended, oldest first (a minute "
-                                                       "not listed had none)",
-                       "items": {"type": "object", "required": ["minute", *TERMINAL_STATES],
-                                 "properties": {"minute": _STR, **{state: _INT for state in TERMINAL_STATES}}}},
-        "transitions": {"type": "array", "description": f"the gateway's role changes, oldest first (the latest "
-                                                        f"{MAX_TRANSITIONS})",
-                        "items": {"type": "object", "properties": {
-                            "at": _STR, "state": {"type": "string", "description": "ACTIVE or PASSIVE"},
-                            "node": _STR, "reason": _STR}}}}}
+@operation(answer=schemas.Activity, errors=(422,))
+def get_activity(query: schemas.ActivityQuery) -> schemas.Activity:
+    """Provisioning activity: jobs ended per minute (completed, failed, cancelled) and the gateway's HA
+    transitions, over the last minutes"""
+    return schemas.Activity.model_validate(activity(query.minutes))

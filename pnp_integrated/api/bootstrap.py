@@ -7,31 +7,23 @@ the device's variables and the gateway's own address and ports (``gateway``, ``h
 
 from __future__ import annotations
 
-from flask import Response, jsonify
 from sqlalchemy import select
 
 from ..context import current_settings
 from ..models import Device, Profile, db
 from ..provisioning.matching import match_profile
 from ..provisioning.templates import TemplateProblem, device_variables, render_template
-from . import blueprint
+from . import blueprint, schemas
+from .contract import operation
 from .errors import invalid, not_found
-from .validation import Field, check_fields, json_body, variable_map
-
-PROTOCOLS = ("cns", "pnp")
-
-SPEC = {
-    "serial": Field((str,), 255),
-    "pid": Field((str,), 255),
-    "profile": Field((str,), 255),
-    "protocol": Field((str,), 8, lambda v: None if v in PROTOCOLS else "must be 'cns' or 'pnp'"),
-    "variables": Field((dict,), check=variable_map),
-}
 
 
 @blueprint.post("/bootstrap")
-def render_bootstrap() -> Response:
-    data = check_fields(json_body(), SPEC)
+@operation(answer=schemas.BootstrapRendering, errors=(404, 422),
+           refused="the profile has no bootstrap template, or it fails to render with these variables")
+def render_bootstrap(json: schemas.BootstrapRequest) -> schemas.BootstrapRendering:
+    """Render a device's bootstrap configuration (allowed for read tokens)"""
+    data = json.model_dump(exclude_unset=True)
     serial, pid = data.get("serial", ""), data.get("pid", "")
     if not data.get("profile") and not serial:
         raise invalid("give a 'profile' or a device 'serial' (matched like a contacting device)",
@@ -62,4 +54,4 @@ def render_bootstrap() -> Response:
         raise invalid(str(exc)) from exc
     finally:
         db.session.rollback()  # the unsaved device must never reach the database
-    return jsonify({"profile": profile.name, "serial": serial or None, "protocol": protocol, "config": text})
+    return schemas.BootstrapRendering(profile=profile.name, serial=serial or None, protocol=protocol, config=text)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Response, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from ..models import Device, Profile, ProvisioningJob, db
 from ..provisioning import operations
-from ..provisioning.types import DEVICE_EXPECTED, DEVICE_STATES, JobConflict
-from . import blueprint, inventory
+from ..provisioning.types import DEVICE_EXPECTED, JobConflict
+from . import blueprint, inventory, schemas
 from .auth import audit
+from .contract import operation
 from .errors import conflict, invalid, not_found
-from .representations import device_json, event_json, history_step_json, job_json
-from .validation import Field, check_fields, json_body, query_args, variable_map
 
-DEVICE_STATES = DEVICE_STATES
+_CURSOR_REFUSED = ("'cursor' is not one this server handed out, or continues a walk with other filters, another "
+                   "sort or another order")
 
 
 def _device(serial: str) -> Device:
@@ -26,55 +25,54 @@ def _device(serial: str) -> Device:
 
 
 @blueprint.get("/devices")
-def list_devices() -> Response:
-    """The inventory: filters, a sort, and keyset pages (each answer's ``next`` is the cursor of the page after it).
+@operation(answer=schemas.DevicePage, errors=(422,), refused=_CURSOR_REFUSED)
+def list_devices(query: schemas.DeviceQuery) -> schemas.DevicePage:
+    """The device inventory: filters, a sort, and pages by cursor (each answer's next)
 
     ``total`` (the devices matching the filters when the walk begins) comes with the first page only: counting
-    costs more than a page, and a walk needs it once. A search counts up to
-    :data:`~.inventory.SEARCH_COUNT_LIMIT` matches (``total_capped`` says when it stopped there).
+    costs more than a page, and a walk needs it once. A search counts up to 1,000 matches (``total_capped`` says
+    when it stopped there).
     """
-    if "offset" in request.args:
-        raise invalid("devices are paged with cursor (the previous answer's next), not offset", fields=["offset"])
-    query = inventory.inventory_query(query_args((*inventory.FILTERS, *inventory.PAGE_PARAMETERS)))
-    devices, cursor = inventory.read_page(query)
-    body = {"items": [device_json(d) for d in devices], "limit": query.limit, "sort": query.sort,
-            "order": query.order, "next": cursor}
-    if query.after is None:
-        body["total"], body["total_capped"] = inventory.count(query)
-    return jsonify(body)
+    walk = inventory.inventory_query(query)
+    devices, cursor = inventory.read_page(walk)
+    body = {"items": devices, "limit": walk.limit, "sort": walk.sort, "order": walk.order, "next": cursor}
+    if walk.after is None:
+        body["total"], body["total_capped"] = inventory.count(walk)
+    return schemas.DevicePage.model_validate(body)
 
 
 @blueprint.get("/devices/counts")
-def device_counts() -> Response:
-    """The fleet overview: devices by state and by protocol."""
-    return jsonify(inventory.fleet_counts())
+@operation(answer=schemas.DeviceCounts)
+def device_counts() -> schemas.DeviceCounts:
+    """The fleet overview: devices by state and by protocol"""
+    return schemas.DeviceCounts.model_validate(inventory.fleet_counts())
 
 
 @blueprint.get("/devices/<serial>")
-def get_device(serial: str) -> Response:
-    return jsonify(device_json(_device(serial)))
+@operation(answer=schemas.Device, errors=(404,), path=schemas.DevicePath)
+def get_device(serial: str) -> schemas.Device:
+    """Get a device (a device whose serial is 'counts': GET /devices?serial=counts)"""
+    return schemas.Device.model_validate(_device(serial))
 
 
 @blueprint.get("/devices/<serial>/history")
-def device_history(serial: str) -> Response:
-    """Every job of the device, newest first, with each step's request, answer and error; and the events for Prime
-    that name the device, newest first (the latest :data:`~.inventory.HISTORY_EVENTS`)."""
+@operation(answer=schemas.DeviceHistory, errors=(404,), path=schemas.DevicePath)
+def device_history(serial: str) -> schemas.DeviceHistory:
+    """A device's jobs with every step, newest first, and the latest 200 events for Prime that name it"""
     device = _device(serial)
     jobs = db.session.scalars(select(ProvisioningJob).where(ProvisioningJob.device_id == device.id)
                               .order_by(ProvisioningJob.id.desc()).options(selectinload(ProvisioningJob.steps)))
     events = list(db.session.scalars(inventory.device_events_statement(serial)))
-    return jsonify({
-        "device": device_json(device),
-        "jobs": [{**job_json(j), "steps": [history_step_json(s) for s in j.steps]} for j in jobs],
-        "events": [event_json(e) for e in events[:inventory.HISTORY_EVENTS]],
-        "more_events": len(events) > inventory.HISTORY_EVENTS,
-    })
+    return schemas.DeviceHistory.model_validate({
+        "device": device, "jobs": list(jobs), "events": events[:inventory.HISTORY_EVENTS],
+        "more_events": len(events) > inventory.HISTORY_EVENTS})
 
 
 @blueprint.put("/devices/<serial>/variables")
-def put_device_variables(serial: str) -> tuple[Response, int]:
-    """Replace the device's template variables; a device not seen yet is recorded as expected."""
-    data = check_fields(json_body(), {"variables": Field((dict,), check=variable_map)}, required=("variables",))
+@operation(answer=schemas.Device, errors=(422,), also=(201, "an expected device was recorded"),
+           path=schemas.DevicePath)
+def put_device_variables(serial: str, json: schemas.DeviceVariables) -> tuple[schemas.Device, int]:
+    """Replace a device's template variables (records an expected device if unknown)"""
     if not serial or len(serial) > 255:
         raise invalid("a serial number is 1 to 255 characters")
     device = db.session.scalar(select(Device).where(Device.serial == serial))
@@ -82,15 +80,20 @@ def put_device_variables(serial: str) -> tuple[Response, int]:
     if device is None:
         device = Device(serial=serial, state=DEVICE_EXPECTED)
         db.session.add(device)
-    device.variables = data["variables"]
-    audit("device.variables", serial, names=sorted(data["variables"]))
+    device.variables = json.variables
+    audit("device.variables", serial, names=sorted(json.variables))
     db.session.commit()
-    return jsonify(device_json(device)), 201 if created else 200
+    return schemas.Device.model_validate(device), 201 if created else 200
 
 
 @blueprint.post("/devices/<serial>/reprovision")
-def reprovision_device(serial: str) -> tuple[Response, int]:
-    """Start a new job for a device whose last job ended (its next contact picks it up)."""
+@operation(201, schemas.JobDetail, errors=(404, 409, 422), refused="no profile matches the device",
+           path=schemas.DevicePath)
+def reprovision_device(serial: str) -> tuple[schemas.JobDetail, int]:
+    """Provision a device again with a new job
+
+    The device's last job must have ended; its next contact picks the new job up.
+    """
     device = _device(serial)
     try:
         job = operations.reprovision(device)
@@ -100,17 +103,18 @@ def reprovision_device(serial: str) -> tuple[Response, int]:
         raise invalid(f"no profile matches device {serial!r}")
     audit("device.reprovision", serial, job=job.id)
     db.session.commit()
-    return jsonify(job_json(job, steps=True)), 201
+    return schemas.JobDetail.model_validate(job), 201
 
 
 @blueprint.post("/devices/<serial>/claim")
-def claim_device(serial: str) -> Response:
-    """Assign a profile to a device (an unclaimed one, typically); its next contact starts the job."""
-    data = check_fields(json_body(), {"profile": Field((str,), 255)}, required=("profile",))
+@operation(answer=schemas.Device, errors=(404, 409, 422), refused="'profile' names no profile",
+           path=schemas.DevicePath)
+def claim_device(serial: str, json: schemas.Claim) -> schemas.Device:
+    """Claim a device for a profile: its next contact starts a job with it, before any matching rule"""
     device = _device(serial)
-    profile = db.session.scalar(select(Profile).where(Profile.name == data["profile"]))
+    profile = db.session.scalar(select(Profile).where(Profile.name == json.profile))
     if profile is None:
-        raise invalid(f"field 'profile': no profile named {data['profile']!r}", fields=["profile"])
+        raise invalid(f"field 'profile': no profile named {json.profile!r}", fields=["profile"])
     previous = device.state
     try:
         operations.claim(device, profile)
@@ -118,4 +122,4 @@ def claim_device(serial: str) -> Response:
         raise conflict(str(exc)) from exc
     audit("device.claim", serial, profile=profile.name, previous_state=previous)
     db.session.commit()
-    return jsonify(device_json(device))
+    return schemas.Device.model_validate(device)

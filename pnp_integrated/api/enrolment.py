@@ -25,7 +25,6 @@ without a configuration file (``PNP_CONFIG``), cannot be enrolled, and says so i
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -38,20 +37,21 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.fernet import Fernet
-from flask import Response, jsonify, request
+from flask import Response, request
 
 from ..config import ConfigError, Settings, load_settings
 from ..context import current_settings, node_role
-from ..credentials import LOGIN_PATTERN, credentials_path, write_secret
+from ..credentials import credentials_path, write_secret
 from ..models import db, utcnow
 from ..sealing import keys_path
 from ..tls import trust_path
 from ..version import __version__
-from . import blueprint
+from . import blueprint, schemas
 from .auth import audit, current_token
+from .contract import operation
 from .errors import ApiError, conflict, invalid
-from .validation import Field, check_fields, json_body
+from .reading import json_body, read
+from .schemas import PAIR_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +60,10 @@ RESTART_SIGNAL = signal.SIGUSR1
 PEER_CERTIFICATE = "gateway-peer.pem"  # the other gateway's certificate, as pinned at the enrolment
 BEFORE_PAIR = "before-pair.json"  # what the enrolment replaced, put back when the node leaves the pair
 
-# The settings a pair's nodes share, sent whole by the primary: where Prime is, the pair itself, the database, the
-# ports devices reach the VIP on, the configuration URL tokens either node must verify. Everything else (node
-# name, data directory, workers, TLS files) stays the secondary's own.
-PAIR_SETTINGS = (
-    "mode", "ha_mode", "prime_address", "prime_secondary_address", "broker_port", "health_port",
-    "gateway_ha", "gateway_role", "vip", "virtual_host_name", "node_address", "gateway_peer",
-    "gateway_failback", "gateway_hold_down", "gateway_vip_mover", "gateway_vip_interface", "gateway_vip_prefix",
-    "database_url", "http_port", "https_port", "cns_port_base", "config_url_tokens", "config_url_token_lifetime",
-)
 # What a node that leaves the pair drops when it has no record of what it was before.
 PAIR_ONLY_SETTINGS = ("gateway_ha", "gateway_role", "gateway_peer", "gateway_failback", "gateway_hold_down",
                       "gateway_vip_mover", "gateway_vip_interface", "gateway_vip_prefix", "virtual_host_name",
                       "node_address", "database_url")
-MAX_PEM = 64 * 1024
-MAX_KEYS = 100
 # When this worker started (its app is built at its start): a primary that enrolled the node waits for workers that
 # started after its enrolment was answered, not for the ones that answered it.
 WORKER_STARTED = time.time()
@@ -176,88 +165,32 @@ def _require_https() -> None:
                        f"{settings.monitoring_port} (or the HTTPS port {settings.https_port})")
 
 
+# An enrolment: admin tokens only, HTTPS only.
+_ENROLMENT_ERRORS = {
+    403: "a read token, or the request came over plain HTTP (error.code https_required: an enrolment travels only "
+         "over HTTPS)",
+    409: "this gateway cannot be enrolled or leave now (the error says why): it has no configuration file "
+         "(PNP_CONFIG), is not run by `pnpp run`, is integrated, is in another pair (or is not a secondary, to "
+         "leave), or its environment sets a pair setting"}
+_REFUSED = ("with these settings the gateway would not start (a rule of its configuration, named in the message), it "
+            "cannot reach the pair's database, a certificate is not PEM, a profile key is not a Fernet key, or "
+            "prime_trust lacks a Prime address the settings name")
+
+
 @blueprint.get("/ha/enrolment")
-def enrolment_facts() -> Response:
-    """What this gateway is, for the primary that is about to enrol it (or waits for it to come back)."""
+@operation(answer=schemas.EnrolmentFacts, error_descriptions=_ENROLMENT_ERRORS)
+def enrolment_facts() -> schemas.EnrolmentFacts:
+    """What this gateway is, and whether it can be enrolled as a pair's secondary now (admin tokens only)
+
+    For the primary that is about to enrol it (or waits for it to come back).
+    """
     _require_https()
     if current_token().role != "admin":
         raise ApiError(403, "forbidden", f"token {current_token().name!r} has the read role; an enrolment needs admin")
-    return jsonify(_facts(current_settings()))
+    return schemas.EnrolmentFacts.model_validate(_facts(current_settings()))
 
 
 # ---- the enrolment ------------------------------------------------------------------------------------------------
-def _field_for(name: str) -> Field:
-    default = getattr(Settings(), name)
-    if isinstance(default, bool):
-        return Field((bool,))
-    if isinstance(default, int):
-        return Field((int,))
-    if isinstance(default, float):
-        return Field((int, float))
-    return Field((str,), 1024)
-
-
-SETTINGS_SPEC = {name: _field_for(name) for name in PAIR_SETTINGS}
-
-
-def _pem_problem(value: Any) -> str | None:
-    if not isinstance(value, str) or len(value) > MAX_PEM:
-        return f"must be a PEM certificate of at most {MAX_PEM} characters"
-    try:
-        x509.load_pem_x509_certificate(value.encode())
-    except ValueError:
-        return "is not a PEM certificate"
-    return None
-
-
-def _broker_login_problem(value: Any) -> str | None:
-    if set(value) != {"login", "passcode"}:
-        return "must hold exactly 'login' and 'passcode'"
-    if not isinstance(value["login"], str) or not LOGIN_PATTERN.fullmatch(value["login"]):
-        return "'login' must be 1-64 letters, digits and . _ @ - (starting with a letter or digit)"
-    if not isinstance(value["passcode"], str) or not 0 < len(value["passcode"]) <= 1024:
-        return "'passcode' must be a string of 1 to 1024 characters"
-    return None
-
-
-def _profile_keys_problem(value: Any) -> str | None:
-    keys = value.get("keys")
-    if set(value) != {"keys"} or not isinstance(keys, list) or not 0 < len(keys) <= MAX_KEYS:
-        return f"must be {{'keys': [...]}} with 1 to {MAX_KEYS} keys, as in the profile keys file"
-    for key in keys:
-        if not isinstance(key, dict) or set(key) != {"id", "key"} or not all(isinstance(v, str) for v in key.values()):
-            return "every key must be {'id': ..., 'key': ...}"
-        try:
-            Fernet(key["key"].encode())
-        except ValueError:
-            return f"key {key['id']!r} is not a Fernet key"
-    return None
-
-
-def _prime_trust_problem(value: Any) -> str | None:
-    if not 0 < len(value) <= 4:
-        return "must name 1 to 4 Prime servers"
-    for host, pems in value.items():
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return f"{host!r} is not an IP address"
-        if not isinstance(pems, list) or not 0 < len(pems) <= 10:
-            return f"{host}: must be a list of 1 to 10 PEM certificates"
-        for pem in pems:
-            problem = _pem_problem(pem)
-            if problem:
-                return f"{host}: every entry {problem}"
-    return None
-
-
-SECRETS_SPEC = {
-    "broker_login": Field((dict,), check=_broker_login_problem),
-    "profile_keys": Field((dict,), check=_profile_keys_problem),
-    "prime_trust": Field((dict,), check=_prime_trust_problem),
-    "peer_certificate": Field((str,), MAX_PEM, check=_pem_problem),
-}
-ENROLMENT_SPEC = {"settings": Field((dict,)), "secrets": Field((dict,))}
 
 
 def _merged(existing: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -365,9 +298,9 @@ def _checked_request(settings: Settings) -> tuple[Path, dict[str, Any], dict[str
         raise conflict(refusal)
     config = _config_path()
     assert config is not None
-    body = check_fields(json_body(), ENROLMENT_SPEC, required=ENROLMENT_SPEC)
-    sent = check_fields(body["settings"], SETTINGS_SPEC, required=PAIR_SETTINGS)
-    secrets = check_fields(body["secrets"], SECRETS_SPEC, required=SECRETS_SPEC)
+    body = read(schemas.Enrolment, json_body())
+    sent: dict[str, Any] = body.settings.model_dump()
+    secrets = body.secrets.model_dump()
     if (sent["mode"], sent["gateway_ha"], sent["gateway_role"]) != ("standalone", "pair", "secondary"):
         raise invalid("an enrolment makes this gateway the secondary of a standalone gateway pair: settings mode, "
                       "gateway_ha and gateway_role must be standalone, pair and secondary", fields=["settings"])
@@ -384,8 +317,14 @@ def _checked_request(settings: Settings) -> tuple[Path, dict[str, Any], dict[str
 
 
 @blueprint.post("/ha/enrolment")
+@operation(202, schemas.EnrolmentAccepted, errors=(409, 422), refused=_REFUSED, body=schemas.Enrolment,
+           error_descriptions=_ENROLMENT_ERRORS)
 def enrol() -> Response:
-    """Become the secondary of the pair the body describes; ``pnpp run`` restarts the node once the answer is out."""
+    """Become the secondary of a gateway pair: the settings and shared secrets are written (0600) and `pnpp run`
+    restarts the node into the pair; the token is revoked by this use
+
+    The body describes the pair; ``pnpp run`` restarts the node once the answer is out.
+    """
     _require_https()
     settings = current_settings()
     config, sent, secrets = _checked_request(settings)
@@ -412,9 +351,10 @@ def enrol() -> Response:
     _use_up_token("ha.enrolment", sent["gateway_peer"], vip=sent["vip"], role="secondary")
     log.warning("enrolled as the secondary of the gateway pair with %s (VIP %s): restarting", sent["gateway_peer"],
                 sent["vip"])
-    answer = jsonify({"node": future.node_name, "gateway_role": "secondary", "gateway_peer": future.gateway_peer,
-                      "vip": future.vip, "restarting": True, "config_file": str(config), "at": time.time()})
-    answer.status_code = 202
+    accepted = schemas.EnrolmentAccepted(node=future.node_name, gateway_role="secondary",
+                                         gateway_peer=future.gateway_peer, vip=future.vip, restarting=True,
+                                         config_file=str(config), at=time.time())
+    answer = Response(accepted.model_dump_json(), status=202, mimetype="application/json")
     return _after_the_answer(answer, RESTART_SIGNAL, "enrolled")
 
 
@@ -439,8 +379,10 @@ def _restore(settings: Settings, config: Path) -> bool:
 
 
 @blueprint.delete("/ha/enrolment")
+@operation(202, schemas.PairLeft, errors=(409,), error_descriptions=_ENROLMENT_ERRORS)
 def leave() -> Response:
-    """Leave the pair: the configuration and secrets from before the enrolment come back, and the node stops."""
+    """Leave the pair: the configuration and secrets from before the enrolment come back and the node stops; the
+    token is revoked by this use"""
     _require_https()
     settings = current_settings()
     refusal = enrolment_refusal(settings)
@@ -453,7 +395,7 @@ def leave() -> Response:
     _use_up_token("ha.leave", settings.gateway_peer, vip=settings.vip)
     restored = _restore(settings, config)
     log.warning("left the gateway pair with %s (VIP %s): stopping", settings.gateway_peer, settings.vip)
-    answer = jsonify({"node": settings.node_name, "left": True, "stopping": True, "restored": restored})
-    answer.status_code = 202
+    left = schemas.PairLeft(node=settings.node_name, left=True, stopping=True, restored=restored)
+    answer = Response(left.model_dump_json(), status=202, mimetype="application/json")
     return _after_the_answer(answer, signal.SIGTERM, "left the pair")
 

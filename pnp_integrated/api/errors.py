@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
@@ -38,8 +38,11 @@ def conflict(message: str) -> ApiError:
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
-    response = jsonify({"error": {"code": code, "message": message, **extra}})
-    response.status_code = status
+    """The JSON answer of a failure, as the ``ErrorAnswer`` schema has it."""
+    from .schemas import ErrorAnswer, ErrorDetail  # the schemas' own imports reach this module
+
+    answer = ErrorAnswer(error=ErrorDetail(code=code, message=message, **extra))
+    response = Response(answer.model_dump_json(exclude_unset=True), status=status, mimetype="application/json")
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="pnp-integrated"'
     return response

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from flask import Response, current_app, jsonify, request
+from flask import current_app, request
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from ..models import Image, Profile, db
 from ..provisioning.images import ImageProblem, delete_image, store_image
-from . import blueprint
+from . import blueprint, schemas
 from .auth import current_token
+from .contract import operation
 from .errors import ApiError, conflict, invalid, not_found
-from .representations import image_json
-from .validation import query_args
+from .reading import read_query, refusal
 
 # Images are far larger than any other request body; this limit is the images route's own.
 DEFAULT_MAX_IMAGE_BYTES = 4 * 1024**3
-UPLOAD_FIELDS = ("name", "version")
+# Parameters are per operation, not per body type: this pairing is said in words.
+REFUSED = "a multipart body with any query parameter; a raw body without ?name="
+# The raw body beside the multipart one (spectree documents the form).
+RAW_BODY = {"requestBody": {"content": {"application/octet-stream": {"schema": {
+    "type": "string", "format": "binary", "minLength": 1}}}}}
 
 
 def max_image_bytes() -> int:
@@ -32,43 +37,52 @@ def _image(name: str) -> Image:
 
 
 @blueprint.get("/images")
-def list_images() -> Response:
-    query_args(())
+@operation(answer=schemas.ImagePage)
+def list_images(query: schemas.NoQuery) -> schemas.ImagePage:
+    """List images"""
     images = list(db.session.scalars(select(Image).order_by(Image.name)))
-    return jsonify({"items": [image_json(i) for i in images], "total": len(images)})
+    return schemas.ImagePage.model_validate({"items": images, "total": len(images)})
 
 
 @blueprint.get("/images/<name>")
-def get_image(name: str) -> Response:
-    return jsonify(image_json(_image(name)))
+@operation(answer=schemas.Image, errors=(404,), path=schemas.ImagePath)
+def get_image(name: str) -> schemas.Image:
+    """Get an image"""
+    return schemas.Image.model_validate(_image(name))
+
+
+def _upload_form() -> schemas.ImageUpload:
+    """The multipart body's parts read into their schema (a part whose name the parser could not read comes back
+    under None)."""
+    parts: dict[str, Any] = {(str(k) if k is not None else "(unnamed part)"): v for k, v in request.form.items()}
+    parts.update({(str(k) if k is not None else "(unnamed part)"): v for k, v in request.files.items()})
+    try:
+        return schemas.ImageUpload.model_validate(parts)
+    except ValidationError as exc:
+        raise refusal(schemas.ImageUpload, parts, exc.errors(include_url=False), "body") from None
 
 
 @blueprint.post("/images")
-def upload_image() -> tuple[Response, int]:
-    """Multipart (a ``file`` part, optional ``name`` and ``version`` fields) or a raw body (``?name=&version=``)."""
+@operation(201, schemas.Image, errors=(409, 413, 422), refused=REFUSED, query=schemas.ImageUploadQuery,
+           form=schemas.ImageUpload, extra=RAW_BODY)
+def upload_image() -> tuple[schemas.Image, int]:
+    """Upload an image: multipart (file, name, version) or a raw body with ?name=&version="""
     limit = max_image_bytes()
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"the image is larger than the limit of {limit} bytes")
     request.max_content_length = limit + 64 * 1024  # room for the multipart envelope
     stream: BinaryIO
     if request.mimetype == "multipart/form-data":
-        query_args(())
-        # A part whose name the parser could not read comes back under None.
-        unknown = sorted(str(k) if k is not None else "(unnamed part)"
-                         for k in (set(request.form) - set(UPLOAD_FIELDS)) | (set(request.files) - {"file"}))
-        if unknown:
-            raise invalid(f"unknown field(s): {', '.join(unknown)}", fields=unknown)
-        upload = request.files.get("file")
-        if upload is None:
-            raise invalid("missing field(s): file", fields=["file"])
-        name = request.form.get("name") or upload.filename or ""
-        version = request.form.get("version", "")
-        stream = upload.stream
+        read_query(schemas.NoQuery)
+        form = _upload_form()
+        name = form.name or form.file.filename or ""
+        version = form.version
+        stream = form.file.stream
     else:
-        args = query_args(UPLOAD_FIELDS)
-        if "name" not in args:
+        query = read_query(schemas.ImageUploadQuery)
+        if query.name is None:
             raise invalid("a raw upload names the image: POST /api/v1/images?name=<file name>", fields=["name"])
-        name, version = args["name"], args.get("version", "")
+        name, version = query.name, query.version
         stream = request.stream
     if db.session.scalar(select(Image.id).where(Image.name == name)) is not None:
         raise conflict(f"an image named {name!r} already exists")
@@ -77,11 +91,13 @@ def upload_image() -> tuple[Response, int]:
     except ImageProblem as exc:
         code = {409: "conflict", 413: "payload_too_large"}.get(exc.status, "validation_error")
         raise ApiError(exc.status, code, str(exc)) from exc
-    return jsonify(image_json(image)), 201
+    return schemas.Image.model_validate(image), 201
 
 
 @blueprint.delete("/images/<name>")
+@operation(204, errors=(404, 409), path=schemas.ImagePath)
 def remove_image(name: str) -> tuple[str, int]:
+    """Delete an image no profile uses"""
     image = _image(name)
     users = list(db.session.scalars(select(Profile.name).where(Profile.image_id == image.id)))
     if users:

@@ -38,7 +38,7 @@ import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -62,6 +62,9 @@ from sqlalchemy.orm.attributes import set_committed_value
 from ..models import OUTBOX_DEVICE_SERIAL, Device, OutboxEvent, Profile, db
 from ..provisioning.types import DEVICE_STATES
 from .errors import invalid
+
+if TYPE_CHECKING:
+    from .schemas import DeviceQuery
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 SORT_KEYS: dict[str, InstrumentedAttribute[Any]] = {
@@ -142,52 +145,30 @@ class InventoryQuery:
 # ---- reading the query string ---------------------------------------------------------------------------------------
 
 
-def parse_timestamp(name: str, value: str) -> dt.datetime:
-    """An RFC 3339 date-time as the naive UTC the database stores; times beyond what it can hold are clamped."""
+def timestamp(value: str) -> dt.datetime | None:
+    """An RFC 3339 date-time as the naive UTC the database stores (``None``: not one); times beyond what it can hold
+    are clamped."""
     match = _RFC3339.fullmatch(value)
-    problem = f"{name} must be an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z"
     if match is None:
-        raise invalid(problem, fields=[name])
+        return None
     year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
     fraction = int((match.group(7) or ".0")[1:7].ljust(6, "0"))
     offset = dt.timedelta()
     if match.group(9):
         off_hours, off_minutes = int(match.group(10)), int(match.group(11))
         if off_hours > 23 or off_minutes > 59:
-            raise invalid(problem, fields=[name])
+            return None
         offset = dt.timedelta(hours=off_hours, minutes=off_minutes) * (-1 if match.group(9) == "-" else 1)
     if second == 60:  # a leap second: the last instant of the minute before it
         second, fraction = 59, 999999
     try:
         local = dt.datetime(year, month, day, hour, minute, second, fraction, tzinfo=dt.timezone(offset))
     except ValueError:
-        raise invalid(problem, fields=[name]) from None
+        return None
     try:
         return local.astimezone(dt.UTC).replace(tzinfo=None)
     except OverflowError:  # the first or last day of year 1 or 9999, shifted past the calendar
         return dt.datetime.min if year == 1 else dt.datetime.max
-
-
-def _limit(args: Mapping[str, str]) -> int:
-    problem = f"limit must be an integer from 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})"
-    try:
-        limit = int(args.get("limit", DEFAULT_LIMIT))
-    except ValueError:
-        raise invalid(problem, fields=["limit"]) from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise invalid(problem, fields=["limit"])
-    return limit
-
-
-def _check_filter(name: str, value: str) -> None:
-    if len(value) > FILTERS[name]:
-        raise invalid(f"{name} is longer than {FILTERS[name]} characters", fields=[name])
-    if name == "state" and value not in DEVICE_STATES:
-        raise invalid(f"state must be one of {', '.join(DEVICE_STATES)}", fields=["state"])
-    if name == "protocol" and value not in PROTOCOLS:
-        raise invalid(f"protocol must be one of {', '.join(PROTOCOLS)}", fields=["protocol"])
-    if name.startswith("last_seen_"):
-        parse_timestamp(name, value)
 
 
 def _bad_cursor(message: str) -> Exception:
@@ -220,21 +201,19 @@ def _position(sort: str, key: str, serial: str) -> Position:
         raise _bad_cursor("not a cursor this server handed out") from None
 
 
-def inventory_query(args: Mapping[str, str]) -> InventoryQuery:
-    """Validate the query string of ``GET /devices`` (unknown names already refused); 422 naming what is wrong."""
-    filters = tuple(sorted((name, value) for name, value in args.items() if name in FILTERS))
-    for name, value in filters:
-        _check_filter(name, value)
-    limit = _limit(args)
-    sort, order = args.get("sort"), args.get("order")
-    if sort is not None and sort not in SORT_KEYS:
-        raise invalid(f"sort must be one of {', '.join(SORT_KEYS)}", fields=["sort"])
-    if order is not None and order not in ORDERS:
-        raise invalid("order must be asc or desc", fields=["order"])
-    if "cursor" not in args:
+def inventory_query(args: Mapping[str, str] | DeviceQuery) -> InventoryQuery:
+    """The query of ``GET /devices`` (its query string, or that string read into its schema); 422 naming what is
+    wrong."""
+    from .reading import read
+    from .schemas import DeviceQuery
+
+    given = args if isinstance(args, DeviceQuery) else read(DeviceQuery, args, "query")
+    filters = tuple(sorted((name, value) for name in FILTERS if (value := getattr(given, name)) is not None))
+    limit, sort, order = given.limit, given.sort, given.order
+    if given.cursor is None:
         default = MATCH if InventoryQuery(filters=filters).searches else "serial"
         return InventoryQuery(sort or default, order == "desc", limit, filters)
-    _, cursor_sort, cursor_order, fingerprint, key, serial = _decode_cursor(args["cursor"])
+    _, cursor_sort, cursor_order, fingerprint, key, serial = _decode_cursor(given.cursor)
     if (sort or cursor_sort) != cursor_sort or (order or cursor_order) != cursor_order:
         raise _bad_cursor(f"it continues a walk by sort={cursor_sort}&order={cursor_order}")
     query = InventoryQuery(cursor_sort, cursor_order == "desc", limit, filters, _position(cursor_sort, key, serial))
@@ -288,10 +267,11 @@ def _condition(name: str, value: str, dialect: str) -> ColumnElement[bool] | Non
         if not value:  # no profile name is empty: the devices without a profile
             return Device.profile_id.is_(None)
         return Device.profile_id == select(Profile.id).where(Profile.name == value).scalar_subquery()
-    if name == "last_seen_after":
-        return Device.last_seen >= parse_timestamp(name, value)
-    if name == "last_seen_before":
-        return Device.last_seen < parse_timestamp(name, value)
+    if name in ("last_seen_after", "last_seen_before"):
+        when = timestamp(value)
+        if when is None:  # read by the schema before any statement is made
+            raise ValueError(f"{name} is not an RFC 3339 date-time")
+        return Device.last_seen >= when if name == "last_seen_after" else Device.last_seen < when
     if not value:  # an empty search or serial prefix: every device
         return None
     if name == "serial":

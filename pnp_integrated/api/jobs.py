@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from flask import Response, jsonify
 from sqlalchemy import func, select
 
-from ..bodies import limited_body
 from ..models import Device, ProvisioningJob, db
 from ..provisioning import operations
-from ..provisioning.types import TERMINAL_STATES, JobConflict
-from . import blueprint
+from ..provisioning.types import JobConflict
+from . import blueprint, schemas
 from .auth import audit, current_token
+from .contract import operation
 from .errors import conflict, invalid, not_found
-from .representations import job_json
-from .validation import Field, check_fields, json_body, page, query_args
 
-JOB_STATES = ("running", *TERMINAL_STATES)
+JOB_STATES = schemas.JOB_STATES
 
 
 def _job(job_id: int) -> ProvisioningJob:
@@ -25,54 +22,54 @@ def _job(job_id: int) -> ProvisioningJob:
     return job
 
 
-def _optional_body(spec: dict[str, Field]) -> dict[str, object]:
-    # These POSTs need no body; when one is sent it is validated like any other.
-    data = limited_body()
-    if not data:
-        return {}
-    return check_fields(json_body(data), spec)
-
-
 @blueprint.get("/jobs")
-def list_jobs() -> Response:
-    """Filters: ``state``, ``serial`` (exact); newest first; pages with ``limit``/``offset``."""
-    args = query_args(("state", "serial", "limit", "offset"))
-    limit, offset = page(args)
+@operation(answer=schemas.JobPage, errors=(422,))
+def list_jobs(query: schemas.JobQuery) -> schemas.JobPage:
+    """List jobs, newest first
+
+    Filters: ``state``, ``serial`` (exact); pages with ``limit`` and ``offset``.
+    """
     stmt = select(ProvisioningJob)
-    if "state" in args:
-        if args["state"] not in JOB_STATES:
-            raise invalid(f"state must be one of {', '.join(JOB_STATES)}", fields=["state"])
-        stmt = stmt.where(ProvisioningJob.state == args["state"])
-    if "serial" in args:
-        stmt = stmt.join(Device, Device.id == ProvisioningJob.device_id).where(Device.serial == args["serial"])
+    if query.state is not None:
+        stmt = stmt.where(ProvisioningJob.state == query.state)
+    if query.serial is not None:
+        stmt = stmt.join(Device, Device.id == ProvisioningJob.device_id).where(Device.serial == query.serial)
     total = db.session.scalar(select(func.count()).select_from(stmt.subquery()))
-    rows = db.session.scalars(stmt.order_by(ProvisioningJob.id.desc()).limit(limit).offset(offset))
-    return jsonify({"items": [job_json(j) for j in rows], "total": total, "limit": limit, "offset": offset})
+    rows = db.session.scalars(stmt.order_by(ProvisioningJob.id.desc()).limit(query.limit).offset(query.offset))
+    return schemas.JobPage.model_validate({"items": list(rows), "total": total, "limit": query.limit,
+                                           "offset": query.offset})
 
 
 @blueprint.get("/jobs/<int:job_id>")
-def get_job(job_id: int) -> Response:
-    return jsonify(job_json(_job(job_id), steps=True))
+@operation(answer=schemas.JobDetail, errors=(404,), path=schemas.JobPath)
+def get_job(job_id: int) -> schemas.JobDetail:
+    """Get a job with its steps"""
+    return schemas.JobDetail.model_validate(_job(job_id))
 
 
 @blueprint.post("/jobs/<int:job_id>/cancel")
-def cancel_job(job_id: int) -> Response:
-    data = _optional_body({"reason": Field((str,), 500)})
+@operation(answer=schemas.JobDetail, errors=(404, 409, 422), path=schemas.JobPath, optional_body=True)
+def cancel_job(job_id: int, json: schemas.Cancel) -> schemas.JobDetail:
+    """Cancel an unfinished job"""
     job = _job(job_id)
-    reason = str(data.get("reason") or f"cancelled by {current_token().name}")
+    reason = json.reason or f"cancelled by {current_token().name}"
     try:
         operations.cancel_job(job, reason)
     except JobConflict as exc:
         raise conflict(str(exc)) from exc
     audit("job.cancel", str(job.id), device=job.device.serial, reason=reason)
     db.session.commit()
-    return jsonify(job_json(job, steps=True))
+    return schemas.JobDetail.model_validate(job)
 
 
 @blueprint.post("/jobs/<int:job_id>/retry")
-def retry_job(job_id: int) -> tuple[Response, int]:
-    """Provision the device of a failed or cancelled job again, from the first step (a new job)."""
-    _optional_body({})
+@operation(201, schemas.JobDetail, errors=(404, 409, 422), refused="no profile matches the device any more",
+           path=schemas.JobPath, optional_body=True)
+def retry_job(job_id: int, json: schemas.Retry) -> tuple[schemas.JobDetail, int]:
+    """Start a new job for the device of a failed or cancelled job
+
+    The device is provisioned again from the first step, by a new job.
+    """
     job = _job(job_id)
     try:
         new = operations.restart_job(job)
@@ -82,4 +79,4 @@ def retry_job(job_id: int) -> tuple[Response, int]:
         raise invalid(f"no profile matches device {job.device.serial!r} any more")
     audit("job.retry", str(job.id), device=job.device.serial, new_job=new.id)
     db.session.commit()
-    return jsonify(job_json(new, steps=True)), 201
+    return schemas.JobDetail.model_validate(new), 201

@@ -4,58 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, jsonify
 from sqlalchemy import func, select
 
 from ..context import current_settings
 from ..models import Image, Profile, ProvisioningJob, db
-from ..provisioning.matching import pid_pattern_problem
 from ..provisioning.templates import TemplateProblem, check_template
 from ..sealing import seal
-from . import blueprint
+from . import blueprint, schemas
 from .auth import audit
+from .contract import operation
 from .errors import conflict, invalid, not_found
-from .representations import profile_json
-from .validation import MAX_TEXT, Field, check_fields, json_body, query_args, string_list, string_map, variable_map
 
-NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._- ")
-TEMPLATES = {"bootstrap_template": "bootstrap template", "config_template": "configuration template",
-             "post_template": "post-PnP template"}
-
-
-def _name_problem(name: str) -> str | None:
-    if not name.strip() or not set(name) <= NAME_CHARS or name != name.strip():
-        return "a profile name uses letters, digits, '.', '_', '-' and inner spaces"
-    return None
-
-
-def _apply_to_problem(value: str) -> str | None:
-    return None if value in ("running", "startup") else "must be 'running' or 'startup'"
-
-
-def _pid_problem(value: str) -> str | None:
-    return pid_pattern_problem(value)
-
-
-SPEC: dict[str, Field] = {
-    "name": Field((str,), 255, _name_problem),
-    "match_serials": Field((list,), check=string_list(10000, 255)),
-    "match_pid": Field((str,), 255, _pid_problem),
-    "is_default": Field((bool,)),
-    "bootstrap_template": Field((str,), MAX_TEXT),
-    "config_template": Field((str,), MAX_TEXT),
-    "post_template": Field((str,), MAX_TEXT),
-    "image": Field((str,), 255, nullable=True),
-    "reload_after_install": Field((bool,)),
-    "apply_to": Field((str,), 16, _apply_to_problem),
-    "variables": Field((dict,), check=variable_map),
-    "credentials": Field((dict,), check=string_map),
-}
-DEFAULTS: dict[str, Any] = {
-    "match_serials": [], "match_pid": "", "is_default": False, "bootstrap_template": "", "config_template": "",
-    "post_template": "", "image": None, "reload_after_install": True, "apply_to": "running", "variables": {},
-    "credentials": {},
-}
+# What a profile has where a client left a field out (PUT), as its schema says.
+DEFAULTS: dict[str, Any] = schemas.ProfileChange().model_dump(exclude={"name"})
+# What the schema cannot say about a profile: the server checks these against the repository and the template engine.
+REFUSED = ("'image' names no stored image; a template ('bootstrap_template', 'config_template', 'post_template') "
+           "does not compile or fails with the profile's variables; 'match_pid' is 're:' and a regular expression "
+           "that does not compile")
 
 
 def _profile(name: str) -> Profile:
@@ -88,7 +53,7 @@ def _apply(profile: Profile, data: dict[str, Any]) -> None:
             setattr(profile, key, value)
     # Templates are checked with the variables they will have, so a typo shows now, not at the first device.
     sample = {"serial": "", "pid": "", "hostname": "", "address": "", **(profile.variables or {})}
-    for attribute, label in TEMPLATES.items():
+    for attribute, label in schemas.TEMPLATES.items():
         try:
             check_template(getattr(profile, attribute) or "", sample, label=label)
         except TemplateProblem as exc:
@@ -96,15 +61,18 @@ def _apply(profile: Profile, data: dict[str, Any]) -> None:
 
 
 @blueprint.get("/profiles")
-def list_profiles() -> Response:
-    query_args(())
+@operation(answer=schemas.ProfilePage)
+def list_profiles(query: schemas.NoQuery) -> schemas.ProfilePage:
+    """List profiles"""
     profiles = list(db.session.scalars(select(Profile).order_by(Profile.name)))
-    return jsonify({"items": [profile_json(p) for p in profiles], "total": len(profiles)})
+    return schemas.ProfilePage.model_validate({"items": profiles, "total": len(profiles)}, from_attributes=True)
 
 
 @blueprint.post("/profiles")
-def create_profile() -> tuple[Response, int]:
-    data = check_fields(json_body(), SPEC, required=("name",))
+@operation(201, schemas.Profile, errors=(409, 422), refused=REFUSED)
+def create_profile(json: schemas.ProfileCreate) -> tuple[schemas.Profile, int]:
+    """Create a profile"""
+    data = json.model_dump(exclude_unset=True)
     if db.session.scalar(select(Profile.id).where(Profile.name == data["name"])) is not None:
         raise conflict(f"a profile named {data['name']!r} already exists")
     profile = Profile(name=data["name"], **{k: v for k, v in DEFAULTS.items() if k != "image"})
@@ -112,38 +80,47 @@ def create_profile() -> tuple[Response, int]:
     _apply(profile, data)
     audit("profile.create", profile.name, fields=sorted(data))
     db.session.commit()
-    return jsonify(profile_json(profile)), 201
+    return schemas.Profile.model_validate(profile), 201
 
 
 @blueprint.get("/profiles/<name>")
-def get_profile(name: str) -> Response:
-    return jsonify(profile_json(_profile(name)))
+@operation(answer=schemas.Profile, errors=(404,), path=schemas.ProfilePath)
+def get_profile(name: str) -> schemas.Profile:
+    """Get a profile"""
+    return schemas.Profile.model_validate(_profile(name))
 
 
 @blueprint.put("/profiles/<name>")
-def replace_profile(name: str) -> Response:
-    """Replace every field; fields left out get their defaults (credentials too)."""
+@operation(answer=schemas.Profile, errors=(404, 409, 422), refused=REFUSED, path=schemas.ProfilePath)
+def replace_profile(name: str, json: schemas.ProfileChange) -> schemas.Profile:
+    """Replace a profile (missing fields get defaults)
+
+    Every field is replaced; the fields left out get their defaults (credentials too).
+    """
     profile = _profile(name)
-    data = check_fields(json_body(), SPEC)
+    data = json.model_dump(exclude_unset=True)
     _apply(profile, {**DEFAULTS, **data})
     audit("profile.replace", name, fields=sorted(data))
     db.session.commit()
-    return jsonify(profile_json(profile))
+    return schemas.Profile.model_validate(profile)
 
 
 @blueprint.patch("/profiles/<name>")
-def update_profile(name: str) -> Response:
-    """Change only the fields given."""
+@operation(answer=schemas.Profile, errors=(404, 409, 422), refused=REFUSED, path=schemas.ProfilePath)
+def update_profile(name: str, json: schemas.ProfileChange) -> schemas.Profile:
+    """Change some fields of a profile"""
     profile = _profile(name)
-    data = check_fields(json_body(), SPEC)
+    data = json.model_dump(exclude_unset=True)
     _apply(profile, data)
     audit("profile.update", name, fields=sorted(data))
     db.session.commit()
-    return jsonify(profile_json(profile))
+    return schemas.Profile.model_validate(profile)
 
 
 @blueprint.delete("/profiles/<name>")
+@operation(204, errors=(404, 409), path=schemas.ProfilePath)
 def delete_profile(name: str) -> tuple[str, int]:
+    """Delete a profile (not while it provisions devices)"""
     profile = _profile(name)
     running = db.session.scalar(select(func.count()).select_from(ProvisioningJob).where(
         ProvisioningJob.profile_id == profile.id, ProvisioningJob.state == "running"))

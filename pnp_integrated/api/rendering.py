@@ -13,21 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, jsonify
 from sqlalchemy import select
 
 from ..context import current_settings
 from ..models import Device, Profile, ProvisioningJob, db
 from ..provisioning.engine import profile_for
 from ..provisioning.templates import TemplateProblem, device_variables, render_template
-from . import blueprint
+from . import blueprint, schemas
 from .auth import current_token
+from .contract import operation
 from .errors import ApiError, not_found
-from .openapi import SPEC
-from .validation import MAX_TEXT, VARIABLE_NAME, Field, check_fields, json_body, variable_map
-
-TEMPLATES = {"bootstrap_template": "bootstrap template", "config_template": "configuration template",
-             "post_template": "post-PnP template"}
+from .schemas import TEMPLATES
 
 
 def _device(serial: str) -> Device:
@@ -63,8 +59,13 @@ def render_for(device: Device, templates: dict[str, str], profile: Profile | Non
 
 
 @blueprint.get("/devices/<serial>/configuration")
-def device_configuration(serial: str) -> Response:
-    """The device's templates rendered as it receives them (admin tokens only: configurations hold secrets)."""
+@operation(answer=schemas.DeviceConfiguration, errors=(404,), path=schemas.DevicePath)
+def device_configuration(serial: str) -> schemas.DeviceConfiguration:
+    """A device's configuration: its profile's templates rendered for it (admin tokens only)
+
+    The templates are rendered as the device receives them; a configuration holds secrets, so it is shown to admin
+    tokens only.
+    """
     if current_token().role != "admin":
         raise ApiError(403, "forbidden", "a device's configuration is shown to admin tokens only")
     device = _device(serial)
@@ -72,76 +73,18 @@ def device_configuration(serial: str) -> Response:
     profile = db.session.get(Profile, job.profile_id) if job is not None and job.profile_id else None
     profile = profile or profile_for(device)
     if profile is None:
-        return jsonify({"serial": device.serial, "profile": None, "rendered": {}, "problems": {}})
+        return schemas.DeviceConfiguration(serial=device.serial, profile=None, rendered={}, problems={})
     answer = render_for(device, {f: getattr(profile, f) or "" for f in TEMPLATES}, profile)
-    return jsonify({**answer, "profile": profile.name})
-
-
-_PREVIEW_SPEC = {
-    "serial": Field((str,), 255),
-    "templates": Field((dict,), check=lambda value: _templates_problem(value)),
-    "variables": Field((dict,), check=variable_map),
-}
-
-
-def _templates_problem(value: dict[str, Any]) -> str | None:
-    unknown = sorted(set(value) - set(TEMPLATES))
-    if unknown:
-        return f"unknown template(s): {', '.join(unknown)} (one of {', '.join(TEMPLATES)})"
-    for name, text in value.items():
-        if not isinstance(text, str) or len(text) > MAX_TEXT:
-            return f"{name} must be a string of at most {MAX_TEXT} characters"
-    return None
+    return schemas.DeviceConfiguration(**answer, profile=profile.name)
 
 
 @blueprint.post("/templates/preview")
-def preview_templates() -> Response:
-    """Render template texts for a device with the given profile variables; nothing is saved."""
-    data = check_fields(json_body(), _PREVIEW_SPEC, required=("serial", "templates"))
-    device = _device(data["serial"])
-    draft = Profile(variables=data.get("variables") or {})  # never added: only its variables are read
+@operation(answer=schemas.RenderedTemplates, errors=(404, 422))
+def preview_templates(json: schemas.TemplatePreview) -> schemas.RenderedTemplates:
+    """Render template texts for a device with the given profile variables (nothing is saved)"""
+    device = _device(json.serial)
+    draft = Profile(variables=json.variables)  # never added: only its variables are read
     try:
-        return jsonify(render_for(device, data["templates"], draft))
+        return schemas.RenderedTemplates(**render_for(device, json.templates.model_dump(), draft))
     finally:
         db.session.rollback()
-
-
-_STR = {"type": "string"}
-_TEXTS = {"type": "object", "additionalProperties": False,
-          "properties": {name: {"type": "string", "maxLength": MAX_TEXT} for name in TEMPLATES}}
-_RENDERED = {"type": "object", "required": ["serial", "rendered", "problems"], "properties": {
-    "serial": _STR,
-    "rendered": {"type": "object", "description": "each template that rendered, by field",
-                 "additionalProperties": _STR},
-    "problems": {"type": "object", "description": "why each other template failed, by field",
-                 "additionalProperties": _STR}}}
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(status): {"$ref": f"#/components/responses/E{status}"} for status in statuses}
-
-
-def _success(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"200": {"description": "success", "content": {"application/json": {"schema": schema}}}}
-
-
-SPEC["paths"]["/devices/{serial}/configuration"] = {
-    "parameters": [{"name": "serial", "in": "path", "required": True,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
-    "get": {"summary": "A device's configuration: its profile's templates rendered for it (admin tokens only)",
-            "responses": {**_success({**_RENDERED, "properties": {
-                **_RENDERED["properties"],
-                "profile": {"type": ["string", "null"], "description": "the profile rendered (null: none)"}}}),
-                **_errors(401, 403, 404)}},
-}
-SPEC["paths"]["/templates/preview"] = {"post": {
-    "summary": "Render template texts for a device with the given profile variables (nothing is saved)",
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["serial", "templates"], "additionalProperties": False, "properties": {
-            "serial": {"type": "string", "maxLength": 255, "description": "the device to render for"},
-            "templates": _TEXTS,
-            "variables": {"type": "object", "additionalProperties": True, "maxProperties": 1000,
-                          "propertyNames": {"pattern": f"^{VARIABLE_NAME.pattern}$"},
-                          "description": "the profile's variables (the device's own override them)"}}}}}},
-    "responses": {**_success(_RENDERED), **_errors(400, 401, 403, 404, 413, 415, 422)},
-}}

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from pnp_integrated.api.openapi import SPEC
+from pnp_integrated.api.contract import document
 from pnp_integrated.api.tokens import issue_token
 from pnp_integrated.models import db
 from pnp_integrated.provisioning import engine
@@ -59,7 +59,7 @@ def seed(app: Flask) -> str:
 
 
 # Operations are listed from the document itself, so a route added to it is fuzzed without touching this file.
-OPERATIONS = [op.ok() for op in schemathesis.openapi.from_dict(SPEC).get_all_operations()]
+OPERATIONS = [op.ok() for op in schemathesis.openapi.from_dict(document()).get_all_operations()]
 # Negative data needs something to get wrong: a parameter or a body.
 CASES = sorted((op.label, mode) for op in OPERATIONS for mode in GenerationMode
                if mode is GenerationMode.POSITIVE or op.path_parameters or op.query or op.body)
