@@ -32,13 +32,19 @@ def _ip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
 
 
-def add_vip(place: VipPlacement) -> None:
-    """Configure the VIP on the interface (already there is fine) and announce it."""
+def configure_vip(place: VipPlacement) -> bool:
+    """Configure the VIP on the interface (already there is fine); whether it is there now."""
     done = _ip("addr", "add", place.cidr, "dev", place.interface)
     if done.returncode != 0 and "File exists" not in done.stderr:
         log.error("cannot add VIP %s to %s: %s", place.cidr, place.interface, done.stderr.strip())
-        return
-    announce(place)
+        return False
+    return True
+
+
+def add_vip(place: VipPlacement) -> None:
+    """Configure the VIP on the interface (already there is fine) and announce it."""
+    if configure_vip(place):
+        announce(place)
 
 
 def remove_vip(place: VipPlacement) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 from ..config import FAILBACK_MODES
 from ..healthcheck import ask_health
 from .health import HealthState
-from .placement import VipPlacement, add_vip, announce, remove_vip
+from .placement import VipPlacement, announce, configure_vip, remove_vip
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,13 @@ class PeerWatch:
             if self.state.state == "active":
                 return
             log.warning("%s becomes ACTIVE: %s", self._who(), why)
-            if self.placement is not None:
-                add_vip(self.placement)
+            configured = self.placement is not None and configure_vip(self.placement)
+            # Active from the moment the VIP is here: the announcement takes seconds (arping), and a peer told
+            # "standby" meanwhile would take the VIP too.
             self.state.active_since = time.monotonic()
             self.state.state = "active"
+        if configured and self.placement is not None:
+            announce(self.placement)
 
     def become_standby(self, why: str) -> None:
         with self._lock:

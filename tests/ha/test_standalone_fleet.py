@@ -46,7 +46,8 @@ def test_hard_kill_of_the_active_gateway_mid_provisioning(standalone_lab: Callab
         before = lab.job_states("SA")
         lab.kill_node(active)  # every process of the gateway's machine, keepalived included, and its cable
         wait_until(lambda: lab.state(standby, timeout=20) == "ACTIVE", 60, f"{standby} to become ACTIVE")
-        assert lab.vip_holders()[-1:] == [standby]
+        # The dead machine's namespace still has the address on its eth0, but no cable: the standby holds it too.
+        assert standby in lab.vip_holders()
         fleet.wait(timeout=DEVICE_DEADLINE + 60)
     finally:
         if fleet.poll() is None:

@@ -65,7 +65,8 @@ def test_status_readers_leave_devices_and_the_lease_alone(running_node: Callable
     assert set(answers) <= {"200", "503 Retry-After 1"}, answers
     # ... and quickly: one reading shared by all of them, not one measurement each (which kept each reader of a
     # crowd waiting seconds for its answer).
+    # (A reading per reader kept the median at 5 s and more; 300 client threads on the node's cores cost a second.)
     waits.sort()
-    assert waits[len(waits) // 2] < 1.0, f"median wait for /status or /metrics {waits[len(waits) // 2]:.1f}s"
+    assert waits[len(waits) // 2] < 2.0, f"median wait for /status or /metrics {waits[len(waits) // 2]:.1f}s"
     log = node.log_text()
     assert "lost the leader lease" not in log and "Worker exited" not in log and "WORKER TIMEOUT" not in log
