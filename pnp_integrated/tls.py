@@ -1,9 +1,9 @@
 """TLS material and policy: the one place that builds server SSL contexts.
 
-On first start a local CA and an ECDSA P-256 server certificate (SANs: VIP, node address, hostname, localhost)
-are generated into ``<data_dir>/certs`` unless the operator supplies a certificate and key. Every TLS listener of
-the gateway uses :func:`server_context`; SSLv2/SSLv3 are impossible because the floor is never below TLS 1.0 and
-the OpenSSL options that disable them are always set.
+On first start a local CA and an ECDSA P-256 server certificate (SANs: VIP, virtual host name, node address,
+hostname, localhost) are generated into ``<data_dir>/certs`` unless the operator supplies a certificate and key.
+Every TLS listener of the gateway uses :func:`server_context`; SSLv2/SSLv3 are impossible because the floor is
+never below TLS 1.0 and the OpenSSL options that disable them are always set.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -54,24 +55,98 @@ def _write_private(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def _san_entries(settings: Settings) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = []
-    seen: set[str] = set()
-    for value in (settings.vip, settings.node_addr, "127.0.0.1", "::1", socket.gethostname(), "localhost"):
-        if not value or value in seen:
-            continue
-        seen.add(value)
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(value)))
-        except ValueError:
-            names.append(x509.DNSName(value))
+def _server_names(settings: Settings) -> list[str]:
+    """What the server certificate names: the address devices use (VIP), its name, this node's own address."""
+    names: list[str] = []
+    for value in (settings.vip, settings.virtual_host_name, settings.node_addr, "127.0.0.1", "::1",
+                  socket.gethostname(), "localhost"):
+        if value and value not in names:
+            names.append(value)
     return names
 
 
+def _san_entries(names: list[str]) -> list[x509.GeneralName]:
+    entries: list[x509.GeneralName] = []
+    for value in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(value)))
+        except ValueError:
+            entries.append(x509.DNSName(value))
+    return entries
+
+
+def _named(cert: x509.Certificate) -> set[str]:
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(v) for v in sans.get_values_for_type(x509.IPAddress)} | set(sans.get_values_for_type(x509.DNSName))
+
+
+_PEM = serialization.Encoding.PEM
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def _issue_server_certificate(settings: Settings, paths: CertPaths, ca_cert: x509.Certificate,
+                              ca_key: ec.EllipticCurvePrivateKey) -> None:
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, settings.vip)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(_san_entries(_server_names(settings))), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(paths.key, _private_pem(key))
+    # The chain file carries the CA so clients that only trust the CA can build the path.
+    paths.cert.write_bytes(cert.public_bytes(_PEM) + ca_cert.public_bytes(_PEM))
+
+
+def _ca_key_path(settings: Settings) -> Path:
+    return settings.certs_dir / "ca.key"
+
+
+def _server_certificate_fits(settings: Settings, paths: CertPaths, ca_cert: x509.Certificate) -> bool:
+    """Whether the generated server certificate names every address and name of the settings, from this CA."""
+    try:
+        leaf = x509.load_pem_x509_certificates(paths.cert.read_bytes())[0]
+        leaf.verify_directly_issued_by(ca_cert)
+    except (OSError, ValueError, TypeError, IndexError, InvalidSignature):
+        return False
+    return {settings.vip, settings.virtual_host_name, settings.node_addr} - {""} <= _named(leaf)
+
+
 def ensure_certificates(settings: Settings) -> CertPaths:
-    """Return the certificate files, generating a CA and a server certificate on first start."""
+    """Return the certificate files, generating a CA and a server certificate on first start.
+
+    A generated server certificate is issued again (by the same CA) when the settings name an address or a name it
+    does not have, as when a single gateway becomes a node of a pair (the pair's VIP and virtual host name), or
+    when the CA was replaced by the pair's (see :func:`adopt_gateway_ca`).
+    """
     paths = cert_paths(settings)
-    if not paths.generated or (paths.cert.exists() and paths.key.exists() and paths.ca.exists()):
+    if not paths.generated:
+        return paths
+    ca_key_path = _ca_key_path(settings)
+    if paths.ca.exists() and ca_key_path.exists():
+        ca_cert = x509.load_pem_x509_certificate(paths.ca.read_bytes())
+        if paths.key.exists() and _server_certificate_fits(settings, paths, ca_cert):
+            return paths
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        _issue_server_certificate(settings, paths, ca_cert, ca_key)
         return paths
     settings.certs_dir.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
@@ -93,37 +168,36 @@ def ensure_certificates(settings: Settings) -> CertPaths:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, settings.vip)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=825))
-        .add_extension(x509.SubjectAlternativeName(_san_entries(settings)), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    pem = serialization.Encoding.PEM
-    _write_private(
-        settings.certs_dir / "ca.key",
-        ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
-    _write_private(
-        paths.key, key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    paths.ca.write_bytes(ca_cert.public_bytes(pem))
-    # The chain file carries the CA so clients that only trust the CA can build the path.
-    paths.cert.write_bytes(cert.public_bytes(pem) + ca_cert.public_bytes(pem))
+    _write_private(ca_key_path, _private_pem(ca_key))
+    paths.ca.write_bytes(ca_cert.public_bytes(_PEM))
+    _issue_server_certificate(settings, paths, ca_cert, ca_key)
     return paths
+
+
+def gateway_ca(settings: Settings) -> dict[str, str] | None:
+    """The generated CA (certificate and key, PEM) that a pair's nodes share, so that a device trusting one node's
+    CA trusts the other's certificate after a failover; ``None`` with the operator's own certificates."""
+    paths = ensure_certificates(settings)
+    if not paths.generated:
+        return None
+    return {"certificate": paths.ca.read_text(), "key": _ca_key_path(settings).read_text()}
+
+
+def adopt_gateway_ca(settings: Settings, certificate: str, key: str) -> str:
+    """Take the pair's CA as this node's and issue this node's server certificate from it (for ``settings``: the
+    pair's VIP, name and this node's address); returns the new certificate (PEM, without the CA)."""
+    ca_cert = x509.load_pem_x509_certificate(certificate.encode())
+    ca_key = serialization.load_pem_private_key(key.encode(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or ca_key.public_key() != ca_cert.public_key():
+        raise ValueError("the CA key does not belong to the CA certificate")
+    paths = cert_paths(settings)
+    settings.certs_dir.mkdir(parents=True, exist_ok=True)
+    if not (paths.ca.exists() and paths.ca.read_text() == certificate):
+        _write_private(_ca_key_path(settings), key.encode())
+        paths.ca.write_text(certificate)
+    ensure_certificates(settings)
+    leaf = x509.load_pem_x509_certificates(paths.cert.read_bytes())[0]
+    return leaf.public_bytes(_PEM).decode()
 
 
 def server_context(settings: Settings, paths: CertPaths | None = None) -> ssl.SSLContext:

@@ -242,10 +242,12 @@ def _database_problem(url: str) -> str:
 
 def _replaced_files(settings: Settings, config: Path) -> list[Path]:
     """Every file an enrolment writes, in the order a node that leaves puts them back."""
-    from ..tls import TRUST_INDEX
+    from ..tls import TRUST_INDEX, cert_paths
 
+    certs = cert_paths(settings)
+    own_identity = [certs.ca, settings.certs_dir / "ca.key", certs.cert, certs.key] if certs.generated else []
     return [config, credentials_path(settings), keys_path(settings), trust_path(settings),
-            settings.certs_dir / TRUST_INDEX, peer_certificate_path(settings)]
+            settings.certs_dir / TRUST_INDEX, peer_certificate_path(settings), *own_identity]
 
 
 def _keep_what_was_there(settings: Settings, files: list[Path]) -> None:
@@ -257,9 +259,10 @@ def _keep_what_was_there(settings: Settings, files: list[Path]) -> None:
     write_secret(record, json.dumps({"files": before}) + "\n")
 
 
-def _write_pair(settings: Settings, config: Path, text: str, secrets: dict[str, Any]) -> None:
-    """Write the shared secrets, then the configuration file (the switch: it names the pair's database)."""
-    from ..tls import TRUST_INDEX, store_prime_trust
+def _write_pair(settings: Settings, config: Path, text: str, secrets: dict[str, Any]) -> str:
+    """Write the shared secrets, then the configuration file (the switch: it names the pair's database); the
+    certificate this node presents from its restart on, issued by the pair's CA ("" when none was sent)."""
+    from ..tls import TRUST_INDEX, adopt_gateway_ca, cert_paths, store_prime_trust
 
     write_secret(credentials_path(settings), json.dumps(secrets["broker_login"]) + "\n")
     write_secret(keys_path(settings), json.dumps(secrets["profile_keys"]) + "\n")
@@ -267,7 +270,12 @@ def _write_pair(settings: Settings, config: Path, text: str, secrets: dict[str, 
     for host, pems in secrets["prime_trust"].items():
         store_prime_trust(settings, host, pems)
     write_secret(peer_certificate_path(settings), secrets["peer_certificate"])
+    certificate = ""
+    if secrets.get("gateway_ca") and cert_paths(settings).generated:
+        # Devices that trust the primary's CA trust this node's certificate after a failover.
+        certificate = adopt_gateway_ca(settings, secrets["gateway_ca"]["certificate"], secrets["gateway_ca"]["key"])
     write_secret(config, text)
+    return certificate
 
 
 def _after_the_answer(response: Response, signum: int, what: str) -> Response:
@@ -347,13 +355,13 @@ def enrol() -> Response:
                       f"{problem}", fields=["settings"])
     files = _replaced_files(future, config)
     _keep_what_was_there(future, files)
-    _write_pair(future, config, text, secrets)
+    certificate = _write_pair(future, config, text, secrets)
     _use_up_token("ha.enrolment", sent["gateway_peer"], vip=sent["vip"], role="secondary")
     log.warning("enrolled as the secondary of the gateway pair with %s (VIP %s): restarting", sent["gateway_peer"],
                 sent["vip"])
     accepted = schemas.EnrolmentAccepted(node=future.node_name, gateway_role="secondary",
                                          gateway_peer=future.gateway_peer, vip=future.vip, restarting=True,
-                                         config_file=str(config), at=time.time())
+                                         config_file=str(config), at=time.time(), certificate=certificate)
     answer = Response(accepted.model_dump_json(), status=202, mimetype="application/json")
     return _after_the_answer(answer, RESTART_SIGNAL, "enrolled")
 

@@ -681,11 +681,20 @@ PrimeTrust = Annotated[
         "additionalProperties": {"type": "array", "minItems": 1, "maxItems": 10, "items": _PEM_SCHEMA}})]
 
 
+class GatewayCa(Body):
+    """The CA that issues both gateways' server certificates: a device that trusts it trusts either node."""
+
+    certificate: Pem
+    key: Annotated[str, Field(min_length=1, max_length=MAX_PEM, description="its private key (PEM)")]
+
+
 class PairSecrets(Body):
     broker_login: BrokerLogin
     profile_keys: ProfileKeys
     prime_trust: PrimeTrust
     peer_certificate: Annotated[Pem, Field(description="the primary's own certificate (PEM)")]
+    gateway_ca: Annotated[GatewayCa | None, Field(description="the primary's generated CA; absent when the "
+                                                              "operator supplies each node's certificates")] = None
 
 
 class Enrolment(Body):
@@ -729,6 +738,8 @@ class EnrolmentAccepted(Answer):
     restarting: bool
     config_file: str
     at: Annotated[float, Field(description="when it was accepted (Unix time)")]
+    certificate: Annotated[str, Field(description="the certificate (PEM) it presents once restarted, issued by the "
+                                                  "pair's CA (empty: it keeps the one pinned)")] = ""
 
 
 class PairLeft(Answer):

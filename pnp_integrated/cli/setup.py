@@ -548,7 +548,7 @@ def _enrol(plan: PairPlan, answers: Answers, settings: Settings, runtime: Settin
         app = pair_database(runtime)
         verify = issue_pair_token(app, "verify")
         token = answers.secondary_token or issue_pair_token(app, "enrol")
-        secrets = shared_secrets(app, runtime, login)
+        secrets = shared_secrets(app, runtime, login, settings)
     except Exception as exc:  # the database's or the file's own words
         from .common import database_error_text
 
@@ -561,12 +561,18 @@ def _enrol(plan: PairPlan, answers: Answers, settings: Settings, runtime: Settin
         status = f" (HTTP {exc.status})" if isinstance(exc, EnrolmentRefused) else ""
         _fail(f"the secondary did not take the enrolment{status}: {exc}; nothing was written")
     write()
-    if plan.certificate:
-        write_secret(peer_certificate_path(runtime), plan.certificate)
+    # Restarted, the secondary presents a certificate from the pair's CA: the one it named over the pinned link.
+    certificate = str(accepted.get("certificate") or "") or plan.certificate
+    if certificate:
+        write_secret(peer_certificate_path(runtime), certificate)
     node = accepted.get("node") or plan.node or settings.gateway_peer
     click.echo(f"The secondary {node} accepted the pair's settings and secrets and restarts as the secondary; "
                "waiting for it to come back ...")
     back = dataclasses.replace(plan.link, port=settings.monitoring_port)
+    if accepted.get("certificate"):
+        from ..api.enrolment import certificate_fingerprint
+
+        back = dataclasses.replace(back, pin=certificate_fingerprint(certificate).replace(":", ""))
     try:
         facts = wait_for_secondary(back, verify, settings.node_address, float(accepted.get("at") or 0))
     except TimeoutError as exc:

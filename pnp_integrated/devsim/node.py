@@ -264,6 +264,10 @@ class RunningPrime:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
+                os.killpg(self.process.pid, signal.SIGCONT)  # a frozen server sees its SIGTERM only once it runs
+            except ProcessLookupError:
+                pass
+            try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass

@@ -1,7 +1,8 @@
 """Integration fixtures: a real node (``pnpp run``: simulated Prime + gunicorn/gevent) on moved ports.
 
 ``running_node(**settings)`` starts a node for one test; ``node_launcher(data_dir, **settings)`` does the same for
-fixtures of a wider scope (one node shared by a module). Both wait until GET /status answers on the HTTP port and
+the fixtures of a module (one node shared by its tests, stopped when the module is done: idle nodes left running to
+the end of the session would slow every test after them). Both wait until GET /status answers on the HTTP port and
 stop every node they started, collecting its log.
 """
 
@@ -16,9 +17,9 @@ import pytest
 from pnp_integrated.devsim.node import RunningNode, start_node
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def node_launcher() -> Iterator[Callable[..., RunningNode]]:
-    """``launch(data_dir, **settings)``: a node for fixtures of any scope; stopped at the end of the session."""
+    """``launch(data_dir, **settings)``: a node for the module's fixtures; stopped at the end of the module."""
     nodes: list[RunningNode] = []
 
     def launch(data_dir: Path, **overrides: Any) -> RunningNode:

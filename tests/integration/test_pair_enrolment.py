@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from pnp_integrated.config import load_settings
 from pnp_integrated.credentials import BrokerCredentials, gateway_credentials, store_gateway_credentials
@@ -218,6 +220,7 @@ def test_the_primary_enrols_its_secondary_which_comes_back_in_pair_mode_and_leav
     assert secondary.process is not None
     pid = secondary.process.pid
     before_enrolment = secondary.config.read_text()
+    own_ca = (Path(secondary.settings()["data_dir"]) / "certs" / "ca.pem").read_text()
 
     done = pair.enrol()
     assert done.returncode == 0, done.stdout + done.stderr + secondary.log()
@@ -245,6 +248,19 @@ def test_the_primary_enrols_its_secondary_which_comes_back_in_pair_mode_and_leav
     for path in (secondary.config, keys, settings.data_dir / "secrets" / "broker-credentials.json"):
         assert path.stat().st_mode & 0o777 == 0o600, path
     assert secondary.wait_ready()["rows"]  # it answers its status on the pair's monitoring port
+    # One CA for both: a device that trusts the primary's CA trusts the secondary's certificate after a failover,
+    # and that certificate names the pair's VIP and name as well as the secondary's own address.
+    presented = x509.load_pem_x509_certificate(
+        ssl.get_server_certificate((SECONDARY, settings.monitoring_port), timeout=10).encode())
+    assert (settings.data_dir / "certs" / "ca.pem").read_text() == (primary.data_dir / "certs" / "ca.pem").read_text()
+    presented.verify_directly_issued_by(x509.load_pem_x509_certificate((primary.data_dir / "certs" / "ca.pem")
+                                                                      .read_bytes()))
+    names = presented.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {VIP, SECONDARY} <= {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    assert "pnp-gw.example.net" in names.get_values_for_type(x509.DNSName)
+    # The primary pinned that certificate, not the one the secondary had before it joined.
+    assert (primary.data_dir / "certs" / "gateway-peer.pem").read_text().strip() == \
+        presented.public_bytes(serialization.Encoding.PEM).decode().strip()
     # Setup again on the primary: the enrolled secondary gets the new settings, with nobody's token.
     updated = pair.setup("--gateway-failback", "0", token="")
     assert updated.returncode == 0, updated.stdout + updated.stderr + secondary.log()
@@ -262,6 +278,7 @@ def test_the_primary_enrols_its_secondary_which_comes_back_in_pair_mode_and_leav
     assert secondary.process.wait(60) == 0
     assert not port_accepts(settings.monitoring_port, SECONDARY, timeout=1)
     assert secondary.config.read_text() == before_enrolment
+    assert (settings.data_dir / "certs" / "ca.pem").read_text() == own_ca  # its own identity again
     assert gateway_credentials(load_settings(environ={"PNP_CONFIG": str(secondary.config)})).login == "gw-b-alone"
     after = tomllib.loads(pair.primary_config.read_text())
     assert after["vip"] == PRIMARY and "gateway_ha" not in after and "gateway_peer" not in after
