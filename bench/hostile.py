@@ -32,7 +32,7 @@ ATTEMPTS = EXPECTED + UNEXPECTED + HANGS in every row. Families:
  7. cns-flood: PUBLISH floods past the per-session budget (count and octets): ERROR 413, nothing stored beyond it.
  8. broker: STOMP CONNECT without or with wrong logins, frames before CONNECT, and each party's valid login
     reaching for the other party's queues: refused, nothing delivered.
- 9. control: the REST API without, with a wrong, revoked or read-only token; the dashboard without sign-in: 401/403.
+ 9. control: the REST API without, with a wrong, revoked or read-only token; the console without sign-in: 401/403.
 10. status: hundreds of /status and /metrics readers while devices provision: 200 or 503, devices unaffected.
 11. config-urls (the second node): config.asp without a token, with a forged one or another device's: 403, and no
     device row created.
@@ -1245,10 +1245,15 @@ def family_control(target: Target) -> Row:
         "the token in a cookie": {"Cookie": f"pnp_console={base64.urlsafe_b64encode(os.urandom(24)).decode()}"},
     }
     writes = [e for e in endpoints if e[0] != "GET"]
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    # (method, path, headers, body, wanted): the console's pages and data without a sign-in are 401; a sign-in
+    # without the form's CSRF token is 403 before any password is looked at.
     dashboard = [
-        ("GET", "/dashboard/data", {}), ("GET", "/dashboard/data", {"Cookie": f"pnp_console={revoked}"}),
-        ("GET", "/", {}), ("GET", "/dashboard/data", {"Cookie": "pnp_console=' OR 1=1 --"}),
-        ("POST", "/dashboard/signin", {"Content-Type": "application/x-www-form-urlencoded"}),
+        ("GET", "/dashboard/data", {}, b"", 401),
+        ("GET", "/dashboard/data", {"Cookie": f"pnp_console={revoked}"}, b"", 401),
+        ("GET", "/", {}, b"", 401), ("GET", "/console/devices", {}, b"", 401),
+        ("GET", "/dashboard/data", {"Cookie": "pnp_console=' OR 1=1 --"}, b"", 401),
+        ("POST", "/console/signin", form, b"method=token&token=" + urllib.parse.quote(revoked).encode(), 403),
     ]
     known = [b"FUZZ0000", b"FLOOD", b"hostile-pnp"]  # serials and names the node holds by now
 
@@ -1276,11 +1281,10 @@ def family_control(target: Target) -> Row:
                 raw = request(method, path, {"Content-Type": "application/json",
                                              "Authorization": f"Bearer {target.reader}"}, body)
                 judge(f"{method} {path} with a read token ({name})", exchange(target, port, tls, raw, method), 403)
-            for method, path, headers in dashboard:
-                body = b"token=" + urllib.parse.quote(revoked).encode() if method == "POST" else b""
+            for method, path, headers, body, wanted in dashboard:
                 judge(f"{method} {path} {headers} ({name})", exchange(target, port, tls,
                                                                       request(method, path, headers, body), method),
-                      401)
+                      wanted)
         status, profiles = target.api("GET", "/api/v1/profiles")
         sneaky = [p for p in profiles.get("items", []) if p.get("name") == "hostile-sneaky"] if status == 200 else []
         if sneaky:
