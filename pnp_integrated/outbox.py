@@ -16,6 +16,7 @@ from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from .models import Device, OutboxEvent, db, new_uuid, utcnow
+from .statements import PlainStatement
 
 # Fields every message carries; a payload cannot overwrite them.
 ENVELOPE = ("id", "type", "at", "gateway")
@@ -23,8 +24,8 @@ ENVELOPE = ("id", "type", "at", "gateway")
 EVENTS_WRITTEN = "pnp_outbox_events_written"
 
 
-# Built once: a statement's compiled form is cached against it, so executing it again costs only its parameters.
-_INSERT_EVENT = insert(OutboxEvent.__table__)
+# Run on the DBAPI connection: every device step writes one or two.
+_INSERT_EVENT = PlainStatement(insert(OutboxEvent.__table__))
 
 
 def record_event(type_: str, payload: dict[str, Any]) -> None:
@@ -33,8 +34,8 @@ def record_event(type_: str, payload: dict[str, Any]) -> None:
     A plain INSERT on the transaction's connection, not an ORM object: every device step writes one or two, and
     nothing reads them back in the transaction that writes them.
     """
-    db.session.connection().execute(_INSERT_EVENT, {"event_id": new_uuid(), "type": type_, "payload": payload,
-                                                    "created_at": utcnow(), "attempts": 0})
+    _INSERT_EVENT.run({"event_id": new_uuid(), "type": type_, "payload": payload, "created_at": utcnow(),
+                       "attempts": 0})
     db.session.info[EVENTS_WRITTEN] = True
 
 

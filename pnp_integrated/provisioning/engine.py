@@ -55,6 +55,7 @@ from ..models import Device, Image, JobStep, Profile, ProvisioningJob, db, utcno
 from ..outbox import device_payload, job_payload, record_event
 from ..refusals import NEW_DEVICES_PER_SOURCE, count_refusal
 from ..sealing import SealError, unseal
+from ..statements import PlainStatement, dbapi_connection, dialect_name
 from .matching import match_profile
 from .steps import BY_NAME, STEP_NAMES, STEPS, Work
 from .templates import TemplateProblem, device_variables, render_template
@@ -115,28 +116,28 @@ def _step_event(work: Work, step: str, state: str, attempt: int, detail: str = "
 
 # Plain statements, built once: history rows are written on every step and never read back in the same transaction.
 _STEPS_TABLE = JobStep.__table__
-_INSERT_STEP = insert(_STEPS_TABLE)
+_INSERT_STEP = PlainStatement(insert(_STEPS_TABLE))
 _OPEN_STEP_ID = (select(func.max(_STEPS_TABLE.c.id))
                  .where(_STEPS_TABLE.c.job_id == bindparam("job"), _STEPS_TABLE.c.step == bindparam("name"),
                         _STEPS_TABLE.c.state == "started")
                  .scalar_subquery())
-_CLOSE_OPEN_STEP = (update(_STEPS_TABLE).where(_STEPS_TABLE.c.id == _OPEN_STEP_ID)
-                    .values(state=bindparam("new_state"), detail=bindparam("new_detail"), ended_at=bindparam("at")))
+_CLOSE_OPEN_STEP = PlainStatement(
+    update(_STEPS_TABLE).where(_STEPS_TABLE.c.id == _OPEN_STEP_ID)
+    .values(state=bindparam("new_state"), detail=bindparam("new_detail"), ended_at=bindparam("at")))
 
 
 def record_step(job: ProvisioningJob, step: str, state: str, attempt: int, detail: str = "", *,
                 ended: bool = True) -> None:
     """A row of the job's history (``ended``: the attempt is over, as for a skipped or refused step)."""
     now = utcnow()
-    db.session.connection().execute(_INSERT_STEP, {
-        "job_id": job.id, "step": step, "state": state, "attempt": attempt, "detail": detail, "started_at": now,
-        "ended_at": now if ended else None})
+    _INSERT_STEP.run({"job_id": job.id, "step": step, "state": state, "attempt": attempt, "detail": detail,
+                      "started_at": now, "ended_at": now if ended else None})
 
 
 def close_open_step(job: ProvisioningJob, state: str, detail: str = "") -> None:
     """End the history row of the job's step in progress (if there is one) with ``state``."""
-    db.session.connection().execute(_CLOSE_OPEN_STEP, {"job": job.id, "name": job.step, "new_state": state,
-                                                       "new_detail": detail[:2000], "at": utcnow()})
+    _CLOSE_OPEN_STEP.run({"job": job.id, "name": job.step, "new_state": state, "new_detail": detail[:2000],
+                          "at": utcnow()})
 
 
 # ---- transitions ----------------------------------------------------------------------------------------------------
@@ -328,9 +329,9 @@ def _begin_write() -> None:
     The reads then see the latest commit, so SQLite writers never lose a race and never replay; waiting for the lock
     yields to the worker's other greenlets (see ``extension.CooperativeSQLiteConnection``). PostgreSQL locks rows.
     """
-    if db.session.get_bind().dialect.name != "sqlite":
+    if dialect_name() != "sqlite":
         return
-    raw = db.session.connection().connection.dbapi_connection
+    raw = dbapi_connection()
     if raw is not None and not raw.in_transaction:  # a caller that already wrote keeps its own transaction
         raw.cursor().execute("BEGIN IMMEDIATE")
 
@@ -589,55 +590,57 @@ class _Record:
         return dict(self._changed)
 
 
-def _columns(table: Any, prefix: str) -> list[Any]:
-    return [column.label(prefix + column.name) for column in table.c]
-
-
 _IMAGES = Image.__table__
-_WORK = (
-    select(*_columns(_DEVICES, "d_"), *_columns(_JOBS, "j_"), *_columns(_PROFILES, "p_"), *_columns(_IMAGES, "i_"))
+_WORK_TABLES = (_DEVICES, _JOBS, _PROFILES, _IMAGES)
+_WORK_COLUMNS = tuple(tuple(column.name for column in table.c) for table in _WORK_TABLES)
+_WORK_SELECT = (
+    select(*(column for table in _WORK_TABLES for column in table.c))
     .select_from(_DEVICES.outerjoin(_JOBS, _JOBS.c.id == _DEVICES.c.current_job_id)
                  .outerjoin(_PROFILES, _PROFILES.c.id == _JOBS.c.profile_id)
                  .outerjoin(_IMAGES, _IMAGES.c.id == _PROFILES.c.image_id))
     .where(_DEVICES.c.serial == bindparam("serial"))
 )
-_WORK_LOCKED = _WORK.with_for_update(of=_DEVICES)
-_DEVICE_CHANGED = update(_DEVICES).where(_DEVICES.c.id == bindparam("row_id"))
-# Built once: the columns set are the parameters' names, so each set of changed columns compiles once, not per call.
-_JOB_CHANGED = update(_JOBS).where(_JOBS.c.id == bindparam("row_id"), _JOBS.c.version == bindparam("expected_version"))
+_WORK = PlainStatement(_WORK_SELECT)
+_WORK_LOCKED = PlainStatement(_WORK_SELECT.with_for_update(of=_DEVICES))
+_DEVICE_CHANGED = PlainStatement(update(_DEVICES).where(_DEVICES.c.id == bindparam("row_id")))
+# The columns set are the parameters' names: each set of changed columns compiles once, not per call.
+_JOB_CHANGED = PlainStatement(
+    update(_JOBS).where(_JOBS.c.id == bindparam("row_id"), _JOBS.c.version == bindparam("expected_version")))
 
 
-def _record(row: Any, table: Any, prefix: str) -> _Record | None:
-    values = {column.name: row[prefix + column.name] for column in table.c}
-    return None if values["id"] is None else _Record(values)
+def _records(row: tuple[Any, ...]) -> list[_Record | None]:
+    """The row of :data:`_WORK` as one record per table (``None`` where the outer join found nothing)."""
+    records: list[_Record | None] = []
+    at = 0
+    for names in _WORK_COLUMNS:
+        values = dict(zip(names, row[at:at + len(names)], strict=True))
+        at += len(names)
+        records.append(None if values["id"] is None else _Record(values))
+    return records
 
 
 def _locked_work(serial: str, lock: bool = True) -> tuple[Any, Any, Any]:
     """The device, its current job and the job's profile (with its image) in one plain read, the device row locked
     (PostgreSQL) unless ``lock`` is false; as records whose changes :func:`_write_back` writes."""
-    connection = db.session.connection()
-    row = connection.execute(_WORK_LOCKED if lock and connection.dialect.name == "postgresql" else _WORK,
-                             {"serial": serial}).one_or_none()
+    read = _WORK_LOCKED if lock and dialect_name() == "postgresql" else _WORK
+    row = read.first({"serial": serial})
     if row is None:
         return None, None, None
-    mapping = row._mapping
-    device, job, profile = (_record(mapping, _DEVICES, "d_"), _record(mapping, _JOBS, "j_"),
-                            _record(mapping, _PROFILES, "p_"))
+    device, job, profile, image = _records(row)
     if profile is not None:
-        object.__setattr__(profile, "image", _record(mapping, _IMAGES, "i_"))
+        object.__setattr__(profile, "image", image)
     return device, job, profile
 
 
 def _write_back(device: _Record, job: _Record | None) -> None:
     """One UPDATE per changed row; the job's is a compare-and-set on its version (a concurrent writer replays us)."""
-    connection = db.session.connection()
     if job is not None and job.changes:
         version = job._values["version"]
         values = {**job.changes, "version": version + 1, "row_id": job.id, "expected_version": version}
-        if connection.execute(_JOB_CHANGED, values).rowcount != 1:
+        if _JOB_CHANGED.rowcount(values) != 1:
             raise LostRace(f"job {job.id} changed meanwhile")
     if device.changes:
-        connection.execute(_DEVICE_CHANGED, {"row_id": device.id, **device.changes})
+        _DEVICE_CHANGED.run({"row_id": device.id, **device.changes})
 
 
 def _report(serial: str, correlator: str, outcome: Outcome) -> Action:
