@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -67,6 +68,16 @@ class Image(db.Model):  # type: ignore[name-defined,misc]
     md5: Mapped[str] = mapped_column(String(32))
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ImageChunk(db.Model):  # type: ignore[name-defined,misc]
+    """A piece of an image's content, kept in a shared (PostgreSQL) database so that every node of an HA pair can
+    serve an image whichever node it was added on (see ``provisioning.images``)."""
+
+    __tablename__ = "image_chunks"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Profile(db.Model):  # type: ignore[name-defined,misc]

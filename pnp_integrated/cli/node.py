@@ -183,6 +183,11 @@ def _upgrade(settings: Settings, revision: str, quiet: bool = False) -> None:
                 click.echo(f"sealed the credentials of {sealed} profile(s) stored in the clear")
             if settings.config_url_tokens:
                 load_keys(settings)  # the key configuration URLs are signed with, before any worker signs one
+            from ..provisioning.images import store_missing_image_chunks
+
+            copied = store_missing_image_chunks()  # images the other node of a pair cannot serve yet
+            if copied:
+                click.echo(f"stored the content of {copied} image(s) in the database, for every node to serve")
     if not quiet or before != after:
         click.echo(f"database {settings.sqlalchemy_url.split('@')[-1]}: {before or 'empty'} -> {after} (head {head})")
 

@@ -2,6 +2,11 @@
 
 MD5 and size are computed once, while the file is copied in, so serving an image never re-reads it to describe it.
 A file is written under a temporary name and renamed into place, so a half-copied image is never served.
+
+On PostgreSQL, the database HA nodes share, the content is also kept in the database (``image_chunks``, 1 MiB
+each, written in the transaction that adds the image): the node that did not receive the upload, the one ACTIVE
+after a failover, writes its own copy from them on the first download (``<data_dir>/image-cache``, checked against
+the MD5) and serves that. SQLite, a single node's database, keeps files only.
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from ..context import current_settings
-from ..models import AuditEntry, Image, db
+from ..models import AuditEntry, Image, ImageChunk, db
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 CHUNK = 1024 * 1024
+CHUNKS_PER_STATEMENT = 8  # an INSERT carries at most 8 MiB
+CACHE_DIR = "image-cache"
 # IOS-XE style (16.09.05, 17.3.4a) or classic IOS (15.2(7)E4) version inside a file name.
 _VERSION_IN_NAME = re.compile(r"(?<![A-Za-z0-9])(\d+\.\d+\.\d+[a-zA-Z]?\d*|\d+\.\d+\(\d+\)[A-Za-z]*\d*)")
 
@@ -94,6 +101,9 @@ def store_image(stream: BinaryIO, name: str, version: str, actor: str, max_bytes
     db.session.add(AuditEntry(actor=actor, action="image.add", target=name,
                               detail={"version": image.version, "md5": image.md5, "size": size}))
     try:
+        if images_in_database():
+            db.session.flush()  # the image's id, for its chunks
+            _store_chunks(image.id, target)
         db.session.commit()
     except IntegrityError as exc:
         db.session.rollback()
@@ -106,6 +116,83 @@ def delete_image(image: Image, actor: str) -> None:
     """Remove an image row and its file; the caller has checked no profile uses it."""
     path = image_path(image)
     db.session.add(AuditEntry(actor=actor, action="image.delete", target=image.name, detail={}))
+    db.session.execute(delete(ImageChunk).where(ImageChunk.image_id == image.id))
     db.session.delete(image)
     db.session.commit()
     path.unlink(missing_ok=True)
+
+
+# ---- the content in the shared database ----------------------------------------------------------------------------
+def images_in_database() -> bool:
+    """Whether image content is kept in the database too: on PostgreSQL, the database HA nodes share."""
+    return bool(db.engine.dialect.name == "postgresql")
+
+
+def _store_chunks(image_id: int, path: Path) -> None:
+    """The file's content as the image's chunks, in the caller's transaction."""
+    batch: list[dict[str, object]] = []
+    with path.open("rb") as source:
+        seq = 0
+        while chunk := source.read(CHUNK):
+            batch.append({"image_id": image_id, "seq": seq, "data": chunk})
+            seq += 1
+            if len(batch) == CHUNKS_PER_STATEMENT:
+                db.session.execute(insert(ImageChunk), batch)
+                batch = []
+    if batch:
+        db.session.execute(insert(ImageChunk), batch)
+
+
+def store_missing_image_chunks() -> int:
+    """Give the database the content of every image whose file is here and whose chunks are not (images added
+    before the content was kept there, or on a single node that became one of a pair); how many were stored."""
+    if not images_in_database():
+        return 0
+    missing = db.session.scalars(select(Image).where(~exists().where(ImageChunk.image_id == Image.id))).all()
+    stored = 0
+    for image in missing:
+        path = image_path(image)
+        if path.is_file() and path.stat().st_size == image.size and file_md5(path) == image.md5:
+            _store_chunks(image.id, path)
+            db.session.commit()
+            stored += 1
+    return stored
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ImageUnavailable(Exception):
+    """The database's copy of an image does not match its row (incomplete or damaged)."""
+
+
+def cached_image(image: Image) -> Path | None:
+    """This node's copy of an image added on another node, written from the database's chunks on first use and
+    checked against the row's MD5; ``None`` when the database holds no content for it."""
+    directory = current_settings().data_dir / CACHE_DIR
+    target = directory / f"{image.md5}-{image.filename}"
+    if target.is_file() and target.stat().st_size == image.size:
+        return target
+    if db.session.scalar(select(exists().where(ImageChunk.image_id == image.id))) is not True:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f".{image.filename}.{uuid.uuid4().hex}.part"
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with partial.open("wb") as out:
+            rows = db.session.execute(select(ImageChunk.data).where(ImageChunk.image_id == image.id)
+                                      .order_by(ImageChunk.seq).execution_options(yield_per=4))
+            for (data,) in rows:
+                digest.update(data)
+                out.write(data)
+        if digest.hexdigest() != image.md5 or partial.stat().st_size != image.size:
+            raise ImageUnavailable(f"the database's copy of {image.name} does not match its MD5 {image.md5}")
+        os.replace(partial, target)  # two requests writing at once replace it with the same bytes
+    finally:
+        partial.unlink(missing_ok=True)
+    return target

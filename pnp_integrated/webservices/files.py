@@ -8,7 +8,7 @@ before the check, so a link pointing outside is a 404 like a missing file.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 from pathlib import Path
 
 from flask import Blueprint, Response, abort, send_file
@@ -16,10 +16,11 @@ from sqlalchemy import select
 
 from ..context import current_settings
 from ..models import Image, db
+from ..provisioning.images import ImageUnavailable, cached_image, file_md5
 
 blueprint = Blueprint("file_services", __name__)
+log = logging.getLogger(__name__)
 
-CHUNK = 1024 * 1024
 MAX_PATH = 1024
 
 
@@ -43,14 +44,6 @@ def confined(root: Path, relative: str) -> Path | None:
     return candidate
 
 
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _image_etag(name: str, path: Path) -> str:
     row = db.session.scalar(select(Image).where(Image.filename == name))
     if row is not None and row.md5 and row.size == path.stat().st_size:
@@ -62,10 +55,20 @@ def _image_etag(name: str, path: Path) -> str:
 def image(name: str) -> Response:
     """An image file; ETag is its MD5; Range, If-None-Match and If-Range are honoured."""
     path = confined(current_settings().images_dir, name)
-    if path is None:
-        abort(404)
-    response = send_file(path, mimetype="application/octet-stream", conditional=True,
-                         etag=_image_etag(name, path), max_age=0)
+    if path is not None:
+        etag = _image_etag(name, path)
+    else:
+        # Added on the other node of a pair: this node's copy, from the shared database.
+        row = db.session.scalar(select(Image).where(Image.filename == name))
+        try:
+            path = cached_image(row) if row is not None else None
+        except ImageUnavailable as exc:
+            log.error("image %s cannot be served: %s", name, exc)
+            abort(503)
+        if path is None or row is None:
+            abort(404)
+        etag = row.md5
+    response = send_file(path, mimetype="application/octet-stream", conditional=True, etag=etag, max_age=0)
     response.headers["Accept-Ranges"] = "bytes"
     return response
 
