@@ -310,3 +310,54 @@ class DatabaseIdConverter(IntegerConverter):
     def __init__(self, url_map: Any, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("max", 2**63 - 1)
         super().__init__(url_map, *args, **kwargs)
+
+
+# ---- moving a node's data into another database (a single gateway becoming a node of a pair) -----------------------
+# What a node's database holds that another one should: everything but what belongs to the running node itself (its
+# devices' live sessions, the leader lease, console sign-ins and their throttle) and image content, which `pnpp run`
+# gives the new database from the image files.
+NOT_COPIED = ("device_sessions", "leases", "console_sessions", "sign_in_failures", "image_chunks")
+COPY_BATCH = 1000
+
+
+class CopyRefused(RuntimeError):
+    """The target database cannot take the copy (it already holds data, or is at another revision)."""
+
+
+def copy_database(source: Any, target: Any) -> dict[str, int]:
+    """Copy every row of ``source`` (a SQLAlchemy engine at the head revision) into ``target`` (an engine on an empty
+    database at the same revision), one transaction; rows copied per table. PostgreSQL's id sequences are moved past
+    the copied ids, so new rows do not collide."""
+    from sqlalchemy import bindparam, func, select, update
+
+    tables = [t for t in db.metadata.sorted_tables if t.name not in NOT_COPIED]
+    with target.begin() as into:
+        held = {t.name: into.execute(select(func.count()).select_from(t)).scalar_one() for t in tables}
+        if any(held.values()):
+            raise CopyRefused("the target database holds data already (" + ", ".join(
+                f"{n} {name}" for name, n in held.items() if n) + "): copy into an empty database only")
+        copied: dict[str, int] = {}
+        with source.connect() as reading:
+            for table in tables:
+                # A device names its current job and a job its device: devices go in first without it.
+                deferred = "current_job_id" if table.name == "devices" else None
+                count = 0
+                rows = reading.execute(select(table)).mappings()
+                while batch := rows.fetchmany(COPY_BATCH):
+                    values = [{**row, deferred: None} if deferred else dict(row) for row in batch]
+                    into.execute(table.insert(), values)
+                    count += len(values)
+                copied[table.name] = count
+            devices = db.metadata.tables["devices"]
+            point = update(devices).where(devices.c.id == bindparam("device")).values(
+                current_job_id=bindparam("job"))
+            current = reading.execute(select(devices.c.id, devices.c.current_job_id)
+                                      .where(devices.c.current_job_id.is_not(None)))
+            while batch := current.fetchmany(COPY_BATCH):
+                into.execute(point, [{"device": device, "job": job} for device, job in batch])
+        if into.dialect.name == "postgresql":
+            for table in tables:
+                if "id" in table.c and table.c.id.autoincrement in (True, "auto") and copied[table.name]:
+                    into.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                                      f"(SELECT MAX(id) FROM {table.name}))"))
+    return copied

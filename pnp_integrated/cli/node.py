@@ -217,6 +217,60 @@ def db_upgrade(revision: str) -> None:
         fail(f"migration failed: {exc}")
 
 
+@db.command("copy")
+@click.option("--to", "target_url", required=True, metavar="URL",
+              help="the database to copy into (empty), e.g. postgresql+psycopg://pnp:PASSWORD@10.0.0.9/pnp")
+@click.option("--from", "source_url", default=None, metavar="URL",
+              help="the database to copy from (default: this node's), e.g. sqlite:////var/lib/pnp/pnp.sqlite3")
+def db_copy(target_url: str, source_url: str | None) -> None:
+    """Copy this node's data (profiles, images' rows, devices, jobs and their steps, unsent events for Prime, users,
+    tokens, the audit log) into an empty database: a single gateway on SQLite becoming a node of a pair.
+
+    Stop `pnpp run` first: what it writes meanwhile would not be copied. Live device sessions, the leader lease and
+    console sign-ins are not copied; the images' content goes in when `pnpp run` starts on the new database.
+    """
+    import dataclasses
+    import socket
+
+    from ..database import CopyRefused, copy_database
+    from .enrolment import pair_database
+
+    settings = settings_or_exit()
+    if source_url:
+        settings = dataclasses.replace(settings, database_url=source_url)
+    if target_url == settings.sqlalchemy_url:
+        fail("--to names the database copied from: give the database to copy into", 2)
+    try:
+        socket.create_connection(("127.0.0.1", settings.http_port), timeout=1).close()
+    except OSError:
+        pass
+    else:
+        fail(f"this node is running (port {settings.http_port} answers): stop `pnpp run` first, so that nothing it "
+             "writes meanwhile is left behind", 2)
+    from ..extension import SchemaError, create_app
+
+    try:  # at the head revision, or the message says to upgrade it first
+        source = create_app({f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
+    except (ConfigError, SchemaError) as exc:
+        fail(str(exc), 2)
+    try:
+        target = pair_database(dataclasses.replace(settings, database_url=target_url))
+        with source.app_context():
+            from ..models import db as source_db
+
+            source_engine = source_db.engine
+        with target.app_context():
+            from ..models import db as target_db
+
+            copied = copy_database(source_engine, target_db.engine)
+    except CopyRefused as exc:
+        fail(str(exc), 2)
+    except Exception as exc:  # the driver's own words: unreachable, refused login, another revision
+        fail(f"cannot copy into {target_url.split('@')[-1]}: {database_error_text(exc)}")
+    shown = ", ".join(f"{n} {name}" for name, n in copied.items() if n) or "nothing (this node's database is empty)"
+    click.echo(f"copied into {target_url.split('@')[-1]}: {shown}")
+
+
 @db.command("downgrade")
 @click.argument("revision")
 def db_downgrade(revision: str) -> None:

@@ -790,6 +790,10 @@ def run_setup(options: dict[str, Any], advanced: bool) -> None:
         _enrol(plan, answers, settings, runtime, credentials, write)
     else:
         write()
+    if settings.database_url and not runtime.database_url and (runtime.data_dir / "pnp.sqlite3").exists():
+        click.echo(f"This gateway's data (profiles, images, devices, jobs) is in its SQLite database: to take it "
+                   f"along, stop `pnpp run` and, before starting it again, run `PNP_CONFIG={path} pnpp db copy "
+                   f"--from {runtime.sqlalchemy_url} --to URL` with the database URL given here.")
     click.echo(f"Start the gateway with: PNP_CONFIG={path} pnpp run")
 
 
