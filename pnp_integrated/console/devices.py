@@ -9,6 +9,7 @@ and the actions: claim to a profile, re-provision, cancel, retry, each one API o
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from flask import Response, redirect, request, url_for
@@ -39,7 +40,7 @@ def _local_to_rfc3339(value: str) -> str | None:
 def _inventory_query() -> tuple[dict[str, str], dict[str, str], list[str]]:
     """(the form's values, the API's query, problems with the form) from this request's query string."""
     form = {name: request.args.get(name, "").strip() for name in (*FILTERS, "last_seen_after", "sort", "order",
-                                                                  "limit", "cursor")}
+                                                                  "limit", "cursor", "back")}
     query: dict[str, str] = {}
     problems = []
     for name in FILTERS:
@@ -60,9 +61,22 @@ def _inventory_query() -> tuple[dict[str, str], dict[str, str], list[str]]:
     return form, query, problems
 
 
+# The API's pages go forward only; "Previous page" walks back along the cursors of the pages before this one,
+# carried in the URL ("back": the first page is FIRST, the others their cursors, joined by "."), at most BACK_DEPTH.
+BACK_DEPTH = 20
+FIRST = "0"
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,1024}")
+
+
+def _trail(form: dict[str, str]) -> list[str]:
+    """The cursors of the pages before this one, nearest last (FIRST for the first page); [] when none or bad."""
+    trail = form["back"].split(".") if form["back"] else []
+    return trail if len(trail) <= BACK_DEPTH and all(_CURSOR.fullmatch(c) for c in trail) else []
+
+
 def _link(form: dict[str, str], **changes: str) -> str:
     """The inventory's URL with these filters and ``changes`` (a changed filter or sort starts again at page 1)."""
-    values = {k: v for k, v in form.items() if v and k not in ("cursor", "at", "total")}
+    values = {k: v for k, v in form.items() if v and k not in ("cursor", "at", "total", "back")}
     values.update(changes)
     return url_for("console.inventory", **{k: v for k, v in values.items() if v})
 
@@ -88,11 +102,19 @@ def inventory() -> Response:
     total = body.get("total")
     if total is None and request.args.get("total", "").isdigit():
         total = int(request.args["total"])
-    next_link = None
+    next_link = previous_link = None
+    trail = _trail(form) if form["cursor"] else []
     if body.get("next"):
-        next_link = _link(form, cursor=body["next"], at=str(at + len(body["items"])), total=str(total or ""))
+        ahead = [*trail, form["cursor"] or FIRST][-BACK_DEPTH:]
+        next_link = _link(form, cursor=body["next"], at=str(at + len(body["items"])), total=str(total or ""),
+                          back=".".join(ahead))
+    if trail:
+        earlier = trail[-1]
+        previous_link = _link(form, cursor="" if earlier == FIRST else earlier,
+                              at=str(max(0, at - int(form["limit"]))), total=str(total or ""),
+                              back=".".join(trail[:-1]) if earlier != FIRST else "")
     return page("console/devices.html", **{**context, "devices": body["items"], "total": total, "at": at,
-                                           "next_link": next_link})
+                                           "next_link": next_link, "previous_link": previous_link})
 
 
 def _device_context(serial: str) -> dict[str, Any] | Response:

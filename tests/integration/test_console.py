@@ -138,6 +138,17 @@ def test_an_operator_finds_the_failed_devices_and_reads_why_one_failed(browser: 
     console.shoot(page, "devices")
     page.click("#next-page")
     expect(page.locator("#page-summary")).to_contain_text(f"Devices 51 to 100 of {fleet.by_state['failed']:,}")
+    second = rows.locator("td:nth-child(1)").all_inner_texts()
+    assert fleet.by_state["failed"] > 150
+    page.click("#next-page")
+    expect(page.locator("#page-summary")).to_contain_text(f"Devices 101 to 150 of {fleet.by_state['failed']:,}")
+    # ... and back, page by page, to the first.
+    page.click("#previous-page")
+    expect(page.locator("#page-summary")).to_contain_text(f"Devices 51 to 100 of {fleet.by_state['failed']:,}")
+    assert rows.locator("td:nth-child(1)").all_inner_texts() == second
+    page.click("#previous-page")
+    expect(page.locator("#page-summary")).to_contain_text(f"Devices 1 to 50 of {fleet.by_state['failed']:,}")
+    expect(page.locator("#previous-page")).to_have_count(0)
 
     # A search narrows it to one device; its page tells why it failed, in the device's words.
     serial = sorted(fleet.failed)[-1]
