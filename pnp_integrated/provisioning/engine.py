@@ -56,7 +56,7 @@ from ..outbox import device_payload, job_payload, record_event
 from ..refusals import NEW_DEVICES_PER_SOURCE, count_refusal
 from ..sealing import SealError, unseal
 from ..statements import PlainStatement, dbapi_connection, dialect_name
-from .matching import match_profile
+from .matching import first_match, match_profile
 from .steps import BY_NAME, STEP_NAMES, STEPS, Work
 from .templates import TemplateProblem, device_variables, render_template
 from .types import (
@@ -384,13 +384,10 @@ def contact(identity: DeviceIdentity, *, device_correlator: str = "") -> Action:
 
 
 def _contact(identity: DeviceIdentity, device_correlator: str = "") -> Action:
-    known = _known_device_contact(identity, device_correlator)
-    if known is not None:
-        return known
-    action = _contact_action(identity)
-    if device_correlator and action.correlator and action.job_id is not None:
-        _note_device_correlator(db.session.get(ProvisioningJob, action.job_id), device_correlator)
-    return action
+    device, job, profile = _locked_work(identity.serial)
+    if device is not None and job is not None and device.protocol:
+        return _known_device_contact(identity, device, job, profile, device_correlator)
+    return _first_contact(identity, device, job, profile, device_correlator)
 
 
 def _with_device_correlator(state: str, correlator: str, pending_request: dict[str, Any] | None,
@@ -407,9 +404,7 @@ def _with_device_correlator(state: str, correlator: str, pending_request: dict[s
     return request
 
 
-def _note_device_correlator(job: ProvisioningJob | None, device_correlator: str) -> None:
-    if job is None:
-        return
+def _note_device_correlator(job: _Record, device_correlator: str) -> None:
     request = _with_device_correlator(job.state, job.correlator, job.pending_request, device_correlator)
     if request is not None:
         job.pending_request = request
@@ -419,17 +414,14 @@ _DEVICES, _JOBS, _PROFILES = Device.__table__, ProvisioningJob.__table__, Profil
 _IDENTITY_LIMITS = (("pid", 255), ("udi", 512), ("hostname", 255), ("address", 64))
 
 
-def _known_device_contact(identity: DeviceIdentity, device_correlator: str) -> Action | None:
-    """The contact of a device that has a job already (every request of a day 0 but the first), without the ORM:
-    the one read a report makes too, then one update of the device and, when the device named its question anew,
-    one of the job. ``None``: not such a device; the full path decides.
+def _known_device_contact(identity: DeviceIdentity, device: _Record, job: _Record, profile: _Record | None,
+                          device_correlator: str) -> Action:
+    """The contact of a device that has a job already (every request of a day 0 but the first): after the one read
+    a report makes too, one update of the device and, when the device named its question anew, one of the job.
 
-    The same rules as the full path: the device row is locked first (PostgreSQL), and the job's write is a
-    compare-and-set on its ``version``, so a concurrent writer makes this one replay.
+    The device row was locked by the read (PostgreSQL), and the job's write is a compare-and-set on its
+    ``version``, so a concurrent writer makes this one replay.
     """
-    device, job, profile = _locked_work(identity.serial)
-    if device is None or job is None or not device.protocol:  # unseen, no job, or first contact after the API
-        return None
     device.last_seen = utcnow()
     if device.protocol != identity.protocol[:16]:
         device.protocol = identity.protocol[:16]
@@ -437,9 +429,7 @@ def _known_device_contact(identity: DeviceIdentity, device_correlator: str) -> A
         value = getattr(identity, attribute)[:limit]
         if value and value != getattr(device, attribute):
             setattr(device, attribute, value)
-    request = _with_device_correlator(job.state, job.correlator, job.pending_request, device_correlator)
-    if request is not None:
-        job.pending_request = request
+    _note_device_correlator(job, device_correlator)
     _write_back(device, job)
     return action_for(job, profile)
 
@@ -466,9 +456,8 @@ def new_devices_limited(address: str) -> bool:
     if not limit:
         return False
     since = utcnow() - dt.timedelta(seconds=60)
-    recent = db.session.scalar(select(func.count()).select_from(Device).where(
-        Device.address == address[:64], Device.first_seen >= since)) or 0
-    return recent >= limit
+    recent = _RECENT_NEW_DEVICES.first({"address": address[:64], "since": since})
+    return (recent[0] if recent else 0) >= limit
 
 
 def _is_loopback(address: str) -> bool:
@@ -486,7 +475,7 @@ def new_device_refused(serial: str, address: str) -> bool:
     """
     if not _new_devices_limit(address):
         return False
-    if db.session.scalar(select(Device.id).where(Device.serial == serial)) is not None:
+    if _DEVICE_BY_SERIAL.first({"serial": serial}) is not None:
         return False
     return new_devices_limited(address)
 
@@ -498,47 +487,108 @@ def _refused_new_device(address: str) -> Action:
                   detail=f"{address} introduced {limit} new devices this minute; come back later")
 
 
-def _contact_action(identity: DeviceIdentity) -> Action:
+def _first_contact(identity: DeviceIdentity, device: _Record | None, job: _Record | None,
+                   profile: _Record | None, device_correlator: str) -> Action:
+    """A device without a job yet (unseen, known only from the API, unclaimed so far) or its first contact: the
+    device recorded, claimed for a profile and its job started, in plain statements as a known device's contact.
+
+    A concurrent first contact of the same serial fails the device's INSERT (its serial is unique), and attaching the
+    job is a compare-and-set on ``devices.current_job_id``: either makes this one replay.
+    """
     now = utcnow()
-    device = locked_device(identity.serial)
-    if device is None and new_devices_limited(identity.address):
-        return _refused_new_device(identity.address)  # nothing recorded: no row, no event
-    reported = device is not None and device.state == DEVICE_UNCLAIMED
-    first_contact = device is None or not device.protocol  # unseen, or only known from the API so far
     if device is None:
-        device = Device(serial=identity.serial, first_seen=now, state=DEVICE_UNCLAIMED)
-        db.session.add(device)
-    device.last_seen = now
-    device.protocol = identity.protocol[:16]
-    for attribute, limit in _IDENTITY_LIMITS:
-        value = getattr(identity, attribute)
-        if value:
-            setattr(device, attribute, value[:limit])
-    db.session.flush()  # a concurrent first contact of the same serial fails here, and is replayed
+        if new_devices_limited(identity.address):
+            return _refused_new_device(identity.address)  # nothing recorded: no row, no event
+        device, reported, first_contact = _new_device(identity, now), False, True
+    else:
+        reported = device.state == DEVICE_UNCLAIMED
+        first_contact = not device.protocol  # only known from the API so far
+        device.last_seen = now
+        device.protocol = identity.protocol[:16]
+        for attribute, limit in _IDENTITY_LIMITS:
+            value = getattr(identity, attribute)
+            if value:
+                setattr(device, attribute, value[:limit])
     if first_contact and identity.protocol == "pnp":
         # Open PnP has no session that comes up (CNS reports its own): Prime hears of the device at first contact.
         record_event("device.connected", {"device": device_payload(device)})
-
-    job = current_job(device)
     if job is not None:
-        return action_for(job, job_profile(job))
+        _note_device_correlator(job, device_correlator)
+        _write_back(device, job)
+        return action_for(job, profile)
 
-    profile = profile_for(device)
+    profile = _profile_for(device)
     if profile is None:
         device.state = DEVICE_UNCLAIMED
         device.profile_id = None
         if not reported:
             record_event("device.unclaimed", {"device": device_payload(device)})
+        _write_back(device, None)
         return _unclaimed_action()
-    job = ProvisioningJob(device_id=device.id, profile_id=profile.id, protocol=device.protocol, state=RUNNING,
-                          step=STEP_NAMES[0], context={"nonce": secrets.token_hex(3)})
-    db.session.add(job)
-    db.session.flush()
-    attach_job(device, job, previous=None)
+    if device.current_job_id is not None:
+        # PostgreSQL: the device row was locked after the other transaction that gave it this job had committed, but
+        # the outer join still read the jobs as they were before: read again.
+        raise LostRace(f"device {device.serial} got a job meanwhile")
+    job = _new_job(device, profile)
+    device.current_job_id = job.id
     device.profile_id = profile.id
     device.state = DEVICE_PROVISIONING
-    issue_step(Work(job, device, profile), STEP_NAMES[0])
+    issue_step(Work(job, device, profile), STEP_NAMES[0])  # type: ignore[arg-type]
+    _note_device_correlator(job, device_correlator)
+    _write_back(device, job, attaching=True)
     return action_for(job, profile)
+
+
+_INSERT_DEVICE = PlainStatement(insert(_DEVICES).returning(*_DEVICES.c))
+_INSERT_JOB = PlainStatement(insert(_JOBS).returning(*_JOBS.c))
+_DEVICE_COLUMNS = tuple(column.name for column in _DEVICES.c)
+_JOB_COLUMNS = tuple(column.name for column in _JOBS.c)
+_DEVICE_BY_SERIAL = PlainStatement(select(_DEVICES.c.id).where(_DEVICES.c.serial == bindparam("serial")))
+_RECENT_NEW_DEVICES = PlainStatement(
+    select(func.count()).select_from(_DEVICES)
+    .where(_DEVICES.c.address == bindparam("address"), _DEVICES.c.first_seen >= bindparam("since")))
+
+
+def _new_device(identity: DeviceIdentity, now: dt.datetime) -> _Record:
+    values: dict[str, Any] = {"serial": identity.serial, "first_seen": now, "last_seen": now,
+                              "state": DEVICE_UNCLAIMED, "protocol": identity.protocol[:16]}
+    for attribute, limit in _IDENTITY_LIMITS:
+        value = getattr(identity, attribute)
+        if value:
+            values[attribute] = value[:limit]
+    row = _INSERT_DEVICE.first(values)
+    assert row is not None
+    return _Record(dict(zip(_DEVICE_COLUMNS, row, strict=True)))
+
+
+def _new_job(device: _Record, profile: _Record) -> _Record:
+    row = _INSERT_JOB.first({"device_id": device.id, "profile_id": profile.id, "protocol": device.protocol,
+                             "state": RUNNING, "step": STEP_NAMES[0], "context": {"nonce": secrets.token_hex(3)}})
+    assert row is not None
+    return _Record(dict(zip(_JOB_COLUMNS, row, strict=True)))
+
+
+_PROFILE_COLUMNS = tuple(column.name for column in _PROFILES.c)
+_IMAGE_COLUMNS = tuple(column.name for column in Image.__table__.c)
+_EVERY_PROFILE = PlainStatement(
+    select(*_PROFILES.c, *Image.__table__.c)
+    .select_from(_PROFILES.outerjoin(Image.__table__, Image.__table__.c.id == _PROFILES.c.image_id))
+    .order_by(_PROFILES.c.id))
+
+
+def _profile_for(device: _Record) -> _Record | None:
+    """:func:`profile_for` on records: the device's assigned profile, else the first that matches it."""
+    profiles = []
+    for row in _EVERY_PROFILE.all({}):
+        profile = _Record(dict(zip(_PROFILE_COLUMNS, row[:len(_PROFILE_COLUMNS)], strict=True)))
+        image = dict(zip(_IMAGE_COLUMNS, row[len(_PROFILE_COLUMNS):], strict=True))
+        object.__setattr__(profile, "image", None if image["id"] is None else _Record(image))
+        profiles.append(profile)
+    if device.profile_id is not None:
+        assigned = next((profile for profile in profiles if profile.id == device.profile_id), None)
+        if assigned is not None:
+            return assigned
+    return first_match(profiles, device.serial, device.pid)
 
 
 def attach_job(device: Device, job: ProvisioningJob, previous: int | None) -> None:
@@ -603,6 +653,8 @@ _WORK_SELECT = (
 _WORK = PlainStatement(_WORK_SELECT)
 _WORK_LOCKED = PlainStatement(_WORK_SELECT.with_for_update(of=_DEVICES))
 _DEVICE_CHANGED = PlainStatement(update(_DEVICES).where(_DEVICES.c.id == bindparam("row_id")))
+_DEVICE_ATTACHED = PlainStatement(
+    update(_DEVICES).where(_DEVICES.c.id == bindparam("row_id"), _DEVICES.c.current_job_id.is_(None)))
 # The columns set are the parameters' names: each set of changed columns compiles once, not per call.
 _JOB_CHANGED = PlainStatement(
     update(_JOBS).where(_JOBS.c.id == bindparam("row_id"), _JOBS.c.version == bindparam("expected_version")))
@@ -632,14 +684,21 @@ def _locked_work(serial: str, lock: bool = True) -> tuple[Any, Any, Any]:
     return device, job, profile
 
 
-def _write_back(device: _Record, job: _Record | None) -> None:
-    """One UPDATE per changed row; the job's is a compare-and-set on its version (a concurrent writer replays us)."""
+def _write_back(device: _Record, job: _Record | None, *, attaching: bool = False) -> None:
+    """One UPDATE per changed row; the job's is a compare-and-set on its version (a concurrent writer replays us).
+
+    ``attaching``: the device is pointed at its new ``job`` only if it still points at no job, as :func:`attach_job`
+    does.
+    """
     if job is not None and job.changes:
         version = job._values["version"]
         values = {**job.changes, "version": version + 1, "row_id": job.id, "expected_version": version}
         if _JOB_CHANGED.rowcount(values) != 1:
             raise LostRace(f"job {job.id} changed meanwhile")
-    if device.changes:
+    if attaching:
+        if _DEVICE_ATTACHED.rowcount({"row_id": device.id, **device.changes}) != 1:
+            raise LostRace(f"device {device.serial} got another job meanwhile")
+    elif device.changes:
         _DEVICE_CHANGED.run({"row_id": device.id, **device.changes})
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 from sqlalchemy import select
 
@@ -39,9 +41,24 @@ def pid_matches(pattern: str, pid: str) -> bool:
     return fnmatch.fnmatchcase(pid.upper(), pattern.upper())
 
 
+class MatchRules(Protocol):
+    """What matching reads of a profile: an ORM row, or the engine's plain record of one."""
+
+    match_serials: list[str]
+    match_pid: str
+    is_default: bool
+
+
+_P = TypeVar("_P", bound=MatchRules)
+
+
 def match_profile(serial: str, pid: str) -> Profile | None:
     """The profile for a device with this serial and PID, or None (the device is unclaimed)."""
-    profiles = list(db.session.scalars(select(Profile).order_by(Profile.id)))
+    return first_match(list(db.session.scalars(select(Profile).order_by(Profile.id))), serial, pid)
+
+
+def first_match(profiles: Sequence[_P], serial: str, pid: str) -> _P | None:
+    """The first of ``profiles`` (oldest first) for a device with this serial and PID: serial, PID, default."""
     for profile in profiles:
         if serial in (profile.match_serials or []):
             return profile
