@@ -120,21 +120,22 @@ def _ca_key_path(settings: Settings) -> Path:
 
 
 def _server_certificate_fits(settings: Settings, paths: CertPaths, ca_cert: x509.Certificate) -> bool:
-    """Whether the generated server certificate names every address and name of the settings, from this CA."""
+    """Whether the generated server certificate names the address devices use and its name, from this CA (a
+    node's own address is not asked for: peers pin certificates, and Prime's servers share one)."""
     try:
         leaf = x509.load_pem_x509_certificates(paths.cert.read_bytes())[0]
         leaf.verify_directly_issued_by(ca_cert)
     except (OSError, ValueError, TypeError, IndexError, InvalidSignature):
         return False
-    return {settings.vip, settings.virtual_host_name, settings.node_addr} - {""} <= _named(leaf)
+    return {settings.vip, settings.virtual_host_name} - {""} <= _named(leaf)
 
 
 def ensure_certificates(settings: Settings) -> CertPaths:
     """Return the certificate files, generating a CA and a server certificate on first start.
 
-    A generated server certificate is issued again (by the same CA) when the settings name an address or a name it
-    does not have, as when a single gateway becomes a node of a pair (the pair's VIP and virtual host name), or
-    when the CA was replaced by the pair's (see :func:`adopt_gateway_ca`).
+    A generated server certificate is issued again (by the same CA) when it does not name the VIP or the virtual
+    host name of the settings, as when a single gateway becomes a node of a pair, or when the CA was replaced by the
+    pair's (see :func:`adopt_gateway_ca`).
     """
     paths = cert_paths(settings)
     if not paths.generated:
