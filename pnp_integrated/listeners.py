@@ -232,12 +232,40 @@ class _RefusalsLogged:
                  extra=client_mistake(f"http-refused-{port}"))
 
 
+ONE_SEND_LIMIT = 64 * 1024  # bytes of body sent with the header section; a larger body goes on in its own sends
+
+
+class _OneSendPerResponse:
+    """Sends a response's header section together with its body: pywsgi sends them apart, two system calls (and two
+    TCP segments) for every device's answer, which is a few hundred bytes."""
+
+    _held: bytearray | None = None
+
+    def _write_with_headers(self, data: bytes) -> None:
+        if len(data) > ONE_SEND_LIMIT:
+            super()._write_with_headers(data)  # type: ignore[misc]
+            return
+        self._held = bytearray()
+        try:
+            super()._write_with_headers(data)  # type: ignore[misc]
+            held = self._held
+        finally:
+            self._held = None
+        self._sendall(held)
+
+    def _sendall(self, data: bytes | bytearray) -> None:
+        if self._held is not None:
+            self._held += data
+            return
+        super()._sendall(data)  # type: ignore[misc]
+
+
 # The WSGI environ key of the client certificate a TLS client presented and the server verified (the dict of
 # ``SSLSocket.getpeercert()``); absent when it presented none.
 CLIENT_CERTIFICATE = "pnp.client_certificate"
 
 
-class _QuietWSGIHandler(_RefusalsLogged, _StrictHeaders, WSGIHandler):
+class _QuietWSGIHandler(_OneSendPerResponse, _RefusalsLogged, _StrictHeaders, WSGIHandler):
     """pywsgi handler whose access log goes through logging at debug level (gunicorn keeps the HTTP access log)."""
 
     def get_environ(self) -> dict[str, Any]:
@@ -286,7 +314,7 @@ class TLSWSGIServer(WSGIServer):
                          extra=client_mistake("http-client-gone"))
 
 
-class GatewayHTTPHandler(_RefusalsLogged, _StrictHeaders, PyWSGIHandler):
+class GatewayHTTPHandler(_OneSendPerResponse, _RefusalsLogged, _StrictHeaders, PyWSGIHandler):
     """gunicorn's handler on the plain HTTP port, with the same header checks and refusal log as every other port."""
 
 
