@@ -1,8 +1,9 @@
 """The transactional outbox: events for Prime are rows written in the same transaction as the change they report.
 
 The leader's bridge reads unsent rows in id order and marks them sent only after the broker's RECEIPT. A
-transaction that wrote events carries a mark in its session's ``info`` until it ends, so the leader's worker can wake
-its bridge at the commit (:func:`events_written`) instead of leaving the events to its next poll.
+transaction that wrote events carries a mark in its session's ``info`` (or its own transaction's) until it ends, so
+the leader's worker can wake its bridge at the commit (:func:`events_written`) instead of leaving the events to its
+next poll.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from .models import Device, OutboxEvent, db, new_uuid, utcnow
-from .statements import PlainStatement
+from .statements import OwnTransaction, PlainStatement, current_own_transaction
 
 # Fields every message carries; a payload cannot overwrite them.
 ENVELOPE = ("id", "type", "at", "gateway")
@@ -36,12 +37,18 @@ def record_event(type_: str, payload: dict[str, Any]) -> None:
     """
     _INSERT_EVENT.run({"event_id": new_uuid(), "type": type_, "payload": payload, "created_at": utcnow(),
                        "attempts": 0})
-    db.session.info[EVENTS_WRITTEN] = True
+    own = current_own_transaction()
+    (own.info if own is not None else db.session.info)[EVENTS_WRITTEN] = True
 
 
 def events_written(session: Session) -> bool:
     """Whether the transaction of ``session`` that ends now wrote events; the mark goes with the transaction."""
     return bool(session.info.pop(EVENTS_WRITTEN, False))
+
+
+def events_written_in(own: OwnTransaction) -> bool:
+    """Whether an own transaction (:func:`statements.own_transaction`) wrote events."""
+    return bool(own.info.get(EVENTS_WRITTEN, False))
 
 
 def device_payload(device: Device) -> dict[str, Any]:

@@ -15,7 +15,9 @@ on SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +35,59 @@ _NAMED_MARKER = re.compile(r"%\(([^)]+)\)s")  # pyformat (psycopg): rewritten to
 Processor = Callable[[Any], Any]
 
 
+class OwnTransaction:
+    """A transaction on a pooled connection of its own, outside the ORM session (see :func:`own_transaction`)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.info: dict[str, Any] = {}  # what the transaction's statements leave for its hooks (the outbox's mark)
+
+
+_OWN: ContextVar[OwnTransaction | None] = ContextVar("pnp_own_transaction", default=None)
+# Called after an own transaction committed; registered once per process at import, as SQLAlchemy's events are. The
+# transaction is committed already: a hook must not raise.
+AFTER_OWN_COMMIT: list[Callable[[OwnTransaction], None]] = []
+
+
+def current_own_transaction() -> OwnTransaction | None:
+    return _OWN.get()
+
+
+def session_in_transaction() -> bool:
+    """Whether the current ORM session has a transaction in progress (a caller's reads or writes belong to it)."""
+    registry = db.session.registry
+    return bool(registry.has() and registry().in_transaction())
+
+
+@contextmanager
+def own_transaction() -> Iterator[OwnTransaction]:
+    """Run the block in a transaction on a connection of its own, committed at its end and rolled back when it
+    raises; the plain statements of the block run in it.
+
+    No ORM session is involved: creating, committing and closing one costs more than a device request's statements.
+    """
+    connection = db.engine.connect()
+    try:
+        connection.begin()  # SQLAlchemy commits only a transaction it began; the statements bypass its autobegin
+        own = OwnTransaction(connection)
+        token = _OWN.set(own)
+        try:
+            yield own
+        finally:
+            _OWN.reset(token)
+        connection.commit()
+    finally:
+        connection.close()  # what was not committed is rolled back; the connection goes back to the pool
+    for hook in AFTER_OWN_COMMIT:
+        hook(own)
+
+
 def transaction_connection() -> Connection:
-    """The connection of the current session's transaction (begun if there is none), looked up once per transaction."""
+    """The connection of the current transaction: the own transaction's, else the session's (begun if there is
+    none, looked up once per transaction)."""
+    own = _OWN.get()
+    if own is not None:
+        return own.connection
     session = db.session()
     connection: Connection | None = session.info.get(TRANSACTION_CONNECTION)
     if connection is None:

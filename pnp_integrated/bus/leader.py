@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from .. import ha, outbox
 from ..context import gateway_state, node_role
 from ..models import db, utcnow
+from ..statements import AFTER_OWN_COMMIT, OwnTransaction
 from . import lease, retention
 from .bridge import PrimeBridge
 
@@ -334,8 +335,20 @@ class LeaderLoop:
 def _wake_bridge_at_commit(session: Session) -> None:
     """``after_commit`` of the sessions of this process: a transaction that wrote events wakes this worker's bridge,
     if it runs here. It must never raise: the transaction is already committed."""
-    if session.in_nested_transaction() or not outbox.events_written(session) or not has_app_context():
+    if session.in_nested_transaction() or not outbox.events_written(session):
         return  # a savepoint's release is not the commit: the outer transaction may still roll back
+    _wake_bridge()
+
+
+def _wake_bridge_after_own_commit(own: OwnTransaction) -> None:
+    """The same for the engine's own transactions (device requests), which run outside the session."""
+    if outbox.events_written_in(own):
+        _wake_bridge()
+
+
+def _wake_bridge() -> None:
+    if not has_app_context():
+        return
     try:
         loop = gateway_state().leader
     except RuntimeError:  # an app that is not a gateway: no bridge
@@ -354,6 +367,7 @@ def _forget_events_at_end(session: Session, transaction: SessionTransaction) -> 
 # Once per process, at import: every worker imports this module before it serves anything.
 event.listen(db.session, "after_commit", _wake_bridge_at_commit)
 event.listen(db.session, "after_transaction_end", _forget_events_at_end)
+AFTER_OWN_COMMIT.append(_wake_bridge_after_own_commit)
 
 
 def start_leader_loop(app: Flask, **options: Any) -> LeaderLoop:

@@ -55,7 +55,7 @@ from ..models import Device, Image, JobStep, Profile, ProvisioningJob, db, utcno
 from ..outbox import device_payload, job_payload, record_event
 from ..refusals import NEW_DEVICES_PER_SOURCE, count_refusal
 from ..sealing import SealError, unseal
-from ..statements import PlainStatement, dbapi_connection, dialect_name
+from ..statements import PlainStatement, dbapi_connection, dialect_name, own_transaction, session_in_transaction
 from .matching import first_match, match_profile
 from .steps import BY_NAME, STEP_NAMES, STEPS, Work
 from .templates import TemplateProblem, device_variables, render_template
@@ -337,17 +337,26 @@ def _begin_write() -> None:
 
 
 def _transaction(work: Callable[[], _T], busy: Callable[[], _T]) -> _T:
-    """Run ``work`` and commit; replay it after a lost race; ``busy()`` answers when the races never stop."""
+    """Run ``work`` and commit; replay it after a lost race; ``busy()`` answers when the races never stop.
+
+    A device request runs in a transaction of its own, without an ORM session (its statements are plain); a caller
+    whose session has a transaction in progress has the work done and committed in that one, as its reads and
+    writes belong to it. Either way the rollback of a failed attempt comes before the next writer's turn.
+    """
     for replay in range(MAX_REPLAYS):
         try:
             with sqlite_write_turn():
+                if not session_in_transaction():
+                    with own_transaction():
+                        _begin_write()
+                        return work()
                 try:
                     _begin_write()
                     result = work()
                     db.session.commit()
                     return result
                 except BaseException:
-                    db.session.rollback()  # before the next writer of this process gets its turn
+                    db.session.rollback()
                     raise
         except (LostRace, StaleDataError, IntegrityError, OperationalError) as exc:
             log.debug("engine transaction lost a race (%s), replay %d", type(exc).__name__, replay + 1)
@@ -727,11 +736,23 @@ def _report(serial: str, correlator: str, outcome: Outcome) -> Action:
 def pending(serial: str) -> Action | None:
     """The device's current action, without changing anything; None for a device never seen."""
     _check_serial(serial)
-    try:
+
+    def read() -> Action | None:
         device, job, profile = _locked_work(serial, lock=False)
         if device is None:
             return None
         return _unclaimed_action() if job is None else action_for(job, profile)
+
+    return _reading(read)
+
+
+def _reading(read: Callable[[], _T]) -> _T:
+    """Run a read in a transaction of its own (or, as :func:`_transaction`, in the session's one in progress)."""
+    if not session_in_transaction():
+        with own_transaction():
+            return read()
+    try:
+        return read()
     finally:
         db.session.commit()
 
@@ -744,24 +765,21 @@ def rendered_config(serial: str, correlator: str | None = None) -> str | None:
     unknown or unclaimed device, or when the template cannot be rendered for it: never another device's text.
     """
     _check_serial(serial)
+    device, job, profile = _reading(lambda: _locked_work(serial, lock=False))
+    if device is None or job is None:
+        return None
+    request = job.pending_request or {}
+    if correlator is not None:
+        if correlator != job.correlator or job.state != RUNNING or "config_text" not in request:
+            return None
+        return str(request["config_text"])
+    if job.state == RUNNING and request.get("kind") == ActionKind.CONFIG.value:
+        return str(request["config_text"])
+    if profile is None or not profile.config_template:
+        return None
     try:
-        device, job, profile = _locked_work(serial, lock=False)
-        if device is None or job is None:
-            return None
-        request = job.pending_request or {}
-        if correlator is not None:
-            if correlator != job.correlator or job.state != RUNNING or "config_text" not in request:
-                return None
-            return str(request["config_text"])
-        if job.state == RUNNING and request.get("kind") == ActionKind.CONFIG.value:
-            return str(request["config_text"])
-        if profile is None or not profile.config_template:
-            return None
-        try:
-            return render_template(profile.config_template, device_variables(profile, device),
-                                   label=f"configuration template of profile {profile.name}")
-        except TemplateProblem as exc:
-            log.warning("no configuration for %s: %s", serial, exc)
-            return None
-    finally:
-        db.session.commit()
+        return render_template(profile.config_template, device_variables(profile, device),
+                               label=f"configuration template of profile {profile.name}")
+    except TemplateProblem as exc:
+        log.warning("no configuration for %s: %s", serial, exc)
+        return None

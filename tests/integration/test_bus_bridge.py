@@ -27,6 +27,8 @@ from pnp_integrated.models import AuditEntry, OutboxEvent, ProcessedCommand, Pro
 from pnp_integrated.outbox import record_event
 from pnp_integrated.prime.accounts import enrol_local_gateway
 from pnp_integrated.prime.server import PrimeProcess, events_path
+from pnp_integrated.provisioning import engine
+from pnp_integrated.provisioning.types import DeviceIdentity
 from tests.support import prime_client, wait_until
 
 Node = tuple[Flask, PrimeProcess]
@@ -120,6 +122,16 @@ def test_events_committed_in_the_leaders_worker_reach_prime_without_waiting_for_
     # And again, once the bridge waits anew: every commit wakes it, not only the first.
     [again] = job_steps(app, 1, job=8)
     wait_until(lambda: again in {e[0] for e in sink_events(app)}, 20, "the second event at Prime")
+
+
+def test_a_device_requests_events_reach_prime_without_waiting_for_the_poll(node: Node, leader: LeaderLoop) -> None:
+    """A device's request is the engine's own transaction, outside the session: its commit wakes the bridge too."""
+    app, _ = node
+    with app.app_context():
+        engine.contact(DeviceIdentity(serial="WAKE0001", protocol="pnp", address="192.0.2.7"))
+    arrived = wait_until(lambda: [e for e in sink_events(app) if e[1] == "device.connected"], 20,
+                         f"the device's event at Prime, long before the bridge's next poll ({NO_POLL:g}s)")
+    assert arrived[0][3]["device"]["serial"] == "WAKE0001"
 
 
 def test_a_batch_of_events_costs_the_bridge_one_commit(node: Node, bridge: PrimeBridge) -> None:
