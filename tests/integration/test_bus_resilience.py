@@ -242,11 +242,12 @@ def test_events_survive_a_broker_kill_and_reach_prime_exactly_once(gateway: Flas
 
 # ---- the gateway dies -----------------------------------------------------------------------------------------------
 def test_gateway_killed_mid_stream_loses_nothing(gateway: Flask, prime: Prime, tmp_path: Path) -> None:
-    total = 500
+    total = 800
     first = GatewayProcess(gateway, prime, tmp_path / "gateway1.log")
     try:
         wait_until(lambda: "connected to Prime broker" in first.log(), 40, "the first gateway to connect")
-        producer = produce(gateway, total, pause=0.05)  # a few seconds of provisioning
+        # 40 s of provisioning: still going when the first 50 events are at Prime, on a loaded machine too
+        producer = produce(gateway, total, pause=0.05)
         wait_until(lambda: sum(1 for i in outbox_ids(gateway) if i in prime.stored()) >= 50, 40,
                    "the first gateway's events at Prime")
         first.kill()  # SIGKILL mid-stream: some events sent without their receipt seen, others not sent yet
@@ -255,7 +256,7 @@ def test_gateway_killed_mid_stream_loses_nothing(gateway: Flask, prime: Prime, t
         first.kill()
     second = GatewayProcess(gateway, prime, tmp_path / "gateway2.log")
     try:
-        producer.join(60)
+        producer.join(90)
         assert_each_event_once(gateway, prime, total)
     finally:
         second.stop()
