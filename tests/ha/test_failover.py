@@ -40,10 +40,13 @@ def test_vip_move_makes_the_other_node_active_and_a_crashed_mover_never_gives_tw
     lab = ha_lab("keepalived")
     wait_until(lambda: sorted(states(lab)) == ["ACTIVE", "PASSIVE"], 30, "one ACTIVE and one PASSIVE node")
     active, passive = ("prime-a", "prime-b") if lab.state("prime-a") == "ACTIVE" else ("prime-b", "prime-a")
-    assert lab.vip_holders() == [active]
-    assert device_request(lab, passive) == (503, "10")
+    # Settled a moment after both nodes answer their status: keepalived's election, the passive node's workers
+    # reading the lease, the active node's reading of its Prime.
+    wait_until(lambda: lab.vip_holders() == [active], 10, f"the VIP on {active} alone")
+    wait_until(lambda: device_request(lab, passive) == (503, "10"), 10, f"{passive} to send devices away for 10 s")
     assert device_request(lab, active)[0] == 200
-    assert "connected to the VIP" in ha_row(lab, active, "Prime Infrastructure HA status")["info"]
+    wait_until(lambda: "connected to the VIP" in ha_row(lab, active, "Prime Infrastructure HA status")["info"], 10,
+               f"{active} to read its Prime's state")
 
     # keepalived stops on the active node: the VIP moves, the other gateway follows within seconds.
     lab.stop_keepalived(active)
