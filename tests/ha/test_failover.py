@@ -38,8 +38,14 @@ def ha_row(lab: HaLab, name: str, service: str) -> dict[str, str]:
 def test_vip_move_makes_the_other_node_active_and_a_crashed_mover_never_gives_two(
         ha_lab: Callable[[str], HaLab]) -> None:
     lab = ha_lab("keepalived")
-    wait_until(lambda: sorted(states(lab)) == ["ACTIVE", "PASSIVE"], 30, "one ACTIVE and one PASSIVE node")
-    active, passive = ("prime-a", "prime-b") if lab.state("prime-a") == "ACTIVE" else ("prime-b", "prime-a")
+    # Which node is ACTIVE comes from the one reading that found them settled (a second reading of a node still
+    # busy starting may time out, and would name the wrong one).
+    def one_active_one_passive() -> tuple[str, str] | None:
+        now = states(lab)
+        return now if sorted(now) == ["ACTIVE", "PASSIVE"] else None
+
+    settled = wait_until(one_active_one_passive, 30, "one ACTIVE and one PASSIVE node")
+    active, passive = ("prime-a", "prime-b") if settled[0] == "ACTIVE" else ("prime-b", "prime-a")
     # Settled a moment after both nodes answer their status: keepalived's election, the passive node's workers
     # reading the lease, the active node's reading of its Prime.
     wait_until(lambda: lab.vip_holders() == [active], 10, f"the VIP on {active} alone")

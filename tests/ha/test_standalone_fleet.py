@@ -26,9 +26,13 @@ pytestmark = pytest.mark.fleet
 def test_hard_kill_of_the_active_gateway_mid_provisioning(standalone_lab: Callable[..., StandaloneLab],
                                                           tmp_path: Path) -> None:
     lab = standalone_lab("keepalived", "different-ip")
-    states = lambda: sorted((lab.state("gw-a"), lab.state("gw-b")))  # noqa: E731
-    wait_until(lambda: states() == ["ACTIVE", "PASSIVE"], 60, "one ACTIVE and one PASSIVE gateway")
-    active, standby = ("gw-a", "gw-b") if lab.state("gw-a") == "ACTIVE" else ("gw-b", "gw-a")
+    def one_active_one_passive() -> tuple[str, str] | None:
+        now = (lab.state("gw-a"), lab.state("gw-b"))
+        return now if sorted(now) == ["ACTIVE", "PASSIVE"] else None
+
+    # Which gateway is ACTIVE comes from the reading that found them settled, not from a second one that may time out.
+    settled = wait_until(one_active_one_passive, 60, "one ACTIVE and one PASSIVE gateway")
+    active, standby = ("gw-a", "gw-b") if settled[0] == "ACTIVE" else ("gw-b", "gw-a")
     wait_until(lambda: "connected to the primary" in (lab.row(active, "Prime Infrastructure HA status") or {})
                .get("info", ""), 30, "the bridge to reach Prime's primary")
     refused = lab.ha_failback(standby)  # keepalived decides: the command says what to do instead
