@@ -40,6 +40,11 @@ class CertPaths:
     ca: Path
     generated: bool
 
+    @property
+    def ca_key(self) -> Path:
+        """The generated CA's private key (beside its certificate)."""
+        return self.ca.with_name("ca.key")
+
 
 def cert_paths(settings: Settings) -> CertPaths:
     if settings.tls_cert_file:
@@ -53,6 +58,9 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+
+
+_PEM = serialization.Encoding.PEM
 
 
 def _server_names(settings: Settings) -> list[str]:
@@ -75,15 +83,24 @@ def _san_entries(names: list[str]) -> list[x509.GeneralName]:
     return entries
 
 
-def _named(cert: x509.Certificate) -> set[str]:
+def _subject_alt_names(cert: x509.Certificate) -> list[str]:
+    """The addresses, then the names, a certificate is good for."""
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return set()
-    return {str(v) for v in sans.get_values_for_type(x509.IPAddress)} | set(sans.get_values_for_type(x509.DNSName))
+        return []
+    return [str(v) for v in sans.get_values_for_type(x509.IPAddress)] + sans.get_values_for_type(x509.DNSName)
 
 
-_PEM = serialization.Encoding.PEM
+def _leaf(paths: CertPaths) -> x509.Certificate:
+    """The server certificate itself, first in its chain file."""
+    return x509.load_pem_x509_certificates(paths.cert.read_bytes())[0]
+
+
+def leaf_certificate(paths: CertPaths) -> str:
+    """The server certificate (PEM) without the CA its chain file carries: what a peer pins."""
+    return _leaf(paths).public_bytes(_PEM).decode()
+
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -115,19 +132,15 @@ def _issue_server_certificate(settings: Settings, paths: CertPaths, ca_cert: x50
     paths.cert.write_bytes(cert.public_bytes(_PEM) + ca_cert.public_bytes(_PEM))
 
 
-def _ca_key_path(settings: Settings) -> Path:
-    return settings.certs_dir / "ca.key"
-
-
 def _server_certificate_fits(settings: Settings, paths: CertPaths, ca_cert: x509.Certificate) -> bool:
     """Whether the generated server certificate names the address devices use and its name, from this CA (a
     node's own address is not asked for: peers pin certificates, and Prime's servers share one)."""
     try:
-        leaf = x509.load_pem_x509_certificates(paths.cert.read_bytes())[0]
+        leaf = _leaf(paths)
         leaf.verify_directly_issued_by(ca_cert)
     except (OSError, ValueError, TypeError, IndexError, InvalidSignature):
         return False
-    return {settings.vip, settings.virtual_host_name} - {""} <= _named(leaf)
+    return {settings.vip, settings.virtual_host_name} - {""} <= set(_subject_alt_names(leaf))
 
 
 def ensure_certificates(settings: Settings) -> CertPaths:
@@ -140,12 +153,11 @@ def ensure_certificates(settings: Settings) -> CertPaths:
     paths = cert_paths(settings)
     if not paths.generated:
         return paths
-    ca_key_path = _ca_key_path(settings)
-    if paths.ca.exists() and ca_key_path.exists():
+    if paths.ca.exists() and paths.ca_key.exists():
         ca_cert = x509.load_pem_x509_certificate(paths.ca.read_bytes())
         if paths.key.exists() and _server_certificate_fits(settings, paths, ca_cert):
             return paths
-        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
         _issue_server_certificate(settings, paths, ca_cert, ca_key)
         return paths
@@ -169,19 +181,18 @@ def ensure_certificates(settings: Settings) -> CertPaths:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(ca_key_path, _private_pem(ca_key))
+    _write_private(paths.ca_key, _private_pem(ca_key))
     paths.ca.write_bytes(ca_cert.public_bytes(_PEM))
     _issue_server_certificate(settings, paths, ca_cert, ca_key)
     return paths
 
 
-def gateway_ca(settings: Settings) -> dict[str, str] | None:
+def gateway_ca(paths: CertPaths) -> dict[str, str] | None:
     """The generated CA (certificate and key, PEM) that a pair's nodes share, so that a device trusting one node's
     CA trusts the other's certificate after a failover; ``None`` with the operator's own certificates."""
-    paths = ensure_certificates(settings)
     if not paths.generated:
         return None
-    return {"certificate": paths.ca.read_text(), "key": _ca_key_path(settings).read_text()}
+    return {"certificate": paths.ca.read_text(), "key": paths.ca_key.read_text()}
 
 
 def adopt_gateway_ca(settings: Settings, certificate: str, key: str) -> str:
@@ -194,11 +205,9 @@ def adopt_gateway_ca(settings: Settings, certificate: str, key: str) -> str:
     paths = cert_paths(settings)
     settings.certs_dir.mkdir(parents=True, exist_ok=True)
     if not (paths.ca.exists() and paths.ca.read_text() == certificate):
-        _write_private(_ca_key_path(settings), key.encode())
+        _write_private(paths.ca_key, key.encode())
         paths.ca.write_text(certificate)
-    ensure_certificates(settings)
-    leaf = x509.load_pem_x509_certificates(paths.cert.read_bytes())[0]
-    return leaf.public_bytes(_PEM).decode()
+    return leaf_certificate(ensure_certificates(settings))
 
 
 def server_context(settings: Settings, paths: CertPaths | None = None) -> ssl.SSLContext:
@@ -241,15 +250,7 @@ def client_context(settings: Settings) -> ssl.SSLContext:
 
 def describe(paths: CertPaths) -> dict[str, object]:
     """Human-facing facts about the server certificate (``pnpp certs show``)."""
-    data = paths.cert.read_bytes()
-    cert = x509.load_pem_x509_certificates(data)[0]
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        san_list = [str(v) for v in sans.get_values_for_type(x509.IPAddress)] + sans.get_values_for_type(
-            x509.DNSName
-        )
-    except x509.ExtensionNotFound:
-        san_list = []
+    cert = _leaf(paths)
     return {
         "certificate": str(paths.cert),
         "key": str(paths.key),
@@ -260,7 +261,7 @@ def describe(paths: CertPaths) -> dict[str, object]:
         "not_after": cert.not_valid_after_utc.isoformat(),
         "sha256": cert.fingerprint(hashes.SHA256()).hex(":"),
         "key_type": type(cert.public_key()).__name__.lstrip("_"),
-        "subject_alt_names": san_list,
+        "subject_alt_names": _subject_alt_names(cert),
     }
 
 

@@ -245,7 +245,7 @@ def _replaced_files(settings: Settings, config: Path) -> list[Path]:
     from ..tls import TRUST_INDEX, cert_paths
 
     certs = cert_paths(settings)
-    own_identity = [certs.ca, settings.certs_dir / "ca.key", certs.cert, certs.key] if certs.generated else []
+    own_identity = [certs.ca, certs.ca_key, certs.cert, certs.key] if certs.generated else []
     return [config, credentials_path(settings), keys_path(settings), trust_path(settings),
             settings.certs_dir / TRUST_INDEX, peer_certificate_path(settings), *own_identity]
 

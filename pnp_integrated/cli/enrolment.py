@@ -199,7 +199,7 @@ def shared_secrets(app: Flask, settings: Settings, credentials: BrokerCredential
     """What both nodes of the pair must hold: the broker login, the profile keys, Prime's certificates, this node's
     own certificate (the secondary pins it as its peer's) and the CA that issues both nodes' certificates."""
     from ..sealing import load_keys
-    from ..tls import ensure_certificates, gateway_ca, trusted_prime_hosts
+    from ..tls import ensure_certificates, gateway_ca, leaf_certificate, trusted_prime_hosts
 
     with app.app_context():
         keys = load_keys(settings)  # created here when this node has none yet: the pair starts with one set
@@ -209,14 +209,13 @@ def shared_secrets(app: Flask, settings: Settings, credentials: BrokerCredential
         raise RuntimeError(f"this node does not trust Prime {', '.join(untrusted)} yet, so it has nothing to give "
                            f"the secondary: run `pnpp prime trust --from {untrusted[0]}:{settings.broker_port}` first")
     # This node's certificate as the pair's settings want it (their VIP and name): what the secondary pins.
-    own = ensure_certificates(pair or settings).cert.read_text()
-    leaf = own[:own.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")] + "\n"
+    certificates = ensure_certificates(pair or settings)
     return {
         "broker_login": {"login": credentials.login, "passcode": credentials.passcode},
         "profile_keys": {"keys": keys},
         "prime_trust": {host: trusted[host] for host in settings.prime_addresses},
-        "peer_certificate": leaf,
-        "gateway_ca": gateway_ca(pair or settings),
+        "peer_certificate": leaf_certificate(certificates),
+        "gateway_ca": gateway_ca(certificates),
     }
 
 
