@@ -185,7 +185,12 @@ class Settings:
 
     @property
     def sqlalchemy_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'pnp.sqlite3').resolve()}"
+        return self.database_url or f"sqlite:///{self.sqlite_path.resolve()}"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The single node's database file, used when no PNP_DATABASE_URL is set."""
+        return self.data_dir / "pnp.sqlite3"
 
     @property
     def certs_dir(self) -> Path:

@@ -321,7 +321,7 @@ COPY_BATCH = 1000
 
 
 class CopyRefused(RuntimeError):
-    """The target database cannot take the copy (it already holds data, or is at another revision)."""
+    """The target database cannot take the copy: it already holds data."""
 
 
 def copy_database(source: Any, target: Any) -> dict[str, int]:

@@ -562,14 +562,15 @@ def _enrol(plan: PairPlan, answers: Answers, settings: Settings, runtime: Settin
         _fail(f"the secondary did not take the enrolment{status}: {exc}; nothing was written")
     write()
     # Restarted, the secondary presents a certificate from the pair's CA: the one it named over the pinned link.
-    certificate = str(accepted.get("certificate") or "") or plan.certificate
+    named = str(accepted.get("certificate") or "")
+    certificate = named or plan.certificate
     if certificate:
         write_secret(peer_certificate_path(runtime), certificate)
     node = accepted.get("node") or plan.node or settings.gateway_peer
     click.echo(f"The secondary {node} accepted the pair's settings and secrets and restarts as the secondary; "
                "waiting for it to come back ...")
     back = dataclasses.replace(plan.link, port=settings.monitoring_port)
-    if accepted.get("certificate"):
+    if named:
         from ..api.enrolment import certificate_fingerprint
 
         back = dataclasses.replace(back, pin=certificate_fingerprint(certificate).replace(":", ""))
@@ -790,7 +791,7 @@ def run_setup(options: dict[str, Any], advanced: bool) -> None:
         _enrol(plan, answers, settings, runtime, credentials, write)
     else:
         write()
-    if settings.database_url and not runtime.database_url and (runtime.data_dir / "pnp.sqlite3").exists():
+    if settings.database_url and not runtime.database_url and runtime.sqlite_path.exists():
         click.echo(f"This gateway's data (profiles, images, devices, jobs) is in its SQLite database: to take it "
                    f"along, stop `pnpp run` and, before starting it again, run `PNP_CONFIG={path} pnpp db copy "
                    f"--from {runtime.sqlalchemy_url} --to URL` with the database URL given here.")

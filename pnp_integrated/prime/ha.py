@@ -10,11 +10,11 @@ the VIP is loopback).
 from __future__ import annotations
 
 from ..config import Settings
-from ..vip_pair import FAILBACK_MODES, HealthState, VipPlacement, add_vip, announce, remove_vip, send_gratuitous_arp
+from ..vip_pair import FAILBACK_MODES, HealthState, VipPlacement, announce, remove_vip, send_gratuitous_arp
 from ..vip_pair import PeerWatch as PairWatch
 from ..vip_pair import ask_health as ask
 
-__all__ = ["FAILBACK_MODES", "PeerWatch", "VipPlacement", "add_vip", "announce", "ask", "remove_vip",
+__all__ = ["FAILBACK_MODES", "PeerWatch", "VipPlacement", "announce", "ask", "remove_vip",
            "send_gratuitous_arp"]
 
 

@@ -129,7 +129,11 @@ def images_in_database() -> bool:
 
 
 def _store_chunks(image_id: int, path: Path) -> None:
-    """The file's content as the image's chunks, in the caller's transaction."""
+    """The file's content as the image's chunks, in the caller's transaction.
+
+    Read back from the file once it is complete, not written while the upload arrives: a slow upload then holds no
+    database transaction open, and a refused one leaves nothing to undo.
+    """
     batch: list[dict[str, object]] = []
     with path.open("rb") as source:
         seq = 0

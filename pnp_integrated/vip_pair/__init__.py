@@ -11,11 +11,11 @@ ARP (``arping -U``, or a raw ARP frame where arping is missing); stepping down r
 from ..config import FAILBACK_MODES
 from ..healthcheck import ask_health
 from .health import ROLES, STATES, HealthMonitor, HealthState, health_app
-from .placement import VipPlacement, add_vip, address_is_local, announce, configure_vip, remove_vip, send_gratuitous_arp
+from .placement import VipPlacement, address_is_local, announce, configure_vip, remove_vip, send_gratuitous_arp
 from .watch import HEAL_RULES, PeerWatch
 
 __all__ = [
     "FAILBACK_MODES", "HEAL_RULES", "ROLES", "STATES", "HealthMonitor", "HealthState", "PeerWatch", "VipPlacement",
-    "add_vip", "address_is_local", "announce", "ask_health", "configure_vip", "health_app", "remove_vip",
+    "address_is_local", "announce", "ask_health", "configure_vip", "health_app", "remove_vip",
     "send_gratuitous_arp",
 ]

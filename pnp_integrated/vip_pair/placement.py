@@ -41,12 +41,6 @@ def configure_vip(place: VipPlacement) -> bool:
     return True
 
 
-def add_vip(place: VipPlacement) -> None:
-    """Configure the VIP on the interface (already there is fine) and announce it."""
-    if configure_vip(place):
-        announce(place)
-
-
 def remove_vip(place: VipPlacement) -> None:
     """Take the VIP off the interface (already gone is fine)."""
     done = _ip("addr", "del", place.cidr, "dev", place.interface)

@@ -44,30 +44,32 @@ def confined(root: Path, relative: str) -> Path | None:
     return candidate
 
 
-def _image_etag(name: str, path: Path) -> str:
-    row = db.session.scalar(select(Image).where(Image.filename == name))
+def _image_etag(row: Image | None, path: Path) -> str:
     if row is not None and row.md5 and row.size == path.stat().st_size:
         return str(row.md5)
     return file_md5(path)  # a file dropped into the directory by hand: hash it (rare; repository rows are the norm)
 
 
+def _image_file(name: str, row: Image | None) -> tuple[Path, str]:
+    """The file to serve for image ``name`` and its ETag: the repository's file, or (added on the other node of a
+    pair) this node's copy from the shared database; 404 without either, 503 for a damaged copy."""
+    path = confined(current_settings().images_dir, name)
+    if path is not None:
+        return path, _image_etag(row, path)
+    try:
+        path = cached_image(row) if row is not None else None
+    except ImageUnavailable as exc:
+        log.error("image %s cannot be served: %s", name, exc)
+        abort(503)
+    if path is None or row is None:
+        abort(404)
+    return path, row.md5
+
+
 @blueprint.route("/images/<name>", methods=["GET", "HEAD"])
 def image(name: str) -> Response:
     """An image file; ETag is its MD5; Range, If-None-Match and If-Range are honoured."""
-    path = confined(current_settings().images_dir, name)
-    if path is not None:
-        etag = _image_etag(name, path)
-    else:
-        # Added on the other node of a pair: this node's copy, from the shared database.
-        row = db.session.scalar(select(Image).where(Image.filename == name))
-        try:
-            path = cached_image(row) if row is not None else None
-        except ImageUnavailable as exc:
-            log.error("image %s cannot be served: %s", name, exc)
-            abort(503)
-        if path is None or row is None:
-            abort(404)
-        etag = row.md5
+    path, etag = _image_file(name, db.session.scalar(select(Image).where(Image.filename == name)))
     response = send_file(path, mimetype="application/octet-stream", conditional=True, etag=etag, max_age=0)
     response.headers["Accept-Ranges"] = "bytes"
     return response
