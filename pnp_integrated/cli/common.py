@@ -25,6 +25,23 @@ def database_error_text(exc: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip() and "sqlalche.me" not in line)
 
 
+def app_of(settings: Settings, check_schema: bool = True) -> Any:
+    """An app on exactly these settings (another database, a pair's): every setting is given, so the file
+    PNP_CONFIG names (which setup may be about to write) has nothing to add and is not read."""
+    import dataclasses
+    import os
+
+    from ..extension import create_app
+
+    named = os.environ.pop("PNP_CONFIG", None)
+    try:
+        return create_app({f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)},
+                          check_schema=check_schema)
+    finally:
+        if named is not None:
+            os.environ["PNP_CONFIG"] = named
+
+
 def settings_or_exit() -> Settings:
     try:
         return load_settings()

@@ -12,10 +12,8 @@ right after), pinned to the certificate it stored at the enrolment (``certs/gate
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import json
-import os
 import re
 import ssl
 import time
@@ -159,16 +157,9 @@ def pair_database(settings: Settings) -> Flask:
     from flask_migrate import upgrade
 
     from ..database import migration_lock, schema_revisions
-    from ..extension import create_app
+    from .common import app_of
 
-    # Every setting is given: the file PNP_CONFIG names (setup may be about to write it) has nothing to add.
-    named = os.environ.pop("PNP_CONFIG", None)
-    try:
-        app = create_app({f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)},
-                         check_schema=False)
-    finally:
-        if named is not None:
-            os.environ["PNP_CONFIG"] = named
+    app = app_of(settings, check_schema=False)
     with app.app_context(), migration_lock():
         before, head = schema_revisions()
         if before is not None and before != head:

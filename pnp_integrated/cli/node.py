@@ -15,7 +15,7 @@ import click
 
 from ..children import die_with_parent
 from ..config import DIFFERENT_IP_REFUSAL, ConfigError, Settings, load_settings
-from .common import GUNICORN_CONF, PROJECT_ROOT, app_or_exit, database_error_text, fail, settings_or_exit
+from .common import GUNICORN_CONF, PROJECT_ROOT, app_of, app_or_exit, database_error_text, fail, settings_or_exit
 
 NODE_UMASK = 0o077  # files 0600, directories 0700
 
@@ -247,10 +247,10 @@ def db_copy(target_url: str, source_url: str | None) -> None:
     else:
         fail(f"this node is running (port {settings.http_port} answers): stop `pnpp run` first, so that nothing it "
              "writes meanwhile is left behind", 2)
-    from ..extension import SchemaError, create_app
+    from ..extension import SchemaError
 
     try:  # at the head revision, or the message says to upgrade it first
-        source = create_app({f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
+        source = app_of(settings)
     except (ConfigError, SchemaError) as exc:
         fail(str(exc), 2)
     try:
