@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, BinaryIO
 
 from flask import current_app, request
-from pydantic import ValidationError
 from sqlalchemy import select
 
 from ..models import Image, Profile, db
@@ -14,7 +13,7 @@ from . import blueprint, schemas
 from .auth import current_token
 from .contract import operation
 from .errors import ApiError, conflict, invalid, not_found
-from .reading import read_query, refusal
+from .reading import read, read_query
 
 # Images are far larger than any other request body; this limit is the images route's own.
 DEFAULT_MAX_IMAGE_BYTES = 4 * 1024**3
@@ -56,10 +55,7 @@ def _upload_form() -> schemas.ImageUpload:
     under None)."""
     parts: dict[str, Any] = {(str(k) if k is not None else "(unnamed part)"): v for k, v in request.form.items()}
     parts.update({(str(k) if k is not None else "(unnamed part)"): v for k, v in request.files.items()})
-    try:
-        return schemas.ImageUpload.model_validate(parts)
-    except ValidationError as exc:
-        raise refusal(schemas.ImageUpload, parts, exc.errors(include_url=False), "body") from None
+    return read(schemas.ImageUpload, parts)
 
 
 @blueprint.post("/images")

@@ -82,7 +82,6 @@ PROTOCOLS = ("cns", "pnp")
 # Filter -> longest value (the column's own length: a longer value can match nothing).
 FILTERS = {"state": 32, "protocol": 16, "profile": 255, "pid": 255, "software_version": 100, "last_seen_after": 64,
            "last_seen_before": 64, "search": 255, "serial": 255}
-PAGE_PARAMETERS = ("limit", "cursor", "sort", "order")
 HISTORY_EVENTS = 200  # a device's history lists at most this many of its latest events
 MAX_CURSOR = 1024  # characters; a cursor this server hands out is a few hundred at most
 CURSOR_VERSION = 1

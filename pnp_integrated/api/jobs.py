@@ -12,8 +12,6 @@ from .auth import audit, current_token
 from .contract import operation
 from .errors import conflict, invalid, not_found
 
-JOB_STATES = schemas.JOB_STATES
-
 
 def _job(job_id: int) -> ProvisioningJob:
     job = db.session.get(ProvisioningJob, job_id)

@@ -65,7 +65,7 @@ def _apply(profile: Profile, data: dict[str, Any]) -> None:
 def list_profiles(query: schemas.NoQuery) -> schemas.ProfilePage:
     """List profiles"""
     profiles = list(db.session.scalars(select(Profile).order_by(Profile.name)))
-    return schemas.ProfilePage.model_validate({"items": profiles, "total": len(profiles)}, from_attributes=True)
+    return schemas.ProfilePage.model_validate({"items": profiles, "total": len(profiles)})
 
 
 @blueprint.post("/profiles")

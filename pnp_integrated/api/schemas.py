@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     InstanceOf,
     PlainSerializer,
+    TypeAdapter,
     WithJsonSchema,
     create_model,
     model_validator,
@@ -495,8 +496,7 @@ class HistoryStep(JobStep):
         if isinstance(step, dict):
             return step
         ended = step.ended_at
-        return {"id": step.id, "step": step.step, "state": step.state, "attempt": step.attempt,
-                "detail": step.detail, "started_at": step.started_at, "ended_at": ended,
+        return {**{name: getattr(step, name) for name in JobStep.model_fields},
                 "requested_at": rfc3339(step.started_at) if step.state != "skipped" else None,
                 "answered_at": rfc3339(ended) if ended is not None and step.state in ANSWERED_STEP_STATES else None,
                 "duration_ms": round((ended - step.started_at).total_seconds() * 1000) if ended is not None else None,
@@ -632,26 +632,26 @@ def _ip_address(value: str) -> str:
 
 
 Pem = Annotated[str, Field(max_length=MAX_PEM, description="PEM certificate"), AfterValidator(_pem)]
-_PEM_SCHEMA = {"type": "string", "maxLength": MAX_PEM, "description": "PEM certificate"}
 _SECONDARY = Refusal("an enrolment makes this gateway the secondary of a standalone gateway pair: settings mode, "
                      "gateway_ha and gateway_role must be standalone, pair and secondary")
 _FIXED = {"mode": "standalone", "gateway_ha": "pair", "gateway_role": "secondary"}
 
 
-def _pair_setting(name: str) -> Any:
+def _pair_setting(name: str, defaults: Settings) -> Any:
     if name in _FIXED:
         return Annotated[Literal[_FIXED[name]], _SECONDARY], ...  # type: ignore[valid-type]
-    default = getattr(Settings(), name)
+    default = getattr(defaults, name)
     kind = next(k for k in (bool, int, float, str) if isinstance(default, k))
     if kind is str:
         return Annotated[str, Field(max_length=1024)], ...
     return kind, ...
 
 
+_DEFAULTS = Settings()  # each pair setting's type is its default's
 PairSettings = create_model(
     "PairSettings", __base__=Body, __doc__="the pair's settings, as the secondary's configuration file holds them (an "
                                            "empty string: the default)",
-    **{name: _pair_setting(name) for name in PAIR_SETTINGS})
+    **{name: _pair_setting(name, _DEFAULTS) for name in PAIR_SETTINGS})
 
 
 class BrokerLogin(Body):
@@ -678,7 +678,8 @@ PrimeTrust = Annotated[
         "type": "object", "minProperties": 1, "maxProperties": 4,
         "description": "Prime server address -> the certificates it presented",
         "propertyNames": {"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
-        "additionalProperties": {"type": "array", "minItems": 1, "maxItems": 10, "items": _PEM_SCHEMA}})]
+        "additionalProperties": {"type": "array", "minItems": 1, "maxItems": 10,
+                                 "items": TypeAdapter(Pem).json_schema()}})]
 
 
 class GatewayCa(Body):
