@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Row, bindparam, insert, select, update
-from sqlalchemy.orm import Session
 
 from .models import Device, OutboxEvent, db, new_uuid, utcnow
-from .statements import OwnTransaction, PlainStatement, current_own_transaction
+from .statements import PlainStatement, transaction_info
 
 # Fields every message carries; a payload cannot overwrite them.
 ENVELOPE = ("id", "type", "at", "gateway")
-# Key in ``Session.info``: set while the session's transaction holds events not yet committed.
+# Key in the transaction's ``info`` (the session's, or its own transaction's): set while it holds events not yet
+# committed.
 EVENTS_WRITTEN = "pnp_outbox_events_written"
 
 
@@ -37,18 +37,12 @@ def record_event(type_: str, payload: dict[str, Any]) -> None:
     """
     _INSERT_EVENT.run({"event_id": new_uuid(), "type": type_, "payload": payload, "created_at": utcnow(),
                        "attempts": 0})
-    own = current_own_transaction()
-    (own.info if own is not None else db.session.info)[EVENTS_WRITTEN] = True
+    transaction_info()[EVENTS_WRITTEN] = True
 
 
-def events_written(session: Session) -> bool:
-    """Whether the transaction of ``session`` that ends now wrote events; the mark goes with the transaction."""
-    return bool(session.info.pop(EVENTS_WRITTEN, False))
-
-
-def events_written_in(own: OwnTransaction) -> bool:
-    """Whether an own transaction (:func:`statements.own_transaction`) wrote events."""
-    return bool(own.info.get(EVENTS_WRITTEN, False))
+def events_written(info: dict[str, Any]) -> bool:
+    """Whether the transaction of this ``info`` that ends now wrote events; the mark goes with the transaction."""
+    return bool(info.pop(EVENTS_WRITTEN, False))
 
 
 def device_payload(device: Device) -> dict[str, Any]:

@@ -49,11 +49,13 @@ _OWN: ContextVar[OwnTransaction | None] = ContextVar("pnp_own_transaction", defa
 AFTER_OWN_COMMIT: list[Callable[[OwnTransaction], None]] = []
 
 
-def current_own_transaction() -> OwnTransaction | None:
-    return _OWN.get()
+def transaction_info() -> dict[str, Any]:
+    """The ``info`` of the current transaction: the own transaction's, else the session's."""
+    own = _OWN.get()
+    return own.info if own is not None else db.session.info
 
 
-def session_in_transaction() -> bool:
+def _session_in_transaction() -> bool:
     """Whether the current ORM session has a transaction in progress (a caller's reads or writes belong to it)."""
     registry = db.session.registry
     return bool(registry.has() and registry().in_transaction())
@@ -80,6 +82,22 @@ def own_transaction() -> Iterator[OwnTransaction]:
         connection.close()  # what was not committed is rolled back; the connection goes back to the pool
     for hook in AFTER_OWN_COMMIT:
         hook(own)
+
+
+@contextmanager
+def unit_of_work() -> Iterator[None]:
+    """Run the block in one transaction, committed at its end and rolled back when it raises: a transaction of its
+    own (:func:`own_transaction`), or the session's one in progress, as a caller's reads and writes belong to it."""
+    if not _session_in_transaction():
+        with own_transaction():
+            yield
+        return
+    try:
+        yield
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        raise
 
 
 def transaction_connection() -> Connection:

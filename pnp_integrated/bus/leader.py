@@ -335,14 +335,14 @@ class LeaderLoop:
 def _wake_bridge_at_commit(session: Session) -> None:
     """``after_commit`` of the sessions of this process: a transaction that wrote events wakes this worker's bridge,
     if it runs here. It must never raise: the transaction is already committed."""
-    if session.in_nested_transaction() or not outbox.events_written(session):
+    if session.in_nested_transaction() or not outbox.events_written(session.info):
         return  # a savepoint's release is not the commit: the outer transaction may still roll back
     _wake_bridge()
 
 
 def _wake_bridge_after_own_commit(own: OwnTransaction) -> None:
     """The same for the engine's own transactions (device requests), which run outside the session."""
-    if outbox.events_written_in(own):
+    if outbox.events_written(own.info):
         _wake_bridge()
 
 
@@ -361,7 +361,7 @@ def _wake_bridge() -> None:
 def _forget_events_at_end(session: Session, transaction: SessionTransaction) -> None:
     """``after_transaction_end``: a transaction rolled back (or closed) takes its events, and so its mark, along."""
     if transaction.parent is None:
-        outbox.events_written(session)
+        outbox.events_written(session.info)
 
 
 # Once per process, at import: every worker imports this module before it serves anything.

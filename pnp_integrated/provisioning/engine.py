@@ -55,7 +55,7 @@ from ..models import Device, Image, JobStep, Profile, ProvisioningJob, db, utcno
 from ..outbox import device_payload, job_payload, record_event
 from ..refusals import NEW_DEVICES_PER_SOURCE, count_refusal
 from ..sealing import SealError, unseal
-from ..statements import PlainStatement, dbapi_connection, dialect_name, own_transaction, session_in_transaction
+from ..statements import PlainStatement, dbapi_connection, dialect_name, unit_of_work
 from .matching import first_match, match_profile
 from .steps import BY_NAME, STEP_NAMES, STEPS, Work
 from .templates import TemplateProblem, device_variables, render_template
@@ -313,11 +313,7 @@ def profile_for(device: Device) -> Profile | None:
     An assigned profile wins so that a claim is never overridden by a rule, and provisioning a device again never
     silently moves it to another profile; deleting the profile clears the assignment.
     """
-    if device.profile_id is not None:
-        assigned = db.session.get(Profile, device.profile_id)
-        if assigned is not None:
-            return assigned
-    return match_profile(device.serial, device.pid)
+    return match_profile(device.serial, device.pid, assigned=device.profile_id)
 
 
 # ---- transactions ---------------------------------------------------------------------------------------------------
@@ -345,19 +341,9 @@ def _transaction(work: Callable[[], _T], busy: Callable[[], _T]) -> _T:
     """
     for replay in range(MAX_REPLAYS):
         try:
-            with sqlite_write_turn():
-                if not session_in_transaction():
-                    with own_transaction():
-                        _begin_write()
-                        return work()
-                try:
-                    _begin_write()
-                    result = work()
-                    db.session.commit()
-                    return result
-                except BaseException:
-                    db.session.rollback()
-                    raise
+            with sqlite_write_turn(), unit_of_work():
+                _begin_write()
+                return work()
         except (LostRace, StaleDataError, IntegrityError, OperationalError) as exc:
             log.debug("engine transaction lost a race (%s), replay %d", type(exc).__name__, replay + 1)
             time.sleep(random.uniform(0.005, 0.05) * (replay + 1))  # spread the contenders out
@@ -419,7 +405,9 @@ def _note_device_correlator(job: _Record, device_correlator: str) -> None:
         job.pending_request = request
 
 
-_DEVICES, _JOBS, _PROFILES = Device.__table__, ProvisioningJob.__table__, Profile.__table__
+_DEVICES, _JOBS, _PROFILES, _IMAGES = Device.__table__, ProvisioningJob.__table__, Profile.__table__, Image.__table__
+_COLUMN_NAMES = {table.name: tuple(column.name for column in table.c)
+                 for table in (_DEVICES, _JOBS, _PROFILES, _IMAGES)}
 _IDENTITY_LIMITS = (("pid", 255), ("udi", 512), ("hostname", 255), ("address", 64))
 
 
@@ -431,16 +419,22 @@ def _known_device_contact(identity: DeviceIdentity, device: _Record, job: _Recor
     The device row was locked by the read (PostgreSQL), and the job's write is a compare-and-set on its
     ``version``, so a concurrent writer makes this one replay.
     """
-    device.last_seen = utcnow()
+    _note_identity(device, identity, utcnow())
+    _note_device_correlator(job, device_correlator)
+    _write_back(device, job)
+    return action_for(job, profile)
+
+
+def _note_identity(device: _Record, identity: DeviceIdentity, now: dt.datetime) -> None:
+    """The device as it presents itself now: seen now, its protocol, and what it tells of itself (each column
+    assigned only when it changes, so the UPDATE sets only those)."""
+    device.last_seen = now
     if device.protocol != identity.protocol[:16]:
         device.protocol = identity.protocol[:16]
     for attribute, limit in _IDENTITY_LIMITS:
         value = getattr(identity, attribute)[:limit]
         if value and value != getattr(device, attribute):
             setattr(device, attribute, value)
-    _note_device_correlator(job, device_correlator)
-    _write_back(device, job)
-    return action_for(job, profile)
 
 
 def _answers_pending(job: ProvisioningJob, correlator: str) -> bool:
@@ -512,12 +506,7 @@ def _first_contact(identity: DeviceIdentity, device: _Record | None, job: _Recor
     else:
         reported = device.state == DEVICE_UNCLAIMED
         first_contact = not device.protocol  # only known from the API so far
-        device.last_seen = now
-        device.protocol = identity.protocol[:16]
-        for attribute, limit in _IDENTITY_LIMITS:
-            value = getattr(identity, attribute)
-            if value:
-                setattr(device, attribute, value[:limit])
+        _note_identity(device, identity, now)
     if first_contact and identity.protocol == "pnp":
         # Open PnP has no session that comes up (CNS reports its own): Prime hears of the device at first contact.
         record_event("device.connected", {"device": device_payload(device)})
@@ -550,8 +539,6 @@ def _first_contact(identity: DeviceIdentity, device: _Record | None, job: _Recor
 
 _INSERT_DEVICE = PlainStatement(insert(_DEVICES).returning(*_DEVICES.c))
 _INSERT_JOB = PlainStatement(insert(_JOBS).returning(*_JOBS.c))
-_DEVICE_COLUMNS = tuple(column.name for column in _DEVICES.c)
-_JOB_COLUMNS = tuple(column.name for column in _JOBS.c)
 _DEVICE_BY_SERIAL = PlainStatement(select(_DEVICES.c.id).where(_DEVICES.c.serial == bindparam("serial")))
 _RECENT_NEW_DEVICES = PlainStatement(
     select(func.count()).select_from(_DEVICES)
@@ -567,37 +554,30 @@ def _new_device(identity: DeviceIdentity, now: dt.datetime) -> _Record:
             values[attribute] = value[:limit]
     row = _INSERT_DEVICE.first(values)
     assert row is not None
-    return _Record(dict(zip(_DEVICE_COLUMNS, row, strict=True)))
+    return _record(row, _DEVICES)
 
 
 def _new_job(device: _Record, profile: _Record) -> _Record:
     row = _INSERT_JOB.first({"device_id": device.id, "profile_id": profile.id, "protocol": device.protocol,
                              "state": RUNNING, "step": STEP_NAMES[0], "context": {"nonce": secrets.token_hex(3)}})
     assert row is not None
-    return _Record(dict(zip(_JOB_COLUMNS, row, strict=True)))
+    return _record(row, _JOBS)
 
 
-_PROFILE_COLUMNS = tuple(column.name for column in _PROFILES.c)
-_IMAGE_COLUMNS = tuple(column.name for column in Image.__table__.c)
 _EVERY_PROFILE = PlainStatement(
-    select(*_PROFILES.c, *Image.__table__.c)
-    .select_from(_PROFILES.outerjoin(Image.__table__, Image.__table__.c.id == _PROFILES.c.image_id))
+    select(*_PROFILES.c, *_IMAGES.c)
+    .select_from(_PROFILES.outerjoin(_IMAGES, _IMAGES.c.id == _PROFILES.c.image_id))
     .order_by(_PROFILES.c.id))
 
 
 def _profile_for(device: _Record) -> _Record | None:
-    """:func:`profile_for` on records: the device's assigned profile, else the first that matches it."""
+    """:func:`profile_for` on records, from one read of every profile with its image."""
     profiles = []
     for row in _EVERY_PROFILE.all({}):
-        profile = _Record(dict(zip(_PROFILE_COLUMNS, row[:len(_PROFILE_COLUMNS)], strict=True)))
-        image = dict(zip(_IMAGE_COLUMNS, row[len(_PROFILE_COLUMNS):], strict=True))
-        object.__setattr__(profile, "image", None if image["id"] is None else _Record(image))
-        profiles.append(profile)
-    if device.profile_id is not None:
-        assigned = next((profile for profile in profiles if profile.id == device.profile_id), None)
-        if assigned is not None:
-            return assigned
-    return first_match(profiles, device.serial, device.pid)
+        profile, image = _records(row, _PROFILES, _IMAGES)
+        assert profile is not None  # the left side of the join
+        profiles.append(_with_image(profile, image))
+    return first_match(profiles, device.serial, device.pid, assigned=device.profile_id)
 
 
 def attach_job(device: Device, job: ProvisioningJob, previous: int | None) -> None:
@@ -649,9 +629,7 @@ class _Record:
         return dict(self._changed)
 
 
-_IMAGES = Image.__table__
 _WORK_TABLES = (_DEVICES, _JOBS, _PROFILES, _IMAGES)
-_WORK_COLUMNS = tuple(tuple(column.name for column in table.c) for table in _WORK_TABLES)
 _WORK_SELECT = (
     select(*(column for table in _WORK_TABLES for column in table.c))
     .select_from(_DEVICES.outerjoin(_JOBS, _JOBS.c.id == _DEVICES.c.current_job_id)
@@ -669,15 +647,30 @@ _JOB_CHANGED = PlainStatement(
     update(_JOBS).where(_JOBS.c.id == bindparam("row_id"), _JOBS.c.version == bindparam("expected_version")))
 
 
-def _records(row: tuple[Any, ...]) -> list[_Record | None]:
-    """The row of :data:`_WORK` as one record per table (``None`` where the outer join found nothing)."""
+def _records(row: tuple[Any, ...], *tables: Any) -> list[_Record | None]:
+    """A row of every column of ``tables`` (in order) as one record per table (``None`` where an outer join found
+    nothing)."""
     records: list[_Record | None] = []
     at = 0
-    for names in _WORK_COLUMNS:
+    for table in tables:
+        names = _COLUMN_NAMES[table.name]
         values = dict(zip(names, row[at:at + len(names)], strict=True))
         at += len(names)
         records.append(None if values["id"] is None else _Record(values))
     return records
+
+
+def _record(row: tuple[Any, ...], table: Any) -> _Record:
+    """A row of every column of ``table`` (an INSERT's RETURNING) as a record."""
+    record = _records(row, table)[0]
+    assert record is not None
+    return record
+
+
+def _with_image(profile: _Record, image: _Record | None) -> _Record:
+    """The profile record with its image (``None``: none) as the ORM's ``profile.image``, not a change to write."""
+    object.__setattr__(profile, "image", image)
+    return profile
 
 
 def _locked_work(serial: str, lock: bool = True) -> tuple[Any, Any, Any]:
@@ -687,10 +680,8 @@ def _locked_work(serial: str, lock: bool = True) -> tuple[Any, Any, Any]:
     row = read.first({"serial": serial})
     if row is None:
         return None, None, None
-    device, job, profile, image = _records(row)
-    if profile is not None:
-        object.__setattr__(profile, "image", image)
-    return device, job, profile
+    device, job, profile, image = _records(row, *_WORK_TABLES)
+    return device, job, None if profile is None else _with_image(profile, image)
 
 
 def _write_back(device: _Record, job: _Record | None, *, attaching: bool = False) -> None:
@@ -736,25 +727,11 @@ def _report(serial: str, correlator: str, outcome: Outcome) -> Action:
 def pending(serial: str) -> Action | None:
     """The device's current action, without changing anything; None for a device never seen."""
     _check_serial(serial)
-
-    def read() -> Action | None:
+    with unit_of_work():
         device, job, profile = _locked_work(serial, lock=False)
-        if device is None:
-            return None
-        return _unclaimed_action() if job is None else action_for(job, profile)
-
-    return _reading(read)
-
-
-def _reading(read: Callable[[], _T]) -> _T:
-    """Run a read in a transaction of its own (or, as :func:`_transaction`, in the session's one in progress)."""
-    if not session_in_transaction():
-        with own_transaction():
-            return read()
-    try:
-        return read()
-    finally:
-        db.session.commit()
+    if device is None:
+        return None
+    return _unclaimed_action() if job is None else action_for(job, profile)
 
 
 def rendered_config(serial: str, correlator: str | None = None) -> str | None:
@@ -765,7 +742,8 @@ def rendered_config(serial: str, correlator: str | None = None) -> str | None:
     unknown or unclaimed device, or when the template cannot be rendered for it: never another device's text.
     """
     _check_serial(serial)
-    device, job, profile = _reading(lambda: _locked_work(serial, lock=False))
+    with unit_of_work():
+        device, job, profile = _locked_work(serial, lock=False)
     if device is None or job is None:
         return None
     request = job.pending_request or {}

@@ -44,6 +44,7 @@ def pid_matches(pattern: str, pid: str) -> bool:
 class MatchRules(Protocol):
     """What matching reads of a profile: an ORM row, or the engine's plain record of one."""
 
+    id: int
     match_serials: list[str]
     match_pid: str
     is_default: bool
@@ -52,13 +53,20 @@ class MatchRules(Protocol):
 _P = TypeVar("_P", bound=MatchRules)
 
 
-def match_profile(serial: str, pid: str) -> Profile | None:
-    """The profile for a device with this serial and PID, or None (the device is unclaimed)."""
-    return first_match(list(db.session.scalars(select(Profile).order_by(Profile.id))), serial, pid)
+def match_profile(serial: str, pid: str, *, assigned: int | None = None) -> Profile | None:
+    """The profile for a device with this serial and PID, or None (the device is unclaimed); see :func:`first_match`."""
+    return first_match(list(db.session.scalars(select(Profile).order_by(Profile.id))), serial, pid, assigned=assigned)
 
 
-def first_match(profiles: Sequence[_P], serial: str, pid: str) -> _P | None:
-    """The first of ``profiles`` (oldest first) for a device with this serial and PID: serial, PID, default."""
+def first_match(profiles: Sequence[_P], serial: str, pid: str, *, assigned: int | None = None) -> _P | None:
+    """The first of ``profiles`` (oldest first) for a device with this serial and PID: serial, PID, default.
+
+    ``assigned``: the id of the profile assigned to the device, which wins when it is among them.
+    """
+    if assigned is not None:
+        for profile in profiles:
+            if profile.id == assigned:
+                return profile
     for profile in profiles:
         if serial in (profile.match_serials or []):
             return profile
