@@ -309,9 +309,6 @@ def _checked_request(settings: Settings) -> tuple[Path, dict[str, Any], dict[str
     body = read(schemas.Enrolment, json_body())
     sent: dict[str, Any] = body.settings.model_dump()
     secrets = body.secrets.model_dump()
-    if (sent["mode"], sent["gateway_ha"], sent["gateway_role"]) != ("standalone", "pair", "secondary"):
-        raise invalid("an enrolment makes this gateway the secondary of a standalone gateway pair: settings mode, "
-                      "gateway_ha and gateway_role must be standalone, pair and secondary", fields=["settings"])
     if settings.gateway_in_pair and (settings.gateway_role, settings.gateway_peer) != ("secondary",
                                                                                       sent["gateway_peer"]):
         raise conflict(f"this gateway is already the {settings.gateway_role} of the pair with {settings.gateway_peer}:"

@@ -79,7 +79,23 @@ def refusal(model: type[BaseModel], data: Mapping[str, Any], errors: list[ErrorD
     if not first["loc"]:  # about the whole object (a rule between its fields)
         return invalid(first["msg"])
     name = str(first["loc"][0])
+    inner = _refusal_at(model, first["loc"])
+    if inner is not None:  # a rule of a nested object's field (an enrolment's settings): its words, as they stand
+        return invalid(inner.message, fields=list(inner.fields) or [name])
     return invalid(_message(model, name, data.get(name), first, where), fields=_fields(model, name))
+
+
+def _refusal_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> Refusal | None:
+    """The :class:`Refusal` of the field a nested error names (``settings.gateway_role``), if it states one."""
+    for depth, part in enumerate(loc[:-1]):
+        info = model.model_fields.get(str(part))
+        inner = info.annotation if info is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return None
+        model = inner
+        if depth == len(loc) - 2:
+            return _refusal_of(model, str(loc[-1]))
+    return None
 
 
 def _refusal_of(model: type[BaseModel], name: str) -> Refusal | None:

@@ -633,7 +633,7 @@ def _ip_address(value: str) -> str:
 
 Pem = Annotated[str, Field(max_length=MAX_PEM, description="PEM certificate"), AfterValidator(_pem)]
 _SECONDARY = Refusal("an enrolment makes this gateway the secondary of a standalone gateway pair: settings mode, "
-                     "gateway_ha and gateway_role must be standalone, pair and secondary")
+                     "gateway_ha and gateway_role must be standalone, pair and secondary", fields=("settings",))
 _FIXED = {"mode": "standalone", "gateway_ha": "pair", "gateway_role": "secondary"}
 
 

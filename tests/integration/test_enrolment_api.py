@@ -151,7 +151,9 @@ def test_an_enrolment_the_node_could_not_start_with_is_refused_and_writes_nothin
 
     not_secondary = enrolment_body(tmp_path, gateway_role="primary")
     assert not body_is_valid(standalone, not_secondary)
-    assert client.post(PATH, headers=admin, json=not_secondary, base_url=HTTPS).status_code == 422
+    refused = client.post(PATH, headers=admin, json=not_secondary, base_url=HTTPS)
+    assert refused.status_code == 422 and refused.get_json()["error"]["fields"] == ["settings"]
+    assert refused.get_json()["error"]["message"].startswith("an enrolment makes this gateway the secondary")
 
     os.environ["PNP_VIP"] = "192.0.2.99"
     try:
