@@ -40,7 +40,7 @@ from werkzeug.datastructures import FileStorage
 from ..config import Settings
 from ..credentials import LOGIN_PATTERN
 from ..outbox import rfc3339
-from ..provisioning.images import NAME_PATTERN
+from ..provisioning.images import MAX_VERSION, NAME_PATTERN
 from ..provisioning.matching import pid_pattern_problem
 from ..provisioning.types import DEVICE_STATES, RUNNING, TERMINAL_STATES
 from .inventory import (
@@ -61,7 +61,7 @@ MAX_TEXT = 256 * 1024  # a template larger than this is a mistake, not a configu
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # names a template can use, ASCII only
 MAX_VARIABLES = 1000
 MAX_OFFSET = 2**31 - 1  # beyond any table here, and within every database's integer
-MAX_IMAGE_VERSION = 100  # the image repository's limit on a version (store_image)
+MAX_IMAGE_VERSION = MAX_VERSION  # the image repository's limit on a version (store_image)
 # The settings a pair's nodes share, sent whole by the primary: where Prime is, the pair itself, the database, the
 # ports devices reach the VIP on, the configuration URL tokens either node must verify. Everything else (node
 # name, data directory, workers, TLS files) stays the secondary's own.

@@ -28,6 +28,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 CHUNK = 1024 * 1024
 CHUNKS_PER_STATEMENT = 8  # an INSERT carries at most 8 MiB
 CACHE_DIR = "image-cache"
+MAX_VERSION = 100  # characters of an image's version
 # IOS-XE style (16.09.05, 17.3.4a) or classic IOS (15.2(7)E4) version inside a file name.
 _VERSION_IN_NAME = re.compile(r"(?<![A-Za-z0-9])(\d+\.\d+\.\d+[a-zA-Z]?\d*|\d+\.\d+\(\d+\)[A-Za-z]*\d*)")
 
@@ -73,8 +74,8 @@ def store_image(stream: BinaryIO, name: str, version: str, actor: str, max_bytes
     problem = name_problem(name)
     if problem:
         raise ImageProblem(problem)
-    if len(version) > 100:
-        raise ImageProblem("an image version is at most 100 characters")
+    if len(version) > MAX_VERSION:
+        raise ImageProblem(f"an image version is at most {MAX_VERSION} characters")
     directory = current_settings().images_dir
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
